@@ -1,0 +1,310 @@
+//! [`Denial`]: every refusal the pipeline can make, and the one place that turns a refusal
+//! into an HTTP answer (RFC 9457 problem+json) and into the facts of its security event.
+
+use crate::body::{self, Body};
+use crate::event::{EventType, Severity};
+use crate::request_id::RequestId;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Why the gateway refused a request (or could not complete it).
+///
+/// The client sees only the generic [`title`](Denial::title) and status; the
+/// [`reason`](Denial::reason) and [`detail`](Denial::detail) go to the security event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// The request is malformed or ambiguous (bad path encoding, smuggling-prone framing, ...).
+    #[error("malformed request ({reason}): {detail}")]
+    Malformed {
+        /// Machine-readable cause, e.g. `encoded_slash`, `cl_and_te`.
+        reason: &'static str,
+        /// Human-readable detail for the operator.
+        detail: String,
+        /// Whether the connection must be closed after answering (framing problems).
+        close: bool,
+    },
+    /// No route matches the request path.
+    #[error("no route matches")]
+    NoRoute,
+    /// A route matches the path but not the method.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the matching routes accept.
+        allow: Vec<Method>,
+    },
+    /// The request body arrived slower than allowed.
+    #[error("request body too slow")]
+    BodyTimeout,
+    /// The request body is larger than allowed.
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// The request target is longer than allowed.
+    #[error("URI of {length} bytes over the limit of {limit}")]
+    UriTooLong {
+        /// Length of the request target.
+        length: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The header section is larger, or has more fields, than allowed.
+    #[error("header section too large ({reason})")]
+    HeadersTooLarge {
+        /// `header_bytes` or `header_count`.
+        reason: &'static str,
+    },
+    /// The upstream could not be reached or broke the exchange.
+    #[error("upstream {upstream} unreachable: {detail}")]
+    UpstreamUnreachable {
+        /// The upstream's configured name.
+        upstream: String,
+        /// The transport error, for the operator.
+        detail: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {upstream} timed out")]
+    UpstreamTimeout {
+        /// The upstream's configured name.
+        upstream: String,
+    },
+    /// The whole exchange took longer than `request_timeout`.
+    #[error("request timed out")]
+    RequestTimeout,
+}
+
+impl Denial {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Denial::Malformed { .. } => StatusCode::BAD_REQUEST,
+            Denial::NoRoute => StatusCode::NOT_FOUND,
+            Denial::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Denial::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Denial::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Denial::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Denial::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Denial::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The generic, client-facing title: never anything about the check that failed.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Denial::Malformed { .. } => "Bad Request",
+            Denial::NoRoute => "Not Found",
+            Denial::MethodNotAllowed { .. } => "Method Not Allowed",
+            Denial::BodyTimeout => "Request Timeout",
+            Denial::BodyTooLarge { .. } => "Content Too Large",
+            Denial::UriTooLong { .. } => "URI Too Long",
+            Denial::HeadersTooLarge { .. } => "Request Header Fields Too Large",
+            Denial::UpstreamUnreachable { .. } => "Bad Gateway",
+            Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => "Gateway Timeout",
+        }
+    }
+
+    /// The RFC 9457 `type` URI of the problem.
+    pub fn problem_type(&self) -> &'static str {
+        match self {
+            Denial::Malformed { .. } => "https://portcullis.dev/problems/bad-request",
+            Denial::NoRoute => "https://portcullis.dev/problems/not-found",
+            Denial::MethodNotAllowed { .. } => "https://portcullis.dev/problems/method-not-allowed",
+            Denial::BodyTimeout => "https://portcullis.dev/problems/request-timeout",
+            Denial::BodyTooLarge { .. } => "https://portcullis.dev/problems/content-too-large",
+            Denial::UriTooLong { .. } => "https://portcullis.dev/problems/uri-too-long",
+            Denial::HeadersTooLarge { .. } => "https://portcullis.dev/problems/headers-too-large",
+            Denial::UpstreamUnreachable { .. } => "https://portcullis.dev/problems/bad-gateway",
+            Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => {
+                "https://portcullis.dev/problems/gateway-timeout"
+            }
+        }
+    }
+
+    /// The kind of security event this refusal raises.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Denial::Malformed { .. } => EventType::SuspiciousActivity,
+            Denial::NoRoute
+            | Denial::MethodNotAllowed { .. }
+            | Denial::BodyTimeout
+            | Denial::BodyTooLarge { .. }
+            | Denial::UriTooLong { .. }
+            | Denial::HeadersTooLarge { .. } => EventType::ValidationFailure,
+            Denial::UpstreamUnreachable { .. }
+            | Denial::UpstreamTimeout { .. }
+            | Denial::RequestTimeout => EventType::UpstreamError,
+        }
+    }
+
+    /// How serious the refusal is for the operator.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Denial::Malformed { .. } | Denial::UpstreamUnreachable { .. } => Severity::Medium,
+            Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => Severity::Medium,
+            Denial::NoRoute
+            | Denial::MethodNotAllowed { .. }
+            | Denial::BodyTimeout
+            | Denial::BodyTooLarge { .. }
+            | Denial::UriTooLong { .. }
+            | Denial::HeadersTooLarge { .. } => Severity::Low,
+        }
+    }
+
+    /// The exact, machine-readable reason, recorded in the event and in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::Malformed { reason, .. } => reason,
+            Denial::NoRoute => "no_route",
+            Denial::MethodNotAllowed { .. } => "method_not_allowed",
+            Denial::BodyTimeout => "body_timeout",
+            Denial::BodyTooLarge { .. } => "body_too_large",
+            Denial::UriTooLong { .. } => "uri_too_long",
+            Denial::HeadersTooLarge { reason } => reason,
+            Denial::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Denial::UpstreamTimeout { .. } => "upstream_timeout",
+            Denial::RequestTimeout => "request_timeout",
+        }
+    }
+
+    /// Operator-facing detail for the security event (never sent to the client).
+    pub fn detail(&self) -> String {
+        match self {
+            Denial::Malformed { detail, .. } | Denial::UpstreamUnreachable { detail, .. } => {
+                detail.clone()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the connection must be closed after this answer.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Denial::Malformed { close: true, .. }
+                | Denial::BodyTimeout
+                | Denial::BodyTooLarge { .. }
+        )
+    }
+
+    /// Renders the refusal as an RFC 9457 `application/problem+json` response.
+    ///
+    /// This is the only place a refusal becomes bytes for the client.
+    pub fn to_response(&self, request_id: &RequestId) -> Response<Body> {
+        let problem = serde_json::json!({
+            "type": self.problem_type(),
+            "title": self.title(),
+            "status": self.status().as_u16(),
+            "request_id": request_id.as_str(),
+        });
+        let mut response = Response::new(body::full(problem.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Denial::MethodNotAllowed { allow } = self {
+            let list = allow
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = HeaderValue::from_str(&list) {
+                headers.insert(header::ALLOW, value);
+            }
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a layer that either refused at once or called its inner service.
+    pub struct DenialOr<F> {
+        #[pin]
+        future: Option<F>,
+        denial: Option<Denial>,
+    }
+}
+
+impl<F> DenialOr<F> {
+    /// A future that resolves to the given refusal.
+    pub fn denied(denial: Denial) -> Self {
+        DenialOr {
+            future: None,
+            denial: Some(denial),
+        }
+    }
+
+    /// A future that waits on the inner service.
+    pub fn inner(future: F) -> Self {
+        DenialOr {
+            future: Some(future),
+            denial: None,
+        }
+    }
+}
+
+impl<F, T> Future for DenialOr<F>
+where
+    F: Future<Output = Result<T, Denial>>,
+{
+    type Output = Result<T, Denial>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.as_pin_mut() {
+            Some(future) => future.poll(cx),
+            None => match this.denial.take() {
+                Some(denial) => Poll::Ready(Err(denial)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_body_is_generic_and_carries_request_id() {
+        let denial = Denial::UpstreamUnreachable {
+            upstream: "items".into(),
+            detail: "connect to 10.1.2.3:80 refused".into(),
+        };
+        let response = denial.to_response(&RequestId::from_trusted("abc"));
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes());
+        let text =
+            String::from_utf8(bytes.map(|b| b.to_vec()).unwrap_or_default()).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(value["status"], 502);
+        assert_eq!(value["request_id"], "abc");
+        assert!(
+            !text.contains("10.1.2.3"),
+            "upstream address leaked: {text}"
+        );
+        assert!(!text.contains("items"), "upstream name leaked: {text}");
+    }
+
+    #[test]
+    fn method_not_allowed_lists_allow() {
+        let denial = Denial::MethodNotAllowed {
+            allow: vec![Method::GET, Method::POST],
+        };
+        let response = denial.to_response(&RequestId::from_trusted("x"));
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+    }
+}

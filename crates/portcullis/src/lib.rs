@@ -1,0 +1,41 @@
+//! Portcullis: zero-trust API security layers for [`tower`].
+//!
+//! Each capability of the Portcullis gateway is a `tower::Layer` that any hyper or axum
+//! service can use on its own. A layer that refuses a request returns a [`Denial`] and never
+//! calls the service behind it; the outermost [`respond::RespondLayer`] turns every `Denial`
+//! into one RFC 9457 problem response and exactly one [`event::SecurityEvent`], and adds the
+//! configured security headers to every response.
+//!
+//! ```
+//! use portcullis::{normalize::{NormalizeLayer, NormalizeSettings}, respond::RespondLayer};
+//! use portcullis::event::EventBus;
+//! use portcullis::headers::SecurityHeaders;
+//! use std::sync::Arc;
+//!
+//! let events = Arc::new(EventBus::discard());
+//! let stack = tower::ServiceBuilder::new()
+//!     .layer(RespondLayer::new(Arc::new(SecurityHeaders::default()), events))
+//!     .layer(NormalizeLayer::new(Arc::new(NormalizeSettings::default())))
+//!     .service_fn(|_req: http::Request<portcullis::body::Body>| async {
+//!         Ok::<_, portcullis::Denial>(http::Response::new(portcullis::body::empty()))
+//!     });
+//! # let _ = stack;
+//! ```
+
+pub mod body;
+pub mod denial;
+pub mod event;
+pub mod headers;
+pub mod net;
+pub mod normalize;
+pub mod request_id;
+pub mod respond;
+pub mod route;
+pub mod scope;
+pub mod time;
+pub mod timeout;
+
+pub use denial::Denial;
+
+/// The error type carried by bodies and services that can fail in several ways.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,78 @@
+//! [`RequestScope`]: what the layers learn about one request, shared with the outermost
+//! layer so that it can describe the request in the security event and in metrics.
+
+use crate::request_id::RequestId;
+use http::Method;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+/// Facts about one request, each written once by the layer that proves it.
+#[derive(Debug)]
+pub struct RequestScope {
+    id: RequestId,
+    method: Method,
+    client_ip: OnceLock<IpAddr>,
+    endpoint: OnceLock<Arc<str>>,
+    user_id: OnceLock<String>,
+}
+
+impl RequestScope {
+    /// A scope for a request with this id and method.
+    pub fn new(id: RequestId, method: Method) -> Self {
+        RequestScope {
+            id,
+            method,
+            client_ip: OnceLock::new(),
+            endpoint: OnceLock::new(),
+            user_id: OnceLock::new(),
+        }
+    }
+
+    /// The request's correlation id.
+    pub fn id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The client address, once resolved.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip.get().copied()
+    }
+
+    /// Records the client address (first write wins).
+    pub fn set_client_ip(&self, ip: IpAddr) {
+        let _ = self.client_ip.set(ip);
+    }
+
+    /// The route template, or the normalised path when no route matched.
+    pub fn endpoint(&self) -> Option<&Arc<str>> {
+        self.endpoint.get()
+    }
+
+    /// Records the endpoint (first write wins).
+    pub fn set_endpoint(&self, endpoint: Arc<str>) {
+        let _ = self.endpoint.set(endpoint);
+    }
+
+    /// The authenticated principal, once known.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.get().map(String::as_str)
+    }
+
+    /// Records the authenticated principal (first write wins).
+    pub fn set_user_id(&self, user_id: String) {
+        let _ = self.user_id.set(user_id);
+    }
+}
+
+/// The peer's socket address, put in the request extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The client's address after trusted-proxy resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
