@@ -19,8 +19,8 @@ use tower::{Layer, Service};
 /// What became of a request, left in the response extensions for metrics.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The route template (or the path when no route matched).
-    pub endpoint: Option<Arc<str>>,
+    /// The template of the route that matched, if one did (never client-chosen text).
+    pub route: Option<Arc<str>>,
     /// The refusal's reason, when the gateway refused.
     pub denial_reason: Option<&'static str>,
 }
@@ -85,6 +85,8 @@ where
             req.headers_mut().insert(REQUEST_ID.clone(), value.clone());
         }
         let scope = Arc::new(RequestScope::new(id.clone(), req.method().clone()));
+        // Kept for the event of a refusal made before routing (cheap: the URI shares bytes).
+        let uri = req.uri().clone();
         req.extensions_mut().insert(id);
         req.extensions_mut().insert(scope.clone());
         let future = self.inner.call(req);
@@ -94,7 +96,7 @@ where
             let (mut response, denial_reason) = match future.await {
                 Ok(response) => (response, None),
                 Err(denial) => {
-                    events.emit(event_for(&denial, &scope));
+                    events.emit(event_for(&denial, &scope, &uri));
                     (denial.to_response(scope.id()), Some(denial.reason()))
                 }
             };
@@ -103,7 +105,7 @@ where
                 response.headers_mut().insert(REQUEST_ID.clone(), value);
             }
             response.extensions_mut().insert(Outcome {
-                endpoint: scope.endpoint().cloned(),
+                route: scope.route().cloned(),
                 denial_reason,
             });
             Ok(response)
@@ -112,7 +114,7 @@ where
 }
 
 /// The one security event a refusal raises.
-fn event_for(denial: &Denial, scope: &RequestScope) -> SecurityEvent {
+fn event_for(denial: &Denial, scope: &RequestScope, uri: &http::Uri) -> SecurityEvent {
     let mut event = SecurityEvent::new(denial.event_type(), denial.severity(), denial.reason());
     event.request_id = Some(scope.id().to_string());
     event.ip = scope.client_ip().map(|ip| ip.to_string());
@@ -122,8 +124,18 @@ fn event_for(denial: &Denial, scope: &RequestScope) -> SecurityEvent {
     event.details = serde_json::json!({
         "status": denial.status().as_u16(),
         "detail": denial.detail(),
+        "path": truncated(uri.path(), 256),
     });
     event
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -277,7 +277,7 @@ where
         match found {
             Ok(matched) => {
                 if let Some(scope) = scope {
-                    scope.set_endpoint(matched.route.endpoint.clone());
+                    scope.set_route(matched.route.endpoint.clone());
                 }
                 req.extensions_mut().insert(matched);
                 DenialOr::inner(self.inner.call(req))

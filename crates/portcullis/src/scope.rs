@@ -13,6 +13,7 @@ pub struct RequestScope {
     method: Method,
     client_ip: OnceLock<IpAddr>,
     endpoint: OnceLock<Arc<str>>,
+    route: OnceLock<Arc<str>>,
     user_id: OnceLock<String>,
 }
 
@@ -24,6 +25,7 @@ impl RequestScope {
             method,
             client_ip: OnceLock::new(),
             endpoint: OnceLock::new(),
+            route: OnceLock::new(),
             user_id: OnceLock::new(),
         }
     }
@@ -56,6 +58,17 @@ impl RequestScope {
     /// Records the endpoint (first write wins).
     pub fn set_endpoint(&self, endpoint: Arc<str>) {
         let _ = self.endpoint.set(endpoint);
+    }
+
+    /// The template of the route that matched, if one did.
+    pub fn route(&self) -> Option<&Arc<str>> {
+        self.route.get()
+    }
+
+    /// Records the matched route; it becomes the endpoint as well.
+    pub fn set_route(&self, route: Arc<str>) {
+        let _ = self.endpoint.set(route.clone());
+        let _ = self.route.set(route);
     }
 
     /// The authenticated principal, once known.

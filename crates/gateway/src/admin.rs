@@ -1,0 +1,146 @@
+//! The admin listener (SPEC §5): health, readiness, metrics, recent events and reload.
+
+use crate::gateway::{Gateway, ReloadOutcome};
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves the admin API until `shutdown` changes.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let protected = Router::new()
+        .route("/admin/reload", post(reload))
+        .route("/admin/events", get(events))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            require_admin_token,
+        ));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .with_state(gateway);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let text = gateway.metrics.encode(gateway.events.dropped());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn reload(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.reload("admin", true).await {
+        ReloadOutcome::Applied { restart_needed } => axum::Json(serde_json::json!({
+            "status": "reloaded",
+            "restart_needed": restart_needed,
+        }))
+        .into_response(),
+        ReloadOutcome::Unchanged => {
+            axum::Json(serde_json::json!({ "status": "unchanged" })).into_response()
+        }
+        ReloadOutcome::Refused(problems) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({
+                "status": "refused",
+                "problems": problems.lines().collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    since: Option<u64>,
+}
+
+async fn events(State(gateway): State<Arc<Gateway>>, Query(query): Query<SinceQuery>) -> Response {
+    axum::Json(gateway.events.recent_since(query.since.unwrap_or(0))).into_response()
+}
+
+/// Everything under `/admin/` needs `Authorization: Bearer <admin token>`.
+async fn require_admin_token(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let expected = gateway
+        .current()
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.clone());
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match (expected, presented) {
+        (Some(expected), Some(presented))
+            if constant_time_eq(expected.as_bytes(), presented.as_bytes()) =>
+        {
+            next.run(request).await
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"portcullis-admin\"",
+            )],
+            "admin token required\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Compares secrets without revealing, through timing, how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,669 @@
+//! Configuration: the YAML file (SPEC §2) read into [`raw`] types, then compiled into the
+//! runtime [`GatewayConfig`], collecting every problem with its key path and line.
+
+pub mod duration;
+pub mod raw;
+mod secret;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+use portcullis::event::EventSink;
+use portcullis::headers::SecurityHeaders;
+use portcullis::net::{IpNet, TrustedProxies};
+use portcullis::normalize::NormalizeSettings;
+use portcullis::route::{PathPattern, Route, RouteTable};
+use raw::{RawConfig, Text, Unsupported};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest configuration file read (a bound on untrusted-ish input).
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, e.g. `routes[2].upstream`.
+    pub path: String,
+    /// The line in the file, where known.
+    pub line: Option<u64>,
+    /// What is wrong, as one sentence.
+    pub message: String,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The problems, in file order where known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match (p.line, p.path.is_empty()) {
+                (Some(line), false) => write!(f, "{file}:{line}: {}: {}", p.path, p.message)?,
+                (Some(line), true) => write!(f, "{file}:{line}: {}", p.message)?,
+                (None, false) => write!(f, "{file}: {}: {}", p.path, p.message)?,
+                (None, true) => write!(f, "{file}: {}", p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems while compiling.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, line: Option<u64>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn at(&mut self, path: impl Into<String>, text: &Text, message: impl Into<String>) {
+        self.add(path, line_of(&text.referenced), message);
+    }
+
+    fn unsupported(&mut self, path: &str, section: &Unsupported, what: &str) {
+        if let Some(spanned) = section {
+            self.add(
+                path,
+                line_of(&spanned.referenced),
+                format!("{what} is not supported yet; remove this section"),
+            );
+        }
+    }
+}
+
+fn line_of(location: &serde_saphyr::Location) -> Option<u64> {
+    Some(location.line()).filter(|l| *l > 0)
+}
+
+/// An upstream service the gateway forwards to.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its configured name.
+    pub name: String,
+    /// `http`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix prepended to every forwarded path (no trailing slash).
+    pub base_path: String,
+    /// Longest wait for the upstream's response head.
+    pub timeout: Duration,
+}
+
+/// What a route leads to.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// The upstream requests on this route are forwarded to.
+    pub upstream: Arc<Upstream>,
+}
+
+/// The admin listener's settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The bearer token `/admin/` requires; without one, `/admin/` refuses everything.
+    pub token: Option<String>,
+}
+
+/// HTTP/2 abuse limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Limits {
+    /// Concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded header list.
+    pub max_header_list_bytes: u32,
+    /// Most pending or error-provoked stream resets before the connection is closed.
+    pub max_pending_resets: usize,
+}
+
+/// Connection-level limits applied by the server.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Time allowed to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Header limits, also given to the HTTP/1 parser as a hard backstop.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_header_count: usize,
+    /// HTTP/2 limits.
+    pub http2: Http2Limits,
+}
+
+/// A compiled, validated configuration: everything the gateway runs on.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    /// The main listener.
+    pub listen: SocketAddr,
+    /// The admin listener, when configured.
+    pub admin: Option<AdminSettings>,
+    /// Connection-level limits.
+    pub server: ServerLimits,
+    /// Bound on the whole exchange.
+    pub request_timeout: Duration,
+    /// Request normalisation settings.
+    pub normalize: Arc<NormalizeSettings>,
+    /// The routes, first match wins.
+    pub routes: Arc<RouteTable<RouteTarget>>,
+    /// Response security headers.
+    pub headers: Arc<SecurityHeaders>,
+    /// Where security events go.
+    pub events: EventSink,
+    /// Counts for the `check` summary.
+    pub route_count: usize,
+    /// Counts for the `check` summary.
+    pub upstream_count: usize,
+}
+
+/// Reads and compiles a configuration file.
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let text = read(path)?;
+    compile_text(&text, path)
+}
+
+/// Reads a configuration file, bounded in size.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    let fail = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            path: String::new(),
+            line: None,
+            message,
+        }],
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(fail(format!(
+            "the file is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))
+}
+
+/// Compiles configuration text; `path` names the file in messages and anchors relative paths.
+pub fn compile_text(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            path: String::new(),
+            line: None,
+            message: one_line(&e.to_string()),
+        }],
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut problems = Problems::default();
+    let config = compile(raw, &base_dir, &mut problems);
+    match config {
+        Some(config) if problems.0.is_empty() => Ok(config),
+        _ => {
+            problems.0.sort_by_key(|p| p.line.unwrap_or(u64::MAX));
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                problems: problems.0,
+            })
+        }
+    }
+}
+
+/// The parser's message without its multi-line source excerpt.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take_while(|l| !l.starts_with('|') && !l.starts_with("-->"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn compile(raw: RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<GatewayConfig> {
+    let resolver = secret::Resolver::new(base_dir);
+    problems.unsupported(
+        "identity",
+        &raw.identity,
+        "the identity section (JWT, mTLS)",
+    );
+    problems.unsupported("policy", &raw.policy, "the policy section");
+    problems.unsupported("rate_limit", &raw.rate_limit, "the rate_limit section");
+    problems.unsupported("validation", &raw.validation, "the validation section");
+    problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
+    problems.unsupported(
+        "limits.max_token_bytes",
+        &raw.limits.max_token_bytes,
+        "max_token_bytes",
+    );
+    problems.unsupported(
+        "limits.max_json_string_bytes",
+        &raw.limits.max_json_string_bytes,
+        "max_json_string_bytes",
+    );
+    problems.unsupported("monitoring.alerts", &raw.monitoring.alerts, "alerting");
+
+    let listen = socket_addr("listen.address", &raw.listen.address, &resolver, problems);
+    let mut trusted = Vec::new();
+    for (i, text) in raw.listen.trusted_proxies.iter().enumerate() {
+        let path = format!("listen.trusted_proxies[{i}]");
+        if let Some(value) = resolver.text(&path, text, problems) {
+            match value.parse::<IpNet>() {
+                Ok(net) => trusted.push(net),
+                Err(e) => problems.at(path, text, e.to_string()),
+            }
+        }
+    }
+
+    let admin = raw.admin.as_ref().and_then(|admin| {
+        let address = socket_addr("admin.address", &admin.address, &resolver, problems)?;
+        let token = admin
+            .token
+            .as_ref()
+            .and_then(|t| resolver.secret("admin.token", t, problems));
+        if let Some(token) = &token
+            && token.len() < 16
+        {
+            problems.add(
+                "admin.token",
+                admin.token.as_ref().and_then(|t| line_of(&t.referenced)),
+                "the admin token must be at least 16 characters long",
+            );
+        }
+        Some(AdminSettings { address, token })
+    });
+
+    let limits = &raw.limits;
+    let positive = |problems: &mut Problems,
+                    path: &str,
+                    v: Option<&serde_saphyr::Spanned<usize>>,
+                    default: usize| {
+        match v {
+            Some(s) if s.value == 0 => {
+                problems.add(path, line_of(&s.referenced), "must be greater than 0");
+                default
+            }
+            Some(s) => s.value,
+            None => default,
+        }
+    };
+    let max_header_bytes = positive(
+        problems,
+        "limits.max_header_bytes",
+        limits.max_header_bytes.as_ref(),
+        16384,
+    );
+    let max_header_count = positive(
+        problems,
+        "limits.max_header_count",
+        limits.max_header_count.as_ref(),
+        100,
+    );
+    let max_uri_bytes = positive(
+        problems,
+        "limits.max_uri_bytes",
+        limits.max_uri_bytes.as_ref(),
+        8192,
+    );
+    let max_connections = positive(
+        problems,
+        "limits.max_connections",
+        limits.max_connections.as_ref(),
+        10000,
+    );
+    let dur = |d: Option<duration::ConfigDuration>, default: u64| {
+        d.map_or(Duration::from_secs(default), |d| d.0)
+    };
+    let server = ServerLimits {
+        header_read_timeout: dur(limits.header_read_timeout, 10),
+        max_connections,
+        max_header_bytes,
+        max_header_count,
+        http2: Http2Limits {
+            max_concurrent_streams: limits.http2.max_concurrent_streams.unwrap_or(100),
+            max_header_list_bytes: limits.http2.max_header_list_bytes.unwrap_or(16384),
+            max_pending_resets: limits.http2.max_pending_resets.unwrap_or(20),
+        },
+    };
+    let normalize = NormalizeSettings {
+        max_uri_bytes,
+        max_header_bytes,
+        max_header_count,
+        max_body_bytes: limits
+            .max_body_bytes
+            .as_ref()
+            .map_or(1_048_576, |s| s.value),
+        body_read_timeout: dur(limits.body_read_timeout, 30),
+        trusted_proxies: TrustedProxies::new(trusted),
+    };
+    let request_timeout = dur(limits.request_timeout, 30);
+
+    let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
+    for (name, upstream) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        if let Some(compiled) = compile_upstream(name, upstream, &path, &resolver, problems) {
+            upstreams.insert(name, Arc::new(compiled));
+        }
+    }
+
+    let mut routes = Vec::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        if let Some(route) =
+            compile_route(i, route, &upstreams, &raw.upstreams, &resolver, problems)
+        {
+            routes.push(route);
+        }
+    }
+    if raw.routes.is_empty() {
+        problems.add(
+            "routes",
+            None,
+            "no routes are configured, so every request would be refused",
+        );
+    }
+
+    let headers = match &raw.headers {
+        None => SecurityHeaders::default(),
+        Some(map) => compile_headers(map, problems),
+    };
+
+    let events = match (&raw.monitoring.events.sink, &raw.monitoring.events.path) {
+        (None, None) => EventSink::Stdout,
+        (Some(sink), path) => match (sink.value.as_str(), path) {
+            ("stdout", None) => EventSink::Stdout,
+            ("file", Some(path)) => match resolver.text("monitoring.events.path", path, problems) {
+                Some(p) => EventSink::File(base_dir.join(p)),
+                None => EventSink::Stdout,
+            },
+            ("file", None) => {
+                problems.at("monitoring.events.path", sink, "sink `file` needs a `path`");
+                EventSink::Stdout
+            }
+            ("stdout", Some(path)) => {
+                problems.at(
+                    "monitoring.events.path",
+                    path,
+                    "`path` is only used with sink `file`",
+                );
+                EventSink::Stdout
+            }
+            (other, _) => {
+                problems.at(
+                    "monitoring.events.sink",
+                    sink,
+                    format!("unknown sink `{other}` (use stdout or file)"),
+                );
+                EventSink::Stdout
+            }
+        },
+        (None, Some(path)) => {
+            problems.at("monitoring.events.path", path, "`path` needs `sink: file`");
+            EventSink::Stdout
+        }
+    };
+
+    Some(GatewayConfig {
+        listen: listen?,
+        admin,
+        server,
+        request_timeout,
+        normalize: Arc::new(normalize),
+        route_count: routes.len(),
+        upstream_count: upstreams.len(),
+        routes: Arc::new(RouteTable::new(routes)),
+        headers: Arc::new(headers),
+        events,
+    })
+}
+
+fn socket_addr(
+    path: &str,
+    text: &Text,
+    resolver: &secret::Resolver,
+    problems: &mut Problems,
+) -> Option<SocketAddr> {
+    let value = resolver.text(path, text, problems)?;
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.at(
+                path,
+                text,
+                format!("`{value}` is not an address like 127.0.0.1:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn compile_upstream(
+    name: &str,
+    raw: &raw::RawUpstream,
+    path: &str,
+    resolver: &secret::Resolver,
+    problems: &mut Problems,
+) -> Option<Upstream> {
+    let url_path = format!("{path}.url");
+    let url = resolver.text(&url_path, &raw.url, problems)?;
+    let Ok(uri) = url.parse::<Uri>() else {
+        problems.at(url_path, &raw.url, format!("`{url}` is not a URL"));
+        return None;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        problems.at(
+            url_path,
+            &raw.url,
+            format!("`{url}` needs a scheme and host, like http://127.0.0.1:8081"),
+        );
+        return None;
+    };
+    if scheme == &Scheme::HTTPS {
+        problems.at(url_path, &raw.url, "https upstreams are not supported yet");
+        return None;
+    }
+    if scheme != &Scheme::HTTP {
+        problems.at(
+            url_path,
+            &raw.url,
+            format!("unsupported scheme `{scheme}` (use http)"),
+        );
+        return None;
+    }
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        problems.at(
+            url_path,
+            &raw.url,
+            "an upstream URL may not carry a query or credentials",
+        );
+        return None;
+    }
+    Some(Upstream {
+        name: name.to_string(),
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
+    })
+}
+
+fn compile_route(
+    i: usize,
+    raw: &raw::RawRoute,
+    upstreams: &BTreeMap<&str, Arc<Upstream>>,
+    declared: &BTreeMap<String, raw::RawUpstream>,
+    resolver: &secret::Resolver,
+    problems: &mut Problems,
+) -> Option<Route<RouteTarget>> {
+    let path = format!("routes[{i}]");
+    problems.unsupported(&format!("{path}.scopes"), &raw.scopes, "scopes");
+    problems.unsupported(
+        &format!("{path}.rate_limit"),
+        &raw.rate_limit,
+        "per-route rate limits",
+    );
+    problems.unsupported(
+        &format!("{path}.resource"),
+        &raw.resource,
+        "resource mapping",
+    );
+    problems.unsupported(
+        &format!("{path}.require_mfa"),
+        &raw.require_mfa,
+        "require_mfa",
+    );
+    let route_line = line_of(&raw.matcher.referenced);
+    match &raw.auth {
+        Some(auth) if auth.value == "none" => {}
+        Some(auth) if matches!(auth.value.as_str(), "required" | "optional") => problems.at(
+            format!("{path}.auth"),
+            auth,
+            format!(
+                "`auth: {}` needs authentication, which is not supported yet; write `auth: none` to make the route public",
+                auth.value
+            ),
+        ),
+        Some(auth) => problems.at(
+            format!("{path}.auth"),
+            auth,
+            format!("unknown value `{}` (use required, optional or none)", auth.value),
+        ),
+        None => problems.add(
+            format!("{path}.auth"),
+            route_line,
+            "routes require authentication unless they say `auth: none`, and authentication is not supported yet",
+        ),
+    }
+
+    let m = &raw.matcher.value;
+    let pattern = match (&m.path, &m.prefix) {
+        (Some(p), None) => {
+            let value = resolver.text(&format!("{path}.match.path"), p, problems)?;
+            PathPattern::template(&value)
+                .map_err(|e| problems.at(format!("{path}.match.path"), p, format!("`{value}` {e}")))
+                .ok()
+        }
+        (None, Some(p)) => {
+            let value = resolver.text(&format!("{path}.match.prefix"), p, problems)?;
+            PathPattern::prefix(&value)
+                .map_err(|e| {
+                    problems.at(format!("{path}.match.prefix"), p, format!("`{value}` {e}"))
+                })
+                .ok()
+        }
+        _ => {
+            problems.add(
+                format!("{path}.match"),
+                route_line,
+                "needs exactly one of `path` or `prefix`",
+            );
+            None
+        }
+    };
+    let endpoint = match (&m.path, &m.prefix) {
+        (Some(p), _) => p.value.clone(),
+        (_, Some(p)) => format!("{}*", p.value),
+        _ => String::new(),
+    };
+    let methods = m.methods.as_ref().map(|methods| {
+        methods
+            .iter()
+            .enumerate()
+            .filter_map(|(j, text)| {
+                let valid =
+                    !text.value.is_empty() && text.value.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(text.value.as_bytes()) {
+                    Ok(method) if valid => Some(method),
+                    _ => {
+                        problems.at(
+                            format!("{path}.match.methods[{j}]"),
+                            text,
+                            format!("`{}` is not an HTTP method in upper case", text.value),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let upstream = match upstreams.get(raw.upstream.value.as_str()) {
+        Some(upstream) => Some(upstream.clone()),
+        None if declared.contains_key(&raw.upstream.value) => None,
+        None => {
+            problems.at(
+                format!("{path}.upstream"),
+                &raw.upstream,
+                format!(
+                    "no upstream named `{}` is defined under `upstreams`",
+                    raw.upstream.value
+                ),
+            );
+            None
+        }
+    };
+    Some(Route {
+        endpoint: Arc::from(endpoint),
+        pattern: pattern?,
+        methods,
+        target: RouteTarget {
+            upstream: upstream?,
+        },
+    })
+}
+
+fn compile_headers(
+    map: &BTreeMap<String, serde_saphyr::Spanned<raw::HeaderSetting>>,
+    problems: &mut Problems,
+) -> SecurityHeaders {
+    let mut set = Vec::new();
+    let mut remove = Vec::new();
+    for (name, setting) in map {
+        let path = format!("headers.{name}");
+        let line = line_of(&setting.referenced);
+        match (name.as_str(), &setting.value) {
+            ("remove", raw::HeaderSetting::List(names)) => {
+                for n in names {
+                    match HeaderName::from_bytes(n.as_bytes()) {
+                        Ok(h) => remove.push(h),
+                        Err(_) => problems.add(&path, line, format!("`{n}` is not a header name")),
+                    }
+                }
+            }
+            ("remove", _) => problems.add(&path, line, "must be a list of header names"),
+            (_, raw::HeaderSetting::Value(value)) => {
+                match (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    (Ok(n), Ok(v)) => set.push((n, v)),
+                    (Err(_), _) => {
+                        problems.add(&path, line, format!("`{name}` is not a header name"))
+                    }
+                    (_, Err(_)) => problems.add(&path, line, "is not a valid header value"),
+                }
+            }
+            (_, raw::HeaderSetting::List(_)) => problems.add(&path, line, "must be a single value"),
+        }
+    }
+    SecurityHeaders::new(set, remove)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+use super::*;
+
+fn compile(yaml: &str) -> Result<GatewayConfig, Vec<String>> {
+    compile_text(yaml, Path::new("/tmp/portcullis-test.yaml")).map_err(|e| {
+        e.problems
+            .iter()
+            .map(|p| format!("{}@{}: {}", p.path, p.line.unwrap_or(0), p.message))
+            .collect()
+    })
+}
+
+const MINIMAL: &str = "
+listen: { address: 127.0.0.1:0 }
+upstreams:
+  items: { url: http://127.0.0.1:9 }
+routes:
+  - match: { prefix: / }
+    upstream: items
+    auth: none
+";
+
+#[test]
+fn minimal_config_compiles_with_defaults() {
+    let config = compile(MINIMAL).map_err(|e| e.join("\n"));
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => unreachable!("{e}"),
+    };
+    assert_eq!(config.server.max_connections, 10000);
+    assert_eq!(config.normalize.max_body_bytes, 1_048_576);
+    assert_eq!(config.request_timeout, Duration::from_secs(30));
+    assert_eq!(config.route_count, 1);
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_name() {
+    let yaml = MINIMAL.replace(
+        "listen: { address: 127.0.0.1:0 }",
+        "listen: { address: 127.0.0.1:0, adress: x }",
+    );
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    assert!(errors.contains("adress"), "{errors}");
+}
+
+#[test]
+fn every_problem_is_reported_with_path_and_line() {
+    let yaml = "
+listen: { address: nowhere }
+admin:
+  address: 127.0.0.1:0
+  token: hunter2-literal-secret
+upstreams:
+  items: { url: ftp://x }
+routes:
+  - match: { path: /a/../b }
+    upstream: items
+    auth: none
+  - match: { path: /x, methods: [get] }
+    upstream: missing
+";
+    let errors = compile(yaml).err().unwrap_or_default();
+    let all = errors.join("\n");
+    assert!(all.contains("listen.address@2"), "{all}");
+    assert!(
+        all.contains("admin.token@5") && all.contains("literal secret"),
+        "{all}"
+    );
+    assert!(all.contains("upstreams.items.url@7"), "{all}");
+    assert!(all.contains("routes[0].match.path@9"), "{all}");
+    assert!(all.contains("routes[1].match.methods[0]"), "{all}");
+    assert!(all.contains("routes[1].upstream@13"), "{all}");
+    assert!(all.contains("routes[1].auth"), "{all}");
+    assert!(!all.contains("hunter2"), "secret echoed: {all}");
+}
+
+#[test]
+fn unsupported_sections_are_refused_not_ignored() {
+    let yaml = format!("{MINIMAL}identity:\n  jwt: []\n");
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    assert!(
+        errors.contains("identity") && errors.contains("not supported yet"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn secret_references_resolve_from_files() {
+    let dir = tempfile::tempdir().ok();
+    let dir = dir
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_default();
+    let _ = std::fs::write(dir.join("token"), "0123456789abcdef0123\n");
+    let yaml = format!("{MINIMAL}admin:\n  address: 127.0.0.1:0\n  token: ${{file:token}}\n");
+    let config = compile_text(&yaml, &dir.join("c.yaml")).ok();
+    let token = config.and_then(|c| c.admin).and_then(|a| a.token);
+    assert_eq!(token.as_deref(), Some("0123456789abcdef0123"));
+}
+
+#[test]
+fn missing_env_reference_is_reported() {
+    let yaml = format!(
+        "{MINIMAL}admin:\n  address: 127.0.0.1:0\n  token: ${{env:PORTCULLIS_SURELY_UNSET_VAR}}\n"
+    );
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    assert!(errors.contains("PORTCULLIS_SURELY_UNSET_VAR"), "{errors}");
+}

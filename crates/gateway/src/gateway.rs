@@ -1,0 +1,157 @@
+//! The running gateway: the current configuration generation behind an `ArcSwap`, shared
+//! state that outlives reloads (events, metrics, upstream pool), and the reload procedure.
+
+use crate::config::{self, GatewayConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Pipeline};
+use crate::proxy::{self, UpstreamClient};
+use arc_swap::ArcSwap;
+use portcullis::event::{EventBus, EventType, SecurityEvent, Severity};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One configuration generation and the pipeline built from it. Requests hold the
+/// generation they started with, so a reload never disturbs a request in flight.
+pub struct Generation {
+    /// The compiled configuration.
+    pub config: GatewayConfig,
+    /// Its pipeline.
+    pub pipeline: Pipeline,
+}
+
+/// State shared by the listeners, the admin API and the reload triggers.
+pub struct Gateway {
+    config_path: PathBuf,
+    current: ArcSwap<Generation>,
+    /// Security events.
+    pub events: Arc<EventBus>,
+    /// Metrics.
+    pub metrics: Metrics,
+    client: UpstreamClient,
+    last_text: tokio::sync::Mutex<String>,
+    ready: AtomicBool,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new configuration serves now.
+    Applied {
+        /// Settings that changed but only take effect after a restart.
+        restart_needed: Vec<&'static str>,
+    },
+    /// The file had not changed.
+    Unchanged,
+    /// The new configuration was refused; the old one keeps serving.
+    Refused(String),
+}
+
+impl Gateway {
+    /// Loads `config_path` and prepares the first generation.
+    pub fn start(config_path: PathBuf) -> anyhow::Result<Arc<Gateway>> {
+        let text = config::read(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config =
+            config::compile_text(&text, &config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let events = Arc::new(
+            EventBus::start(config.events.clone())
+                .map_err(|e| anyhow::anyhow!("cannot open the security event sink: {e}"))?,
+        );
+        let client = proxy::client();
+        let pipeline = pipeline::build(&config, events.clone(), client.clone());
+        Ok(Arc::new(Gateway {
+            config_path,
+            current: ArcSwap::from_pointee(Generation { config, pipeline }),
+            events,
+            metrics: Metrics::new(),
+            client,
+            last_text: tokio::sync::Mutex::new(text),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// The generation new requests should use.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Whether configuration is loaded and the listeners accept.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the gateway ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Re-reads the configuration file and swaps it in if it is valid. `force` reloads
+    /// even when the file is unchanged (an operator asked explicitly).
+    pub async fn reload(&self, trigger: &'static str, force: bool) -> ReloadOutcome {
+        let mut last_text = self.last_text.lock().await;
+        let outcome = match config::read(&self.config_path)
+            .and_then(|text| config::compile_text(&text, &self.config_path).map(|c| (text, c)))
+        {
+            Err(error) => ReloadOutcome::Refused(error.to_string()),
+            Ok((text, _)) if !force && text == *last_text => ReloadOutcome::Unchanged,
+            Ok((text, config)) => {
+                let old = self.current();
+                let restart_needed = restart_needed(&old.config, &config);
+                let pipeline = pipeline::build(&config, self.events.clone(), self.client.clone());
+                self.current
+                    .store(Arc::new(Generation { config, pipeline }));
+                *last_text = text;
+                ReloadOutcome::Applied { restart_needed }
+            }
+        };
+        self.report_reload(trigger, &outcome);
+        outcome
+    }
+
+    fn report_reload(&self, trigger: &'static str, outcome: &ReloadOutcome) {
+        let (severity, reason, details) = match outcome {
+            ReloadOutcome::Unchanged => return,
+            ReloadOutcome::Applied { restart_needed } => (
+                Severity::Low,
+                "applied",
+                serde_json::json!({ "trigger": trigger, "restart_needed": restart_needed }),
+            ),
+            ReloadOutcome::Refused(problems) => (
+                Severity::High,
+                "refused",
+                serde_json::json!({ "trigger": trigger, "problems": problems.lines().collect::<Vec<_>>() }),
+            ),
+        };
+        self.metrics
+            .reload(matches!(outcome, ReloadOutcome::Applied { .. }));
+        let mut event = SecurityEvent::new(EventType::ConfigReload, severity, reason);
+        event.details = details;
+        self.events.emit(event);
+        match outcome {
+            ReloadOutcome::Refused(problems) => {
+                eprintln!(
+                    "portcullis: configuration reload ({trigger}) refused; the previous configuration keeps serving:\n{problems}"
+                );
+            }
+            _ => eprintln!("portcullis: configuration reloaded ({trigger})"),
+        }
+    }
+}
+
+/// Settings bound when the process started, which a reload cannot change.
+fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if old.listen != new.listen {
+        fields.push("listen.address");
+    }
+    if old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address) {
+        fields.push("admin.address");
+    }
+    if old.events != new.events {
+        fields.push("monitoring.events");
+    }
+    if old.server.max_connections != new.server.max_connections {
+        fields.push("limits.max_connections");
+    }
+    fields
+}

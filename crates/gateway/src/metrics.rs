@@ -1,0 +1,166 @@
+//! Prometheus metrics for the admin listener's `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    reason: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
+    denials: Family<DenialLabels, Counter>,
+    upstream_errors: Family<DenialLabels, Counter>,
+    open_connections: Gauge,
+    reloads: Family<ResultLabel, Counter>,
+    events_dropped: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers all metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_1, 2.0, 18))) as fn() -> Histogram,
+        );
+        let denials = Family::<DenialLabels, Counter>::default();
+        let upstream_errors = Family::<DenialLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let events_dropped = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "denials",
+            "Requests refused by the gateway, by reason and route",
+            denials.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures (unreachable, timeout), by reason and route",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Security event lines dropped because the writer fell behind",
+            events_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            denials,
+            upstream_errors,
+            open_connections,
+            reloads,
+            events_dropped,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn request(&self, route: &str, status: u16, denial: Option<&str>, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = denial {
+            let labels = DenialLabels {
+                reason: reason.to_string(),
+                route: route.to_string(),
+            };
+            if reason.starts_with("upstream_") {
+                self.upstream_errors.get_or_create(&labels).inc();
+            }
+            self.denials.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A client connection opened.
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// A client connection closed.
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// Records a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The exposition text.
+    pub fn encode(&self, events_dropped: u64) -> String {
+        self.events_dropped
+            .set(i64::try_from(events_dropped).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

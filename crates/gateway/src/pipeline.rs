@@ -1,0 +1,30 @@
+//! The request pipeline, built in request order from a compiled configuration.
+
+use crate::config::{GatewayConfig, RouteTarget};
+use crate::proxy::{Proxy, UpstreamClient};
+use portcullis::event::EventBus;
+use portcullis::normalize::{Normalize, NormalizeLayer};
+use portcullis::respond::{Respond, RespondLayer};
+use portcullis::route::{RouteLayer, Router};
+use portcullis::timeout::{RequestTimeout, RequestTimeoutLayer};
+use std::sync::Arc;
+use tower::ServiceBuilder;
+
+/// The whole stack, outermost layer first.
+pub type Pipeline = Respond<RequestTimeout<Normalize<Router<Proxy, RouteTarget>>>>;
+
+/// Builds the pipeline for one configuration generation.
+pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClient) -> Pipeline {
+    let trusted = Arc::new(config.normalize.trusted_proxies.clone());
+    ServiceBuilder::new()
+        // Ids every request; turns each refusal into one problem answer and one event;
+        // puts the security headers on every response.
+        .layer(RespondLayer::new(config.headers.clone(), events))
+        // Bounds the whole exchange, upstream included.
+        .layer(RequestTimeoutLayer::new(config.request_timeout))
+        // Cheap checks first: head size, framing, canonical path, client address, body guard.
+        .layer(NormalizeLayer::new(config.normalize.clone()))
+        // No route, no forwarding: 404 / 405 before anything reaches an upstream.
+        .layer(RouteLayer::new(config.routes.clone()))
+        .service(Proxy::new(client, trusted))
+}

@@ -1,0 +1,62 @@
+//! Reload triggers besides the admin API: SIGHUP and changes to the configuration file.
+
+use crate::gateway::Gateway;
+use notify::RecursiveMode;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Reloads on every SIGHUP.
+pub fn on_sighup(gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            gateway.reload("sighup", true).await;
+        }
+    });
+    Ok(())
+}
+
+/// The watcher stays active while this is alive.
+pub struct FileWatch {
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+}
+
+/// Reloads when the configuration file changes. The directory is watched, not the file,
+/// so editors that write a new file and rename it, and Kubernetes ConfigMap symlink swaps,
+/// are seen too; a reload of unchanged content does nothing.
+pub fn on_file_change(gateway: Arc<Gateway>, config_path: &Path) -> anyhow::Result<FileWatch> {
+    let dir = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            gateway.reload("file_change", false).await;
+        }
+    });
+    Ok(FileWatch {
+        _debouncer: debouncer,
+    })
+}

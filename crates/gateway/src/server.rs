@@ -1,0 +1,160 @@
+//! The data-plane listener: accepts connections (bounded by `max_connections`), serves
+//! HTTP/1.1 and HTTP/2 (prior knowledge) on one port with explicit abuse limits, and shuts
+//! down gracefully.
+
+use crate::gateway::Gateway;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use portcullis::body::Body;
+use portcullis::respond::Outcome;
+use portcullis::scope::PeerAddr;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+/// The HTTP/2 connection preface; a client that stops part-way through it is as slow as
+/// one that never sends a head, and is cut off the same way.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Binds a listener, failing with a sentence that names the address.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// Serves the data plane until `shutdown` changes, then drains in-flight requests for at
+/// most `grace`.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let max_connections = gateway.current().config.server.max_connections;
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // Backpressure: at the limit we stop accepting and clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // Out of file descriptors and similar: back off briefly, keep serving.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            gateway.metrics.connection_opened();
+            serve_connection(&gateway, stream, peer, watcher).await;
+            gateway.metrics.connection_closed();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            eprintln!("portcullis: shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+async fn serve_connection(
+    gateway: &Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let limits = gateway.current().config.server.clone();
+    if !request_started(&stream, limits.header_read_timeout).await {
+        return;
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // A hard backstop above the configured limits, which the pipeline enforces with a
+        // proper problem answer.
+        .max_headers(limits.max_header_count.saturating_mul(2).max(100))
+        .max_buf_size(limits.max_header_bytes.saturating_mul(2).max(8192) + 16384);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2.max_concurrent_streams)
+        .max_header_list_size(limits.http2.max_header_list_bytes)
+        .max_pending_accept_reset_streams(limits.http2.max_pending_resets)
+        .max_local_error_reset_streams(limits.http2.max_pending_resets)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let gateway = gateway.clone();
+    let service = hyper::service::service_fn(move |req| handle(gateway.clone(), peer, req));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = watcher.watch(connection.into_owned()).await;
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, for at most
+/// `limit`. Returns false if the client was too slow or went away.
+async fn request_started(stream: &TcpStream, limit: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            let seen = buf.get(..n).unwrap_or_default();
+            if n == 0 {
+                return false;
+            }
+            if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(seen) {
+                return true;
+            }
+            // Part of the preface: peek returns at once while data waits, so pause
+            // before looking again.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
+}
+
+async fn handle(
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    req.extensions_mut().insert(PeerAddr(peer));
+    // The request keeps this generation to the end, whatever reloads happen meanwhile.
+    let generation = gateway.current();
+    let response = generation.pipeline.clone().oneshot(req).await?;
+    let (route, denial) = match response.extensions().get::<Outcome>() {
+        Some(outcome) => (outcome.route.as_deref(), outcome.denial_reason),
+        None => (None, None),
+    };
+    gateway.metrics.request(
+        route.unwrap_or("(none)"),
+        response.status().as_u16(),
+        denial,
+        started.elapsed(),
+    );
+    Ok(response)
+}
