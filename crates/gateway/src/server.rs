@@ -9,12 +9,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis::body::Body;
+use portcullis::framing::{FramingScanner, FramingViolation};
 use portcullis::respond::Outcome;
 use portcullis::scope::PeerAddr;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
@@ -87,9 +92,9 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let limits = gateway.current().config.server.clone();
-    if !request_started(&stream, limits.header_read_timeout).await {
+    let Some(is_h2) = request_started(&stream, limits.header_read_timeout).await else {
         return;
-    }
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -109,31 +114,105 @@ async fn serve_connection(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let gateway = gateway.clone();
-    let service = hyper::service::service_fn(move |req| handle(gateway.clone(), peer, req));
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let scanner = Arc::new(Mutex::new(FramingScanner::default()));
+    let io = ScannedStream {
+        inner: stream,
+        scanner: (!is_h2).then(|| scanner.clone()),
+    };
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // HTTP/1 requests arrive in order, so the scanner's verdicts pair up with them.
+        if !is_h2
+            && let Ok(mut scanner) = scanner.lock()
+            && let Some(Some(reason)) = scanner.next_verdict()
+        {
+            req.extensions_mut().insert(FramingViolation(reason));
+        }
+        handle(gateway.clone(), peer, req)
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(connection.into_owned()).await;
 }
 
+pin_project_lite::pin_project! {
+    /// A client stream whose incoming HTTP/1 bytes are also fed to a [`FramingScanner`].
+    struct ScannedStream {
+        #[pin]
+        inner: TcpStream,
+        scanner: Option<Arc<Mutex<FramingScanner>>>,
+    }
+}
+
+impl AsyncRead for ScannedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(scanner)) = (&result, this.scanner.as_ref())
+            && let Ok(mut scanner) = scanner.lock()
+        {
+            scanner.feed(buf.filled().get(before..).unwrap_or_default());
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ScannedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 /// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, for at most
-/// `limit`. Returns false if the client was too slow or went away.
-async fn request_started(stream: &TcpStream, limit: Duration) -> bool {
+/// `limit`. Returns whether it is HTTP/2, or `None` if the client was too slow or left.
+async fn request_started(stream: &TcpStream, limit: Duration) -> Option<bool> {
     let wait = async {
         let mut buf = [0u8; 24];
         loop {
             let n = stream.peek(&mut buf).await.unwrap_or(0);
             let seen = buf.get(..n).unwrap_or_default();
             if n == 0 {
-                return false;
+                return None;
             }
-            if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(seen) {
-                return true;
+            if !H2_PREFACE.starts_with(seen) {
+                return Some(false);
+            }
+            if n >= H2_PREFACE.len() {
+                return Some(true);
             }
             // Part of the preface: peek returns at once while data waits, so pause
             // before looking again.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    tokio::time::timeout(limit, wait).await.ok().flatten()
 }
 
 async fn handle(

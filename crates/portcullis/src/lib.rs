@@ -25,6 +25,7 @@
 pub mod body;
 pub mod denial;
 pub mod event;
+pub mod framing;
 pub mod headers;
 pub mod net;
 pub mod normalize;

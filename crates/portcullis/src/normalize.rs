@@ -3,6 +3,7 @@
 //! path to its canonical form, strips hop-by-hop headers and guards the body stream.
 
 use crate::denial::{Denial, DenialOr};
+use crate::framing::FramingViolation;
 use crate::net::TrustedProxies;
 use crate::scope::{ClientIp, PeerAddr, RequestScope};
 use bytes::Bytes;
@@ -123,6 +124,13 @@ where
         });
     }
     check_header_size(settings, &parts.headers)?;
+    if let Some(FramingViolation(reason)) = parts.extensions.get::<FramingViolation>() {
+        return Err(malformed(
+            reason,
+            "ambiguous message framing on the wire",
+            true,
+        ));
+    }
     let declared_length = check_framing(&parts.headers)?;
     if let Some(scope) = parts.extensions.get::<Arc<RequestScope>>().cloned()
         && let Some(PeerAddr(peer)) = parts.extensions.get::<PeerAddr>().copied()

@@ -100,11 +100,11 @@ impl PathPattern {
             }
             PathPattern::Template(segments) => {
                 let rest = path.strip_prefix('/')?;
-                let mut parts = if rest.is_empty() {
-                    "".split('/').skip(1)
-                } else {
-                    rest.split('/').skip(0)
-                };
+                // The root path has no segments at all, not one empty segment.
+                let mut parts = (!rest.is_empty())
+                    .then(|| rest.split('/'))
+                    .into_iter()
+                    .flatten();
                 let mut params = Vec::new();
                 for segment in segments {
                     let part = parts.next()?;
@@ -180,14 +180,16 @@ impl<T> RouteTable<T> {
     }
 
     /// The first route matching the method and canonical path.
-    pub fn find(&self, method: &Method, path: &str) -> Result<RouteMatch<T>, Denial> {
+    pub fn find(&self, method: &Method, path: &str) -> Result<RouteMatch<T>, RouteMiss> {
         let mut allow: Vec<Method> = Vec::new();
+        let mut endpoint = None;
         for route in &self.routes {
             let Some(params) = route.pattern.matches(path) else {
                 continue;
             };
             match &route.methods {
                 Some(methods) if !methods.contains(method) => {
+                    endpoint.get_or_insert_with(|| route.endpoint.clone());
                     for m in methods {
                         if !allow.contains(m) {
                             allow.push(m.clone());
@@ -202,12 +204,26 @@ impl<T> RouteTable<T> {
                 }
             }
         }
-        if allow.is_empty() {
-            Err(Denial::NoRoute)
-        } else {
-            Err(Denial::MethodNotAllowed { allow })
-        }
+        Err(match endpoint {
+            None => RouteMiss {
+                denial: Denial::NoRoute,
+                endpoint: None,
+            },
+            Some(endpoint) => RouteMiss {
+                denial: Denial::MethodNotAllowed { allow },
+                endpoint: Some(endpoint),
+            },
+        })
     }
+}
+
+/// Why no route took a request.
+#[derive(Debug)]
+pub struct RouteMiss {
+    /// 404, or 405 with the allowed methods.
+    pub denial: Denial,
+    /// For a 405, the endpoint of the first route whose path matched.
+    pub endpoint: Option<Arc<str>>,
 }
 
 /// Routes every request through a [`RouteTable`], inserting the [`RouteMatch`].
@@ -282,11 +298,12 @@ where
                 req.extensions_mut().insert(matched);
                 DenialOr::inner(self.inner.call(req))
             }
-            Err(denial) => {
+            Err(miss) => {
                 if let Some(scope) = scope {
-                    scope.set_endpoint(Arc::from(req.uri().path()));
+                    scope
+                        .set_endpoint(miss.endpoint.unwrap_or_else(|| Arc::from(req.uri().path())));
                 }
-                DenialOr::denied(denial)
+                DenialOr::denied(miss.denial)
             }
         }
     }
@@ -329,7 +346,7 @@ mod tests {
         table()
             .find(&method, path)
             .map(|m| m.route.target)
-            .map_err(|d| d.reason())
+            .map_err(|miss| miss.denial.reason())
     }
 
     #[test]
@@ -351,11 +368,15 @@ mod tests {
         assert_eq!(target(Method::GET, "/api/items/1/extra"), Err("no_route"));
         assert_eq!(target(Method::GET, "/api/publicity"), Err("no_route"));
         assert_eq!(target(Method::GET, "/api/items/"), Err("no_route"));
-        match table().find(&Method::PUT, "/api/items/1") {
-            Err(Denial::MethodNotAllowed { allow }) => {
+        let miss = table()
+            .find(&Method::PUT, "/api/items/1")
+            .expect_err("a miss");
+        assert_eq!(miss.endpoint.as_deref(), Some("item-read"));
+        match miss.denial {
+            Denial::MethodNotAllowed { allow } => {
                 assert_eq!(allow, vec![Method::GET, Method::DELETE])
             }
-            other => unreachable!("expected 405, got {other:?}"),
+            other => panic!("expected 405, got {other:?}"),
         }
     }
 

@@ -1,0 +1,159 @@
+//! The command line: check, run errors, help, demo.
+
+use crate::util::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn no_panic(text: &str) {
+    assert!(
+        !text.contains("panicked") && !text.contains("RUST_BACKTRACE"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(&path, config_with("http://127.0.0.1:9", CATCH_ALL)).unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let (code, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen:\n  address: not-an-address\nadmin:\n  address: 127.0.0.1:0\n  token: literal-secret-value-123\n\
+upstreams:\n  a: { url: \"http://127.0.0.1:1\" }\nroutes:\n  - match: { path: /x }\n    upstream: b\n    auth: none\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:2: listen.address")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:5: admin.token")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:10: routes[0].upstream")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("literal-secret-value-123"),
+        "a secret was echoed: {stderr}"
+    );
+    no_panic(&stderr);
+}
+
+#[test]
+fn unknown_keys_and_yaml_errors_are_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.yaml");
+    std::fs::write(&path, "listen:\n  address: 127.0.0.1:0\nroutez: []\n").unwrap();
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("routez"), "{stderr}");
+    std::fs::write(&path, "listen: [unclosed\n").unwrap();
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    no_panic(&stderr);
+}
+
+#[test]
+fn run_with_a_missing_file_fails_in_one_sentence() {
+    let (code, _, stderr) = portcullis(&["run", "--config", "/nonexistent/portcullis.yaml"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/portcullis.yaml"), "{stderr}");
+    no_panic(&stderr);
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let (code, stdout, _) = portcullis(&args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(stdout.contains("Usage"), "{args:?}: {stdout}");
+    }
+    let (code, _, stderr) = portcullis(&["frobnicate"]);
+    assert_ne!(code, 0);
+    no_panic(&stderr);
+}
+
+#[tokio::test]
+async fn demo_serves_the_items_api_and_prints_working_commands() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let found = eventually("the demo banner", || {
+        while let Ok(line) = rx.try_recv() {
+            banner.push(line);
+        }
+        banner
+            .iter()
+            .any(|l| l.contains("Ctrl-C"))
+            .then(|| banner.clone())
+    })
+    .await;
+    let field = |name: &str| {
+        found
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {name} in banner: {found:?}"))
+    };
+    let gw = field("gateway");
+    let admin = field("admin");
+    let (status, headers, body) = get(&format!("{gw}/api/items")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body).as_array().unwrap().len() >= 2);
+    assert!(headers.get("server").is_none());
+    let (status, _, _) = get(&format!("{gw}/internal/debug")).await.unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(get(&format!("{admin}/readyz")).await.unwrap().0, 200);
+    assert!(
+        found
+            .iter()
+            .any(|l| l.contains("curl -i") && l.contains(&gw)),
+        "{found:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real `portcullis` binary against real peers on loopback.
+
+// Test code states its expectations by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod util;
+
+mod admin;
+mod cli;
+mod limits;
+mod normalize;
+mod proxy;
+mod reload;
+mod routing;

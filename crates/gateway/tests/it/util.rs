@@ -1,0 +1,389 @@
+//! Test support: the real `portcullis` binary on port 0, a counting upstream, clients.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long anything in a test may take before it counts as hung.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `check` until it returns `Some`, or fails the test at the deadline.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request as the upstream saw it, recorded only once its body was read completely.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP/1.1 upstream on an ephemeral port that records every complete request.
+///
+/// Paths: `/slow?ms=N` answers after N ms; `/hop` answers with hop-by-hop headers;
+/// `/big?bytes=N` streams N bytes; anything else answers 200 with a small JSON body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    started: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let started: Arc<AtomicUsize> = Arc::default();
+        let (seen2, started2) = (seen.clone(), started.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen2.clone();
+                let started = started2.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        started.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            started,
+            task,
+        }
+    }
+
+    /// Complete requests received.
+    pub fn hits(&self) -> usize {
+        self.seen.lock().expect("seen").len()
+    }
+
+    /// Requests whose head arrived, complete or not.
+    pub fn heads(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .expect("seen")
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        // The body was cut short: the request never completed, so it is not recorded.
+        return Response::builder()
+            .status(400)
+            .body(Full::default())
+            .expect("response");
+    };
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    seen.lock().expect("seen").push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let mut response = Response::builder()
+        .header("content-type", "application/json")
+        .header("server", "test-upstream/1.0")
+        .header("x-powered-by", "tests");
+    match parts.uri.path() {
+        "/slow" => tokio::time::sleep(Duration::from_millis(param("ms"))).await,
+        "/hop" => {
+            response = response
+                .header("connection", "x-upstream-private")
+                .header("x-upstream-private", "secret")
+                .header("keep-alive", "timeout=5")
+                .header("x-upstream-public", "ok");
+        }
+        "/big" => {
+            let bytes = vec![b'x'; param("bytes") as usize];
+            return response
+                .body(Full::new(Bytes::from(bytes)))
+                .expect("response");
+        }
+        _ => {}
+    }
+    let reply = serde_json::json!({ "path": parts.uri.path(), "body_bytes": body.len() });
+    response
+        .body(Full::new(Bytes::from(reply.to_string())))
+        .expect("response")
+}
+
+/// The real gateway binary, running a test configuration; killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A configuration with one catch-all public route to `upstream`, events to a file and
+/// an admin listener; `extra` is appended (YAML) and `{upstream}` replaced.
+pub fn config_with(upstream: &str, extra: &str) -> String {
+    format!(
+        "listen:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n  token: ${{file:admin-token}}\n\
+monitoring:\n  events: {{ sink: file, path: events.log }}\nupstreams:\n  main: {{ url: \"{upstream}\", timeout: 5s }}\n{extra}"
+    )
+}
+
+pub const CATCH_ALL: &str =
+    "routes:\n  - match: { prefix: / }\n    upstream: main\n    auth: none\n";
+
+impl Gateway {
+    /// Starts the binary with this configuration text and waits until it is ready.
+    pub async fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("token");
+        std::fs::write(dir.path().join("portcullis.yaml"), config).expect("config");
+        Gateway::start_in(dir).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("portcullis.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portcullis");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut all = collected.lock().expect("stderr");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let mut gateway = Gateway {
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            admin: None,
+            dir,
+            child,
+            stderr,
+        };
+        let has_admin = std::fs::read_to_string(gateway.dir.path().join("portcullis.yaml"))
+            .map(|c| c.contains("\nadmin:"))
+            .unwrap_or(false);
+        let (addr, admin) = eventually("the gateway to listen", || {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("portcullis exited with {status}: {}", gateway.stderr());
+            }
+            let text = gateway.stderr();
+            let find = |prefix: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            };
+            let addr = find("portcullis: listening on http://")?;
+            let admin = find("portcullis: admin on http://");
+            if has_admin && admin.is_none() {
+                return None;
+            }
+            Some((addr, admin))
+        })
+        .await;
+        gateway.addr = addr;
+        gateway.admin = admin;
+        if let Some(admin) = admin {
+            let url = format!("http://{admin}/readyz");
+            let start = Instant::now();
+            loop {
+                if matches!(get(&url).await, Ok((StatusCode::OK, _, _))) {
+                    break;
+                }
+                assert!(start.elapsed() < DEADLINE, "gateway never became ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin listener"))
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Security events written so far (the file sink), parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        read_events(&self.dir.path().join("events.log"))
+    }
+
+    /// Waits until an event matches `pred`, then returns it.
+    pub async fn event_where(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(what, || self.events().into_iter().find(|e| pred(e))).await
+    }
+
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status();
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "kill -s {signal} failed"
+        );
+    }
+
+    /// Waits for the process to exit and returns whether it exited successfully.
+    pub async fn wait_exit(&mut self) -> bool {
+        let child = &mut self.child;
+        eventually("the gateway to exit", || child.try_wait().ok().flatten())
+            .await
+            .success()
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub type Answer = (StatusCode, HeaderMap, String);
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request through a pooled HTTP/1.1 client.
+pub async fn send(req: Request<Full<Bytes>>) -> Result<Answer, String> {
+    let response = tokio::time::timeout(DEADLINE, client().request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+pub async fn get(url: &str) -> Result<Answer, String> {
+    send(
+        Request::get(url)
+            .body(Full::default())
+            .map_err(|e| e.to_string())?,
+    )
+    .await
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes it (or the
+/// deadline). Returns everything the server sent.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw HTTP/1 text.
+pub fn raw_status(text: &str) -> u16 {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parses the JSON body of a problem answer.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
