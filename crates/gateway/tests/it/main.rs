@@ -1,7 +1,12 @@
 //! Integration tests: the real `portcullis` binary against real peers on loopback.
 
 // Test code states its expectations by panicking.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod util;
 
