@@ -204,13 +204,30 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// Compiles configuration text; `path` names the file in messages and anchors relative paths.
 pub fn compile_text(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
-    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        problems: vec![Problem {
-            path: String::new(),
-            line: None,
-            message: one_line(&e.to_string()),
-        }],
+    // The parser knows the line; the path tracker knows the key path. Report both.
+    let mut key_path = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            key_path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let raw = parsed.map_err(|e| {
+        let (line, message) = split_location(&one_line(&e.to_string()));
+        // `Spanned` fields appear as a `value` step in the tracked path; users never wrote it.
+        let key_path = key_path.replace(".value.", ".");
+        ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                path: if key_path == "." {
+                    String::new()
+                } else {
+                    key_path
+                },
+                line,
+                message,
+            }],
+        }
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut problems = Problems::default();
@@ -236,6 +253,20 @@ fn one_line(message: &str) -> String {
         .take_while(|l| !l.starts_with('|') && !l.starts_with("-->"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Splits the parser's `error: line L column C: message` into the line and the message.
+fn split_location(message: &str) -> (Option<u64>, String) {
+    let rest = message.strip_prefix("error: ").unwrap_or(message);
+    let parsed = rest.strip_prefix("line ").and_then(|r| {
+        let (line, r) = r.split_once(' ')?;
+        let (_, r) = r.strip_prefix("column ")?.split_once(": ")?;
+        Some((line.parse().ok()?, r.to_string()))
+    });
+    match parsed {
+        Some((line, message)) => (Some(line), message),
+        None => (None, rest.to_string()),
+    }
 }
 
 fn compile(raw: RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<GatewayConfig> {

@@ -74,6 +74,13 @@ fn unknown_keys_and_yaml_errors_are_reported_not_ignored() {
     let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("routez"), "{stderr}");
+    std::fs::write(&path, "listen:\n  address: 127.0.0.1:0\n  adress: typo\n").unwrap();
+    let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("typo.yaml:3: listen.adress: unknown field"),
+        "{stderr}"
+    );
     std::fs::write(&path, "listen: [unclosed\n").unwrap();
     let (code, _, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
