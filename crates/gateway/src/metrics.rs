@@ -6,28 +6,30 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
+// Label values are shared (`Arc<str>`) or static, so recording allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    status: String,
+    route: Arc<str>,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DenialLabels {
-    reason: String,
-    route: String,
+    reason: &'static str,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
-    result: String,
+    result: &'static str,
 }
 
 /// Every metric the gateway exports.
@@ -40,6 +42,7 @@ pub struct Metrics {
     open_connections: Gauge,
     reloads: Family<ResultLabel, Counter>,
     events_dropped: Gauge,
+    no_route: Arc<str>,
 }
 
 impl Default for Metrics {
@@ -105,27 +108,32 @@ impl Metrics {
             open_connections,
             reloads,
             events_dropped,
+            no_route: Arc::from("(none)"),
         }
     }
 
-    /// Records one answered request.
-    pub fn request(&self, route: &str, status: u16, denial: Option<&str>, elapsed: Duration) {
+    /// Records one answered request; `route` is `None` when no route matched.
+    pub fn request(
+        &self,
+        route: Option<&Arc<str>>,
+        status: u16,
+        denial: Option<&'static str>,
+        elapsed: Duration,
+    ) {
+        let route = route.unwrap_or(&self.no_route).clone();
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                status: status.to_string(),
+                route: route.clone(),
+                status,
             })
             .inc();
         self.latency
             .get_or_create(&RouteLabel {
-                route: route.to_string(),
+                route: route.clone(),
             })
             .observe(elapsed.as_secs_f64());
         if let Some(reason) = denial {
-            let labels = DenialLabels {
-                reason: reason.to_string(),
-                route: route.to_string(),
-            };
+            let labels = DenialLabels { reason, route };
             if reason.starts_with("upstream_") {
                 self.upstream_errors.get_or_create(&labels).inc();
             }
@@ -146,11 +154,7 @@ impl Metrics {
     /// Records a reload attempt.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
-        self.reloads
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// The exposition text.

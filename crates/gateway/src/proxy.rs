@@ -25,7 +25,8 @@ use std::time::Duration;
 pub type ProxyBody = GuardedBody<Incoming>;
 
 /// The pooled upstream client, shared by every pipeline so reloads keep warm connections.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// Behind an `Arc` because the client itself is several reference counts to clone.
+pub type UpstreamClient = Arc<Client<HttpConnector, ProxyBody>>;
 
 /// Builds the upstream client.
 pub fn client() -> UpstreamClient {
@@ -33,12 +34,14 @@ pub fn client() -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+    Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector),
+    )
 }
 
 /// The innermost service: forwards a routed, normalised request to its upstream.
@@ -104,10 +107,16 @@ fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prep
         .get::<BodyTrip>()
         .cloned()
         .ok_or(Denial::NoRoute)?;
-    let path_and_query = match req.uri().query() {
-        Some(q) => format!("{}{}?{q}", upstream.base_path, req.uri().path()),
-        None => format!("{}{}", upstream.base_path, req.uri().path()),
-    };
+    let (path, query) = (req.uri().path(), req.uri().query());
+    let mut path_and_query = String::with_capacity(
+        upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    path_and_query.push_str(&upstream.base_path);
+    path_and_query.push_str(path);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
     let original_authority = req.uri().authority().cloned();
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())

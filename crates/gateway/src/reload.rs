@@ -36,12 +36,23 @@ pub fn on_file_change(gateway: Arc<Gateway>, config_path: &Path) -> anyhow::Resu
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    let name = config_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(200),
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
+            // Only the configuration file itself, or a ConfigMap's `..data`-style swap;
+            // other files in the directory (an event log, say) must not cause reloads.
+            let relevant = |path: &Path| {
+                path.file_name()
+                    .is_some_and(|n| n == name.as_os_str() || n.to_string_lossy().starts_with(".."))
+            };
+            if result.is_ok_and(|events| events.iter().any(|e| e.paths.iter().any(|p| relevant(p))))
+            {
                 let _ = tx.send(());
             }
         },

@@ -225,14 +225,11 @@ async fn handle(
     // The request keeps this generation to the end, whatever reloads happen meanwhile.
     let generation = gateway.current();
     let response = generation.pipeline.clone().oneshot(req).await?;
-    let (route, denial) = match response.extensions().get::<Outcome>() {
-        Some(outcome) => (outcome.route.as_deref(), outcome.denial_reason),
-        None => (None, None),
-    };
+    let outcome = response.extensions().get::<Outcome>();
     gateway.metrics.request(
-        route.unwrap_or("(none)"),
+        outcome.and_then(|o| o.route.as_ref()),
         response.status().as_u16(),
-        denial,
+        outcome.and_then(|o| o.denial_reason),
         started.elapsed(),
     );
     Ok(response)

@@ -48,7 +48,16 @@ impl RequestId {
         // process, and not guessable across processes (the keys come from the OS).
         let high = seed.hash_one((n, 0x5eed_u16));
         let low = seed.hash_one((n, 0xface_u16));
-        RequestId(Arc::from(format!("{high:016x}{low:016x}")))
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            let word = if i < 16 { high } else { low };
+            let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
+            *digit = b"0123456789abcdef"
+                .get(nibble as usize)
+                .copied()
+                .unwrap_or(b'0');
+        }
+        RequestId(Arc::from(std::str::from_utf8(&hex).unwrap_or_default()))
     }
 
     /// Wraps an id the caller already knows to be well formed.
