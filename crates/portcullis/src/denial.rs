@@ -74,6 +74,20 @@ pub enum Denial {
     /// The whole exchange took longer than `request_timeout`.
     #[error("request timed out")]
     RequestTimeout,
+    /// No valid credential: missing, malformed, expired, wrongly signed, revoked, ...
+    #[error("unauthenticated ({reason}): {detail}")]
+    Unauthenticated {
+        /// The exact check that failed, e.g. `token_expired`, `bad_signature`.
+        reason: &'static str,
+        /// Human-readable detail for the operator.
+        detail: String,
+    },
+    /// The token is valid but lacks a scope the route requires.
+    #[error("insufficient scope")]
+    InsufficientScope {
+        /// The scopes the route requires for this method.
+        required: Vec<String>,
+    },
 }
 
 impl Denial {
@@ -89,6 +103,8 @@ impl Denial {
             Denial::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Denial::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Denial::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Denial::InsufficientScope { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -104,6 +120,8 @@ impl Denial {
             Denial::HeadersTooLarge { .. } => "Request Header Fields Too Large",
             Denial::UpstreamUnreachable { .. } => "Bad Gateway",
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => "Gateway Timeout",
+            Denial::Unauthenticated { .. } => "Unauthorized",
+            Denial::InsufficientScope { .. } => "Forbidden",
         }
     }
 
@@ -121,6 +139,8 @@ impl Denial {
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => {
                 "https://portcullis.dev/problems/gateway-timeout"
             }
+            Denial::Unauthenticated { .. } => "https://portcullis.dev/problems/unauthorized",
+            Denial::InsufficientScope { .. } => "https://portcullis.dev/problems/forbidden",
         }
     }
 
@@ -137,6 +157,8 @@ impl Denial {
             Denial::UpstreamUnreachable { .. }
             | Denial::UpstreamTimeout { .. }
             | Denial::RequestTimeout => EventType::UpstreamError,
+            Denial::Unauthenticated { .. } => EventType::AuthFailure,
+            Denial::InsufficientScope { .. } => EventType::AuthzDenied,
         }
     }
 
@@ -144,6 +166,11 @@ impl Denial {
     pub fn severity(&self) -> Severity {
         match self {
             Denial::Malformed { .. } | Denial::UpstreamUnreachable { .. } => Severity::Medium,
+            Denial::Unauthenticated { reason, .. } => match *reason {
+                "missing_token" | "token_expired" => Severity::Low,
+                _ => Severity::Medium,
+            },
+            Denial::InsufficientScope { .. } => Severity::Medium,
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => Severity::Medium,
             Denial::NoRoute
             | Denial::MethodNotAllowed { .. }
@@ -167,14 +194,19 @@ impl Denial {
             Denial::UpstreamUnreachable { .. } => "upstream_unreachable",
             Denial::UpstreamTimeout { .. } => "upstream_timeout",
             Denial::RequestTimeout => "request_timeout",
+            Denial::Unauthenticated { reason, .. } => reason,
+            Denial::InsufficientScope { .. } => "insufficient_scope",
         }
     }
 
     /// Operator-facing detail for the security event (never sent to the client).
     pub fn detail(&self) -> String {
         match self {
-            Denial::Malformed { detail, .. } | Denial::UpstreamUnreachable { detail, .. } => {
-                detail.clone()
+            Denial::Malformed { detail, .. }
+            | Denial::UpstreamUnreachable { detail, .. }
+            | Denial::Unauthenticated { detail, .. } => detail.clone(),
+            Denial::InsufficientScope { required } => {
+                format!("requires scopes: {}", required.join(" "))
             }
             other => other.to_string(),
         }
@@ -216,6 +248,36 @@ impl Denial {
             if let Ok(value) = HeaderValue::from_str(&list) {
                 headers.insert(header::ALLOW, value);
             }
+        }
+        match self {
+            // RFC 6750 §3: no error code when no credential was sent at all.
+            Denial::Unauthenticated {
+                reason: "missing_token",
+                ..
+            } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"portcullis\""),
+                );
+            }
+            Denial::Unauthenticated { .. } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+                    ),
+                );
+            }
+            Denial::InsufficientScope { required } => {
+                let value = format!(
+                    "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
+                    required.join(" ")
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            _ => {}
         }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

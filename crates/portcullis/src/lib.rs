@@ -22,11 +22,13 @@
 //! # let _ = stack;
 //! ```
 
+pub mod authn;
 pub mod body;
 pub mod denial;
 pub mod event;
 pub mod framing;
 pub mod headers;
+pub mod json;
 pub mod net;
 pub mod normalize;
 pub mod request_id;

@@ -1,0 +1,225 @@
+//! Authentication: strict JWT verification against each issuer's keys, the verified-token
+//! cache, revocation, and the [`AuthenticateLayer`] that puts a [`Principal`] on requests.
+
+pub mod cache;
+pub mod jwks;
+pub mod keys;
+mod layer;
+pub mod revocation;
+pub mod sign;
+pub mod token;
+
+pub use layer::{
+    AuthFuture, AuthMode, Authenticate, AuthenticateLayer, ForwardSettings, RouteAuth,
+    RouteSecurity, ScopeRule,
+};
+
+use cache::TokenCache;
+use jwks::KeyStore;
+use keys::Algorithm;
+use revocation::RevocationList;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use token::{Claims, TokenError};
+
+/// Seconds since the Unix epoch, as JWT claims count time.
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// One trusted token issuer.
+#[derive(Debug)]
+pub struct Issuer {
+    /// The configured name (for events and metrics).
+    pub name: Arc<str>,
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted audiences; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerance for `exp`, `nbf` and `iat`.
+    pub clock_skew: Duration,
+    /// Longest accepted `exp - iat`.
+    pub max_lifetime: Duration,
+    /// Claims that must be present (beyond `exp`, which always must).
+    pub required_claims: Vec<String>,
+    /// Accepted `typ` values (compared without an `application/` prefix, case-insensitively);
+    /// `None` accepts any.
+    pub token_types: Option<Vec<String>>,
+    /// The issuer's keys.
+    pub keys: Arc<KeyStore>,
+}
+
+/// Who is calling, as proven by a verified token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// The issuer's configured name.
+    pub issuer: Arc<str>,
+    /// `sub`, when present.
+    pub subject: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// All claims.
+    pub claims: Claims,
+}
+
+/// Everything needed to turn a bearer token into a [`Principal`].
+#[derive(Debug)]
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    cache: TokenCache,
+    revocations: Arc<RevocationList>,
+    max_token_bytes: usize,
+}
+
+impl Authenticator {
+    /// An authenticator over these issuers.
+    pub fn new(
+        issuers: Vec<Issuer>,
+        revocations: Arc<RevocationList>,
+        max_token_bytes: usize,
+        cache_capacity: usize,
+    ) -> Self {
+        Authenticator {
+            issuers,
+            cache: TokenCache::new(cache_capacity),
+            revocations,
+            max_token_bytes,
+        }
+    }
+
+    /// The configured issuers.
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+
+    /// Verifies a token, fetching keys for an unknown `kid` when allowed, and checks
+    /// revocation (which is never cached).
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, TokenError> {
+        let now = now_secs();
+        let principal = match self.cache.get(token, now, |i| self.generation(i)) {
+            Some(principal) => principal,
+            None => self.verify(token, now).await?,
+        };
+        if self.revocations.is_revoked(&principal) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(principal)
+    }
+
+    fn generation(&self, issuer: usize) -> u64 {
+        self.issuers
+            .get(issuer)
+            .map_or(u64::MAX, |i| i.keys.generation())
+    }
+
+    async fn verify(&self, token: &str, now: f64) -> Result<Arc<Principal>, TokenError> {
+        let parsed = token::parse(token, self.max_token_bytes)?;
+        let iss = parsed
+            .claims
+            .iss
+            .as_deref()
+            .ok_or(TokenError::MissingClaim("iss".into()))?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
+            .ok_or(TokenError::UnknownIssuer)?;
+        let alg = parsed.header.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(TokenError::AlgNotAllowed(alg.name().to_string()));
+        }
+        if !issuer.keys.is_loaded() {
+            return Err(TokenError::KeysUnavailable);
+        }
+        let kid = parsed.header.kid.as_deref();
+        let mut generation = issuer.keys.generation();
+        let mut keys = issuer.keys.keys();
+        if keys.find(kid, alg).is_none()
+            && let Some(kid) = kid
+            && issuer.keys.refresh_for_kid(kid).await
+        {
+            generation = issuer.keys.generation();
+            keys = issuer.keys.keys();
+        }
+        let key = keys.find(kid, alg).ok_or(TokenError::UnknownKid)?;
+        if key.algorithm != alg {
+            return Err(TokenError::AlgMismatch);
+        }
+        if !key.verify(parsed.signing_input, &parsed.signature) {
+            return Err(TokenError::BadSignature);
+        }
+        check_claims(issuer, &parsed.header, &parsed.claims, now)?;
+        let claims = parsed.claims;
+        let expires_at = claims.exp.unwrap_or(now);
+        let principal = Arc::new(Principal {
+            issuer: issuer.name.clone(),
+            subject: claims.sub.clone(),
+            scopes: claims.scopes.clone(),
+            claims,
+        });
+        self.cache.insert(
+            token,
+            principal.clone(),
+            expires_at + issuer.clock_skew.as_secs_f64(),
+            index,
+            generation,
+        );
+        Ok(principal)
+    }
+}
+
+/// The time, audience, type and presence rules of one issuer.
+pub fn check_claims(
+    issuer: &Issuer,
+    header: &token::Header,
+    claims: &Claims,
+    now: f64,
+) -> Result<(), TokenError> {
+    let skew = issuer.clock_skew.as_secs_f64();
+    let exp = claims.exp.ok_or(TokenError::MissingClaim("exp".into()))?;
+    if now > exp + skew {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + skew) {
+        return Err(TokenError::NotYetValid);
+    }
+    if claims.iat.is_some_and(|iat| iat > now + skew) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    let start = claims.iat.unwrap_or(now);
+    if exp - start > issuer.max_lifetime.as_secs_f64() {
+        return Err(TokenError::LifetimeTooLong);
+    }
+    if !claims.aud.iter().any(|a| issuer.audiences.contains(a)) {
+        return Err(TokenError::WrongAudience);
+    }
+    for name in &issuer.required_claims {
+        if !claims.all.contains_key(name) {
+            return Err(TokenError::MissingClaim(name.clone()));
+        }
+    }
+    if let Some(types) = &issuer.token_types {
+        let typ = header.typ.as_deref().unwrap_or_default();
+        let bare = |t: &str| {
+            let t = t.trim();
+            t.get(..12)
+                .filter(|p| p.eq_ignore_ascii_case("application/"))
+                .and_then(|_| t.get(12..))
+                .unwrap_or(t)
+                .to_ascii_lowercase()
+        };
+        if !types.iter().any(|t| bare(t) == bare(typ)) {
+            return Err(TokenError::WrongType);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
