@@ -21,6 +21,7 @@ pub async fn serve(
     let protected = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/events", get(events))
+        .route("/admin/revocations", post(revoke))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
             require_admin_token,
@@ -47,7 +48,9 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    let text = gateway.metrics.encode(gateway.events.dropped());
+    let generation = gateway.current();
+    let issuers = generation.config.authenticator.issuers();
+    let text = gateway.metrics.encode(gateway.events.dropped(), issuers);
     (
         [(
             header::CONTENT_TYPE,
@@ -86,6 +89,46 @@ struct SinceQuery {
 
 async fn events(State(gateway): State<Arc<Gateway>>, Query(query): Query<SinceQuery>) -> Response {
     axum::Json(gateway.events.recent_since(query.since.unwrap_or(0))).into_response()
+}
+
+/// `{"jti": "..."}` (optionally with the token's `exp`) or `{"sub": "..."}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revocation {
+    jti: Option<String>,
+    exp: Option<f64>,
+    sub: Option<String>,
+}
+
+async fn revoke(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
+    let bad = |message: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
+    };
+    let Ok(revocation) = serde_json::from_slice::<Revocation>(&body) else {
+        return bad("expected {\"jti\": \"...\"} or {\"sub\": \"...\"}");
+    };
+    let now = portcullis::authn::now_secs();
+    let revocations = &gateway.shared.revocations;
+    match (revocation.jti, revocation.sub) {
+        (Some(jti), None) if !jti.is_empty() => {
+            // Without the token's `exp`, remember the jti as long as any token can live.
+            let lifetime = gateway.current().config.max_token_lifetime.as_secs_f64();
+            let until = revocation.exp.unwrap_or(now + lifetime);
+            revocations.revoke_jti(&jti, until);
+            axum::Json(serde_json::json!({ "revoked": { "jti": jti, "until": until } }))
+                .into_response()
+        }
+        (None, Some(sub)) if !sub.is_empty() && revocation.exp.is_none() => {
+            revocations.revoke_subject(&sub, now);
+            axum::Json(serde_json::json!({ "revoked": { "sub": sub, "issued_before": now } }))
+                .into_response()
+        }
+        _ => bad("give exactly one of jti or sub"),
+    }
 }
 
 /// Everything under `/admin/` needs `Authorization: Bearer <admin token>`.

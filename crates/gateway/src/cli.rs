@@ -37,4 +37,41 @@ pub enum Command {
         #[arg(long, short, default_value = "portcullis.yaml")]
         config: PathBuf,
     },
+    /// Mint a signed JWT for local testing.
+    Token(TokenArgs),
+}
+
+/// `portcullis token` options.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The private key: a file holding a JWK (EC or Ed25519, with `d`) or a PKCS#8 PEM.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The `iss` claim.
+    #[arg(long)]
+    pub iss: String,
+    /// The `aud` claim.
+    #[arg(long)]
+    pub aud: String,
+    /// The `sub` claim.
+    #[arg(long)]
+    pub sub: String,
+    /// Lifetime (`exp - iat`), e.g. 15m.
+    #[arg(long, default_value = "15m")]
+    pub ttl: String,
+    /// Space-separated scopes (the `scope` claim).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Extra claims, `name=value` (a JSON value, or else a string); repeatable.
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// The `kid` header (default: the JWK's `kid`).
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// For an RSA key: RS256 or PS256.
+    #[arg(long, default_value = "RS256")]
+    pub alg: String,
+    /// The `typ` header.
+    #[arg(long, default_value = "at+jwt")]
+    pub typ: String,
 }

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use portcullis::authn::sign::SigningKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,32 +15,66 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
+/// The demo identity provider's issuer and the demo API's audience.
+const ISSUER: &str = "https://idp.portcullis.demo";
+const AUDIENCE: &str = "https://items.portcullis.demo";
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
-    let upstream = start_items_api().await?;
-    let dir = write_demo_files(listen, admin, upstream)?;
+    // A fresh dev signing key; the demo upstream publishes its JWKS like an IdP would.
+    let (key, pem) = SigningKey::generate_es256("demo-1")
+        .map_err(|e| anyhow::anyhow!("cannot create the dev key: {e}"))?;
+    let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
+    let upstream = start_items_api(jwks).await?;
+    let dir = write_demo_files(listen, admin, upstream, &pem)?;
     let (bound_tx, bound_rx) = oneshot::channel();
     let config_path = dir.join("portcullis.yaml");
-    let token_path = dir.join("admin-token");
+    let admin_token = std::fs::read_to_string(dir.join("admin-token")).unwrap_or_default();
+    let tokens = DemoTokens {
+        alice: mint(&key, "alice", "items:read items:write")?,
+        bob: mint(&key, "bob", "items:read")?,
+    };
     tokio::spawn(async move {
         if let Ok(bound) = bound_rx.await {
-            let token = std::fs::read_to_string(&token_path).unwrap_or_default();
-            print_banner(&bound, upstream, &config_path, token.trim());
+            print_banner(&bound, upstream, &config_path, admin_token.trim(), &tokens);
         }
     });
     crate::serve::run(dir.join("portcullis.yaml"), Some(bound_tx)).await
+}
+
+struct DemoTokens {
+    alice: String,
+    bob: String,
+}
+
+fn mint(key: &SigningKey, sub: &str, scope: &str) -> anyhow::Result<String> {
+    let now = portcullis::authn::now_secs() as u64;
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "scope": scope,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": portcullis::request_id::RequestId::generate().as_str(),
+    });
+    let claims = claims.as_object().cloned().unwrap_or_default();
+    key.sign(&claims, "at+jwt", &serde_json::Map::new())
+        .map_err(|e| anyhow::anyhow!("cannot mint a demo token: {e}"))
 }
 
 fn write_demo_files(
     listen: SocketAddr,
     admin: SocketAddr,
     upstream: SocketAddr,
+    pem: &str,
 ) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create the demo directory {}: {e}", dir.display()))?;
     let token = format!("demo-{}", portcullis::request_id::RequestId::generate());
     write_private(&dir.join("admin-token"), &token)?;
+    write_private(&dir.join("dev-key.pem"), pem)?;
     let config = format!(
         r#"# Written by `portcullis demo`. Run it yourself with: portcullis run --config {config}
 listen:
@@ -54,13 +89,27 @@ upstreams:
   items:
     url: http://{upstream}
     timeout: 5s
+identity:
+  jwt:
+    - name: demo-idp
+      issuer: {ISSUER}
+      audiences: [{AUDIENCE}]
+      jwks_uri: http://{upstream}/.well-known/jwks.json
+      algorithms: [ES256]
+      max_lifetime: 1h
+      token_types: [at+jwt]
+  forward:
+    token: false
+    identity_headers:
+      x-user-id: sub
+      x-user-scopes: scope
 routes:
   - match: {{ path: /api/items, methods: [GET, POST] }}
     upstream: items
-    auth: none
+    scopes: {{ GET: [items:read], POST: [items:write] }}
   - match: {{ path: "/api/items/{{id}}", methods: [GET, PUT, DELETE] }}
     upstream: items
-    auth: none
+    scopes: {{ GET: [items:read], PUT: [items:write], DELETE: [items:write] }}
   - match: {{ prefix: /api/public/ }}
     upstream: items
     auth: none
@@ -91,8 +140,14 @@ fn print_banner(
     upstream: SocketAddr,
     config: &std::path::Path,
     token: &str,
+    tokens: &DemoTokens,
 ) {
     let gw = format!("http://{}", bound.listen);
+    let (alice, bob) = (&tokens.alice, &tokens.bob);
+    let dir = config
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     let admin = bound
         .admin
         .map(|a| format!("http://{a}"))
@@ -105,10 +160,18 @@ Portcullis demo is running.
   upstream  http://{upstream}   (built-in items API)
   config    {}
 
+Tokens (ES256, signed by the demo's dev key; its JWKS is served by the demo upstream):
+  ALICE={alice}
+  BOB={bob}
+  (mint more: portcullis token --key {dir}/dev-key.pem --iss {ISSUER} --aud {AUDIENCE} --sub carol --scope items:read)
+
 Try these (each answer carries x-request-id and the security headers):
-  curl -i {gw}/api/items
-  curl -i -X POST {gw}/api/items -H 'content-type: application/json' -d '{{"name":"widget"}}'
-  curl -i {gw}/api/items/1
+  curl -i {gw}/api/items -H "authorization: Bearer $ALICE"
+  curl -i -X POST {gw}/api/items -H "authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"name":"widget"}}'
+  curl -i -X POST {gw}/api/items -H "authorization: Bearer $BOB" -H 'content-type: application/json' -d '{{"name":"x"}}'   # 403: bob lacks items:write
+  curl -i {gw}/api/items                                   # 401: no token
+  curl -i {gw}/api/items -H "authorization: Bearer ${{ALICE}}x"   # 401: bad signature (the event says which check failed)
+  curl -i {gw}/api/public/status                           # public route
   curl -i --path-as-is '{gw}/api/../../etc/passwd'        # 400: climbs above the root, never forwarded
   curl -i '{gw}/api/items/..%2f..%2fadmin'                 # 400: encoded slash
   curl -i {gw}/internal/debug                              # 404: no route, never forwarded
@@ -145,7 +208,7 @@ struct Store {
 type Shared = Arc<Mutex<Store>>;
 
 /// Starts the demo upstream on an ephemeral loopback port.
-async fn start_items_api() -> anyhow::Result<SocketAddr> {
+async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<SocketAddr> {
     let mut store = Store {
         next_id: 1,
         ..Store::default()
@@ -169,6 +232,10 @@ async fn start_items_api() -> anyhow::Result<SocketAddr> {
         .route(
             "/api/public/status",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/.well-known/jwks.json",
+            get(move || async move { Json(jwks) }),
         )
         .layer(axum::middleware::map_response(
             |mut response: Response| async move {

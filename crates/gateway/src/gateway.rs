@@ -29,6 +29,8 @@ pub struct Gateway {
     /// Metrics.
     pub metrics: Metrics,
     client: UpstreamClient,
+    /// State that outlives configuration generations (revocations, key sets).
+    pub shared: config::Shared,
     last_text: tokio::sync::Mutex<String>,
     ready: AtomicBool,
 }
@@ -51,8 +53,10 @@ impl Gateway {
     /// Loads `config_path` and prepares the first generation.
     pub fn start(config_path: PathBuf) -> anyhow::Result<Arc<Gateway>> {
         let text = config::read(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config =
-            config::compile_text(&text, &config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shared = config::Shared::default();
+        let config = config::compile_text(&text, &config_path, &shared)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        start_key_refreshers(&config);
         let events = Arc::new(
             EventBus::start(config.events.clone())
                 .map_err(|e| anyhow::anyhow!("cannot open the security event sink: {e}"))?,
@@ -65,6 +69,7 @@ impl Gateway {
             events,
             metrics: Metrics::new(),
             client,
+            shared,
             last_text: tokio::sync::Mutex::new(text),
             ready: AtomicBool::new(false),
         }))
@@ -75,9 +80,17 @@ impl Gateway {
         self.current.load_full()
     }
 
-    /// Whether configuration is loaded and the listeners accept.
+    /// Whether configuration is loaded, the listeners accept, and every issuer's keys
+    /// have been fetched at least once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self
+                .current()
+                .config
+                .authenticator
+                .issuers()
+                .iter()
+                .all(|i| i.keys.is_loaded())
     }
 
     /// Marks the gateway ready.
@@ -89,9 +102,9 @@ impl Gateway {
     /// even when the file is unchanged (an operator asked explicitly).
     pub async fn reload(&self, trigger: &'static str, force: bool) -> ReloadOutcome {
         let mut last_text = self.last_text.lock().await;
-        let outcome = match config::read(&self.config_path)
-            .and_then(|text| config::compile_text(&text, &self.config_path).map(|c| (text, c)))
-        {
+        let outcome = match config::read(&self.config_path).and_then(|text| {
+            config::compile_text(&text, &self.config_path, &self.shared).map(|c| (text, c))
+        }) {
             Err(error) => ReloadOutcome::Refused(error.to_string()),
             Ok((text, _)) if !force && text == *last_text => ReloadOutcome::Unchanged,
             Ok((text, config)) => {
@@ -135,6 +148,13 @@ impl Gateway {
             }
             _ => eprintln!("portcullis: configuration reloaded ({trigger})"),
         }
+    }
+}
+
+/// Starts background fetching for remote key sets (once per key set, across reloads).
+fn start_key_refreshers(config: &GatewayConfig) {
+    for issuer in config.authenticator.issuers() {
+        issuer.keys.spawn_refresher();
     }
 }
 

@@ -10,6 +10,7 @@ mod pipeline;
 mod proxy;
 mod reload;
 mod server;
+mod token;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -43,6 +44,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Check { config } => Ok(check(&config)),
         cli::Command::Run { config } => {
             runtime()?.block_on(serve::run(config, None))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Token(args) => {
+            token::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Demo { listen, admin } => {

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 // Label values are shared (`Arc<str>`) or static, so recording allocates nothing.
@@ -28,6 +29,11 @@ struct DenialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -42,6 +48,9 @@ pub struct Metrics {
     open_connections: Gauge,
     reloads: Family<ResultLabel, Counter>,
     events_dropped: Gauge,
+    jwks_age: Family<IssuerLabel, Gauge>,
+    jwks_refreshes: Family<IssuerLabel, Gauge>,
+    jwks_failures: Family<IssuerLabel, Gauge>,
     no_route: Arc<str>,
 }
 
@@ -99,8 +108,29 @@ impl Metrics {
             "Security event lines dropped because the writer fell behind",
             events_dropped.clone(),
         );
+        let jwks_age = Family::<IssuerLabel, Gauge>::default();
+        let jwks_refreshes = Family::<IssuerLabel, Gauge>::default();
+        let jwks_failures = Family::<IssuerLabel, Gauge>::default();
+        registry.register(
+            "jwks_age_seconds",
+            "Age of each remote issuer key set (-1: never fetched)",
+            jwks_age.clone(),
+        );
+        registry.register(
+            "jwks_refreshes",
+            "Successful key set fetches, by issuer",
+            jwks_refreshes.clone(),
+        );
+        registry.register(
+            "jwks_refresh_failures",
+            "Failed key set fetches, by issuer",
+            jwks_failures.clone(),
+        );
         Metrics {
             registry,
+            jwks_age,
+            jwks_refreshes,
+            jwks_failures,
             requests,
             latency,
             denials,
@@ -157,10 +187,27 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The exposition text.
-    pub fn encode(&self, events_dropped: u64) -> String {
+    /// The exposition text; gauges that mirror other state are read now.
+    pub fn encode(&self, events_dropped: u64, issuers: &[portcullis::authn::Issuer]) -> String {
         self.events_dropped
             .set(i64::try_from(events_dropped).unwrap_or(i64::MAX));
+        let now = portcullis::authn::now_secs() as i64;
+        for issuer in issuers.iter().filter(|i| i.keys.uri().is_some()) {
+            let label = IssuerLabel {
+                issuer: issuer.name.clone(),
+            };
+            let stats = &issuer.keys.stats;
+            let fetched = stats.fetched_at.load(Ordering::Relaxed) as i64;
+            self.jwks_age
+                .get_or_create(&label)
+                .set(if fetched == 0 { -1 } else { now - fetched });
+            self.jwks_refreshes
+                .get_or_create(&label)
+                .set(stats.refreshes.load(Ordering::Relaxed) as i64);
+            self.jwks_failures
+                .get_or_create(&label)
+                .set(stats.failures.load(Ordering::Relaxed) as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

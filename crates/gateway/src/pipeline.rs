@@ -2,6 +2,7 @@
 
 use crate::config::{GatewayConfig, RouteTarget};
 use crate::proxy::{Proxy, UpstreamClient};
+use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::respond::{Respond, RespondLayer};
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 
 /// The whole stack, outermost layer first.
-pub type Pipeline = Respond<RequestTimeout<Normalize<Router<Proxy, RouteTarget>>>>;
+pub type Pipeline =
+    Respond<RequestTimeout<Normalize<Router<Authenticate<Proxy, RouteTarget>, RouteTarget>>>>;
 
 /// Builds the pipeline for one configuration generation.
 pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClient) -> Pipeline {
@@ -26,5 +28,11 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
         .layer(NormalizeLayer::new(config.normalize.clone()))
         // No route, no forwarding: 404 / 405 before anything reaches an upstream.
         .layer(RouteLayer::new(config.routes.clone()))
+        // Who is calling: one bearer token, verified (cached), scoped; identity headers
+        // set from the proven claims only.
+        .layer(AuthenticateLayer::new(
+            config.authenticator.clone(),
+            config.forward.clone(),
+        ))
         .service(Proxy::new(client, trusted))
 }

@@ -2,11 +2,17 @@
 //! runtime [`GatewayConfig`], collecting every problem with its key path and line.
 
 pub mod duration;
+mod identity;
 pub mod raw;
 mod secret;
 
+pub use identity::Shared;
+
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Uri};
+use portcullis::authn::{
+    AuthMode, Authenticator, ForwardSettings, RouteAuth, RouteSecurity, ScopeRule,
+};
 use portcullis::event::EventSink;
 use portcullis::headers::SecurityHeaders;
 use portcullis::net::{IpNet, TrustedProxies};
@@ -115,6 +121,14 @@ pub struct Upstream {
 pub struct RouteTarget {
     /// The upstream requests on this route are forwarded to.
     pub upstream: Arc<Upstream>,
+    /// Who may call it.
+    pub auth: RouteAuth,
+}
+
+impl RouteSecurity for RouteTarget {
+    fn auth(&self) -> &RouteAuth {
+        &self.auth
+    }
 }
 
 /// The admin listener's settings.
@@ -171,16 +185,22 @@ pub struct GatewayConfig {
     pub headers: Arc<SecurityHeaders>,
     /// Where security events go.
     pub events: EventSink,
+    /// Verifies bearer tokens.
+    pub authenticator: Arc<Authenticator>,
+    /// What the upstream learns of the caller.
+    pub forward: Arc<ForwardSettings>,
+    /// The longest lifetime any issuer accepts (a revoked `jti` is remembered this long).
+    pub max_token_lifetime: Duration,
     /// Counts for the `check` summary.
     pub route_count: usize,
     /// Counts for the `check` summary.
     pub upstream_count: usize,
 }
 
-/// Reads and compiles a configuration file.
+/// Reads and compiles a configuration file on its own (for `check`).
 pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
     let text = read(path)?;
-    compile_text(&text, path)
+    compile_text(&text, path, &Shared::default())
 }
 
 /// Reads a configuration file, bounded in size.
@@ -203,7 +223,11 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Compiles configuration text; `path` names the file in messages and anchors relative paths.
-pub fn compile_text(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
+pub fn compile_text(
+    text: &str,
+    path: &Path,
+    shared: &Shared,
+) -> Result<GatewayConfig, ConfigError> {
     // The parser knows the line; the path tracker knows the key path. Report both.
     let mut key_path = String::new();
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
@@ -231,7 +255,7 @@ pub fn compile_text(text: &str, path: &Path) -> Result<GatewayConfig, ConfigErro
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut problems = Problems::default();
-    let config = compile(raw, &base_dir, &mut problems);
+    let config = compile(raw, &base_dir, shared, &mut problems);
     match config {
         Some(config) if problems.0.is_empty() => Ok(config),
         _ => {
@@ -269,22 +293,17 @@ fn split_location(message: &str) -> (Option<u64>, String) {
     }
 }
 
-fn compile(raw: RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<GatewayConfig> {
+fn compile(
+    raw: RawConfig,
+    base_dir: &Path,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported(
-        "identity",
-        &raw.identity,
-        "the identity section (JWT, mTLS)",
-    );
     problems.unsupported("policy", &raw.policy, "the policy section");
     problems.unsupported("rate_limit", &raw.rate_limit, "the rate_limit section");
     problems.unsupported("validation", &raw.validation, "the validation section");
     problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
-    problems.unsupported(
-        "limits.max_token_bytes",
-        &raw.limits.max_token_bytes,
-        "max_token_bytes",
-    );
     problems.unsupported(
         "limits.max_json_string_bytes",
         &raw.limits.max_json_string_bytes,
@@ -395,10 +414,19 @@ fn compile(raw: RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<G
         }
     }
 
+    let identity = identity::compile(
+        raw.identity.as_ref(),
+        raw.limits.max_token_bytes.as_ref().map(|s| s.value),
+        base_dir,
+        &resolver,
+        shared,
+        problems,
+    );
     let mut routes = Vec::new();
     for (i, route) in raw.routes.iter().enumerate() {
+        let declared = (&upstreams, &raw.upstreams);
         if let Some(route) =
-            compile_route(i, route, &upstreams, &raw.upstreams, &resolver, problems)
+            compile_route(i, route, declared, identity.configured, &resolver, problems)
         {
             routes.push(route);
         }
@@ -462,6 +490,9 @@ fn compile(raw: RawConfig, base_dir: &Path, problems: &mut Problems) -> Option<G
         routes: Arc::new(RouteTable::new(routes)),
         headers: Arc::new(headers),
         events,
+        authenticator: identity.authenticator,
+        forward: identity.forward,
+        max_token_lifetime: identity.max_lifetime,
     })
 }
 
@@ -535,16 +566,20 @@ fn compile_upstream(
     })
 }
 
+type Upstreams<'a> = (
+    &'a BTreeMap<&'a str, Arc<Upstream>>,
+    &'a BTreeMap<String, raw::RawUpstream>,
+);
+
 fn compile_route(
     i: usize,
     raw: &raw::RawRoute,
-    upstreams: &BTreeMap<&str, Arc<Upstream>>,
-    declared: &BTreeMap<String, raw::RawUpstream>,
+    (upstreams, declared): Upstreams<'_>,
+    identity_configured: bool,
     resolver: &secret::Resolver,
     problems: &mut Problems,
 ) -> Option<Route<RouteTarget>> {
     let path = format!("routes[{i}]");
-    problems.unsupported(&format!("{path}.scopes"), &raw.scopes, "scopes");
     problems.unsupported(
         &format!("{path}.rate_limit"),
         &raw.rate_limit,
@@ -561,28 +596,29 @@ fn compile_route(
         "require_mfa",
     );
     let route_line = line_of(&raw.matcher.referenced);
-    match &raw.auth {
-        Some(auth) if auth.value == "none" => {}
-        Some(auth) if matches!(auth.value.as_str(), "required" | "optional") => problems.at(
+    let mode = match raw.auth.as_ref().map(|a| a.value.as_str()) {
+        None | Some("required") => AuthMode::Required,
+        Some("optional") => AuthMode::Optional,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            if let Some(auth) = &raw.auth {
+                problems.at(
+                    format!("{path}.auth"),
+                    auth,
+                    format!("unknown value `{other}` (use required, optional or none)"),
+                );
+            }
+            AuthMode::Required
+        }
+    };
+    if mode != AuthMode::None && !identity_configured {
+        problems.add(
             format!("{path}.auth"),
-            auth,
-            format!(
-                "`auth: {}` needs authentication, which is not supported yet; write `auth: none` to make the route public",
-                auth.value
-            ),
-        ),
-        Some(auth) => problems.at(
-            format!("{path}.auth"),
-            auth,
-            format!("unknown value `{}` (use required, optional or none)", auth.value),
-        ),
-        None => problems.add(
-            format!("{path}.auth"),
-            route_line,
-            "routes require authentication unless they say `auth: none`, and authentication is not supported yet",
-        ),
+            raw.auth.as_ref().map_or(route_line, |a| line_of(&a.referenced)),
+            "the route requires authentication (the default) but no `identity.jwt` issuer is configured; configure one, or write `auth: none` to make the route public",
+        );
     }
-
+    let scopes = compile_scopes(&path, raw.scopes.as_ref(), mode, problems);
     let m = &raw.matcher.value;
     let pattern = match (&m.path, &m.prefix) {
         (Some(p), None) => {
@@ -655,8 +691,50 @@ fn compile_route(
         methods,
         target: RouteTarget {
             upstream: upstream?,
+            auth: RouteAuth { mode, scopes },
         },
     })
+}
+
+fn compile_scopes(
+    path: &str,
+    raw: Option<&serde_saphyr::Spanned<raw::RawScopes>>,
+    mode: AuthMode,
+    problems: &mut Problems,
+) -> ScopeRule {
+    let Some(raw) = raw else {
+        return ScopeRule::Any;
+    };
+    let line = line_of(&raw.referenced);
+    if mode == AuthMode::None {
+        problems.add(
+            format!("{path}.scopes"),
+            line,
+            "scopes need authentication, but the route says `auth: none`",
+        );
+    }
+    match &raw.value {
+        raw::RawScopes::All(list) => ScopeRule::All(list.clone()),
+        raw::RawScopes::PerMethod(map) => ScopeRule::PerMethod(
+            map.iter()
+                .filter_map(
+                    |(method, list)| match Method::from_bytes(method.as_bytes()) {
+                        Ok(m) if method.bytes().all(|b| b.is_ascii_uppercase()) => {
+                            Some((m, list.clone()))
+                        }
+                        _ => {
+                            problems.add(
+                                format!("{path}.scopes.{method}"),
+                                line,
+                                "is not an HTTP method in upper case",
+                            );
+                            None
+                        }
+                    },
+                )
+                .collect(),
+        ),
+    }
 }
 
 fn compile_headers(

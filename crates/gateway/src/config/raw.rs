@@ -22,7 +22,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
-    pub identity: Unsupported,
+    pub identity: Option<RawIdentity>,
     pub policy: Unsupported,
     pub rate_limit: Unsupported,
     pub validation: Unsupported,
@@ -49,7 +49,7 @@ pub struct RawLimits {
     pub max_header_count: Option<Spanned<usize>>,
     pub max_uri_bytes: Option<Spanned<usize>>,
     pub max_body_bytes: Option<Spanned<u64>>,
-    pub max_token_bytes: Unsupported,
+    pub max_token_bytes: Option<Spanned<usize>>,
     pub max_json_string_bytes: Unsupported,
     pub header_read_timeout: Option<ConfigDuration>,
     pub body_read_timeout: Option<ConfigDuration>,
@@ -111,7 +111,7 @@ pub struct RawRoute {
     pub matcher: Spanned<RawMatch>,
     pub upstream: Text,
     pub auth: Option<Text>,
-    pub scopes: Unsupported,
+    pub scopes: Option<Spanned<RawScopes>>,
     pub rate_limit: Unsupported,
     pub resource: Unsupported,
     pub require_mfa: Unsupported,
@@ -123,4 +123,55 @@ pub struct RawMatch {
     pub path: Option<Text>,
     pub prefix: Option<Text>,
     pub methods: Option<Vec<Text>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub jwt: Vec<RawJwt>,
+    pub revocation: Option<RawRevocation>,
+    pub forward: Option<RawForward>,
+    pub introspection: Unsupported,
+    pub token_cache_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub name: Text,
+    pub issuer: Text,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    pub jwks_uri: Option<Text>,
+    pub jwks_file: Option<Text>,
+    #[serde(default)]
+    pub algorithms: Vec<Text>,
+    pub clock_skew: Option<ConfigDuration>,
+    pub max_lifetime: Option<ConfigDuration>,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    pub token_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub store: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub token: Option<bool>,
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, String>,
+}
+
+/// `scopes:` on a route: one list for every method, or a list per method.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawScopes {
+    All(Vec<String>),
+    PerMethod(BTreeMap<String, Vec<String>>),
 }

@@ -1,7 +1,12 @@
 use super::*;
 
 fn compile(yaml: &str) -> Result<GatewayConfig, Vec<String>> {
-    compile_text(yaml, Path::new("/tmp/portcullis-test.yaml")).map_err(|e| {
+    compile_text(
+        yaml,
+        Path::new("/tmp/portcullis-test.yaml"),
+        &Shared::default(),
+    )
+    .map_err(|e| {
         e.problems
             .iter()
             .map(|p| format!("{}@{}: {}", p.path, p.line.unwrap_or(0), p.message))
@@ -75,10 +80,10 @@ routes:
 
 #[test]
 fn unsupported_sections_are_refused_not_ignored() {
-    let yaml = format!("{MINIMAL}identity:\n  jwt: []\n");
+    let yaml = format!("{MINIMAL}policy:\n  engine: rego\n");
     let errors = compile(&yaml).err().unwrap_or_default().join("\n");
     assert!(
-        errors.contains("identity") && errors.contains("not supported yet"),
+        errors.contains("policy") && errors.contains("not supported yet"),
         "{errors}"
     );
 }
@@ -92,7 +97,7 @@ fn secret_references_resolve_from_files() {
         .unwrap_or_default();
     let _ = std::fs::write(dir.join("token"), "0123456789abcdef0123\n");
     let yaml = format!("{MINIMAL}admin:\n  address: 127.0.0.1:0\n  token: ${{file:token}}\n");
-    let config = compile_text(&yaml, &dir.join("c.yaml")).ok();
+    let config = compile_text(&yaml, &dir.join("c.yaml"), &Shared::default()).ok();
     let token = config.and_then(|c| c.admin).and_then(|a| a.token);
     assert_eq!(token.as_deref(), Some("0123456789abcdef0123"));
 }
@@ -104,4 +109,32 @@ fn missing_env_reference_is_reported() {
     );
     let errors = compile(&yaml).err().unwrap_or_default().join("\n");
     assert!(errors.contains("PORTCULLIS_SURELY_UNSET_VAR"), "{errors}");
+}
+
+#[test]
+fn routes_require_authentication_unless_public() {
+    let yaml = MINIMAL.replace("    auth: none\n", "");
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    assert!(
+        errors.contains("routes[0].auth") && errors.contains("identity.jwt"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn issuer_settings_are_checked() {
+    let yaml = format!(
+        "{MINIMAL}identity:\n  jwt:\n    - name: a\n      issuer: https://idp\n      jwks_uri: http://idp.example.com/jwks\n      algorithms: [HS256, none]\n"
+    );
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    assert!(errors.contains("identity.jwt[0].audiences"), "{errors}");
+    assert!(
+        errors.contains("identity.jwt[0].algorithms[0]")
+            && errors.contains("identity.jwt[0].algorithms[1]"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("identity.jwt[0].jwks_uri") && errors.contains("loopback"),
+        "{errors}"
+    );
 }

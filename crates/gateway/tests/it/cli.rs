@@ -1,6 +1,9 @@
 //! The command line: check, run errors, help, demo.
 
 use crate::util::*;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -148,12 +151,48 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
     };
     let gw = field("gateway");
     let admin = field("admin");
-    let (status, headers, body) = get(&format!("{gw}/api/items")).await.unwrap();
+    let token = |name: &str| {
+        found
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} token in banner: {found:?}"))
+            .to_string()
+    };
+    let (alice, bob) = (token("ALICE"), token("BOB"));
+    let authed = |url: String, method: &str, token: &str| {
+        Request::builder()
+            .method(method)
+            .uri(url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"name\":\"widget\"}")))
+            .unwrap()
+    };
+    let (status, headers, body) = send(authed(format!("{gw}/api/items"), "GET", &alice))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(json(&body).as_array().unwrap().len() >= 2);
     assert!(headers.get("server").is_none());
-    let (status, _, _) = get(&format!("{gw}/internal/debug")).await.unwrap();
-    assert_eq!(status, 404);
+    let (status, _, body) = send(authed(format!("{gw}/api/items"), "POST", &alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        json(&body)["owner"],
+        "alice",
+        "identity header from the verified token"
+    );
+    let (status, _, _) = send(authed(format!("{gw}/api/items"), "POST", &bob))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "bob lacks items:write");
+    assert_eq!(get(&format!("{gw}/api/items")).await.unwrap().0, 401);
+    assert_eq!(
+        get(&format!("{gw}/api/public/status")).await.unwrap().0,
+        200
+    );
+    assert_eq!(get(&format!("{gw}/internal/debug")).await.unwrap().0, 404);
     assert_eq!(get(&format!("{admin}/readyz")).await.unwrap().0, 200);
     assert!(
         found

@@ -71,6 +71,7 @@ pub struct KeyStore {
     loaded: AtomicBool,
     allowed: Vec<Algorithm>,
     remote: Option<Remote>,
+    refresher: AtomicBool,
     /// Fetch statistics.
     pub stats: KeyStoreStats,
 }
@@ -96,6 +97,7 @@ impl KeyStore {
             loaded: AtomicBool::new(true),
             allowed: Vec::new(),
             remote: None,
+            refresher: AtomicBool::new(false),
             stats: KeyStoreStats::default(),
         })
     }
@@ -117,6 +119,7 @@ impl KeyStore {
                 in_flight: tokio::sync::Mutex::new(None),
                 negative: Mutex::new(HashMap::new()),
             }),
+            refresher: AtomicBool::new(false),
             stats: KeyStoreStats::default(),
         })
     }
@@ -130,6 +133,11 @@ impl KeyStore {
     /// are not trusted).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Where the keys come from (`None` for a fixed set).
+    pub fn uri(&self) -> Option<&Uri> {
+        self.remote.as_ref().map(|r| &r.uri)
     }
 
     /// Whether keys were loaded at least once.
@@ -226,9 +234,10 @@ impl KeyStore {
     }
 
     /// Keeps a remote key set fresh until the store is dropped: fetches now, then again
-    /// as `Cache-Control` says (clamped), retrying failures with backoff.
+    /// as `Cache-Control` says (clamped), retrying failures with backoff. Calling it again
+    /// for the same store does nothing.
     pub fn spawn_refresher(self: &Arc<Self>) {
-        if self.remote.is_none() {
+        if self.remote.is_none() || self.refresher.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak: Weak<KeyStore> = Arc::downgrade(self);

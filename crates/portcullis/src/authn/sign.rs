@@ -41,18 +41,27 @@ fn rejected(e: impl std::fmt::Display) -> SignError {
 }
 
 impl SigningKey {
-    /// A fresh ES256 key.
-    pub fn generate_es256(kid: &str) -> Result<SigningKey, SignError> {
+    /// A fresh ES256 key, and its PKCS#8 PEM (to hand to `portcullis token --key`).
+    pub fn generate_es256(kid: &str) -> Result<(SigningKey, String), SignError> {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(rejected)?;
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-                .map_err(rejected)?;
-        Ok(SigningKey {
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(rejected)?;
+        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).map_err(rejected)?;
+        let body = STANDARD.encode(pkcs8.as_ref());
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        );
+        let key = SigningKey {
             kid: kid.to_string(),
             inner: Inner::Ecdsa(pair),
-        })
+        };
+        Ok((key, pem))
     }
 
     /// Loads a private key from a JWK (EC P-256 / P-384 or Ed25519, with `d`) or from a

@@ -191,7 +191,7 @@ async fn check(authenticator: &Authenticator, token: &str) -> Result<String, &'s
 
 #[tokio::test]
 async fn valid_tokens_pass_and_each_claim_rule_refuses() {
-    let key = SigningKey::generate_es256("k1").expect("key");
+    let (key, _) = SigningKey::generate_es256("k1").expect("key");
     let revocations = Arc::new(RevocationList::default());
     let auth = Authenticator::new(vec![issuer_with(&key)], revocations.clone(), 8192, 100);
     let sign = |extra: Value| {

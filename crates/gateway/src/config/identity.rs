@@ -1,0 +1,273 @@
+//! The `identity` section: issuers and their keys, revocation, and what goes upstream.
+
+use super::raw::{RawIdentity, RawJwt};
+use super::secret::Resolver;
+use super::{Problems, line_of};
+use http::{HeaderName, Uri};
+use portcullis::authn::jwks::{KeyStore, RemoteSettings};
+use portcullis::authn::keys::{Algorithm, KeySet};
+use portcullis::authn::revocation::RevocationList;
+use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// State that outlives configuration generations: revocations, and remote key sets (so a
+/// reload neither refetches every JWKS nor forgets keys while an IdP is down).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Revoked tokens and subjects.
+    pub revocations: Arc<RevocationList>,
+    key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
+}
+
+impl Shared {
+    fn remote_store(&self, uri: &Uri, algorithms: &[Algorithm]) -> Arc<KeyStore> {
+        let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
+        let key = format!("{uri} {}", names.join(","));
+        let Ok(mut stores) = self.key_stores.lock() else {
+            return KeyStore::remote(uri.clone(), algorithms.to_vec(), RemoteSettings::default());
+        };
+        stores
+            .entry(key)
+            .or_insert_with(|| {
+                KeyStore::remote(uri.clone(), algorithms.to_vec(), RemoteSettings::default())
+            })
+            .clone()
+    }
+}
+
+/// The compiled identity settings.
+pub struct Identity {
+    /// Verifies tokens.
+    pub authenticator: Arc<Authenticator>,
+    /// What the upstream receives.
+    pub forward: Arc<ForwardSettings>,
+    /// Whether any issuer is configured (routes may require authentication).
+    pub configured: bool,
+    /// The longest token lifetime any issuer accepts (bounds a `jti` revocation).
+    pub max_lifetime: Duration,
+}
+
+const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+const DEFAULT_CACHE: usize = 10_000;
+
+pub(super) fn compile(
+    raw: Option<&RawIdentity>,
+    max_token_bytes: Option<usize>,
+    base_dir: &Path,
+    resolver: &Resolver,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Identity {
+    let max_token_bytes = max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    let mut issuers = Vec::new();
+    let mut forward = ForwardSettings {
+        token: true,
+        identity_headers: Vec::new(),
+    };
+    let mut cache = DEFAULT_CACHE;
+    if let Some(raw) = raw {
+        problems.unsupported(
+            "identity.introspection",
+            &raw.introspection,
+            "token introspection",
+        );
+        for (i, jwt) in raw.jwt.iter().enumerate() {
+            if let Some(issuer) = compile_issuer(
+                jwt,
+                &format!("identity.jwt[{i}]"),
+                base_dir,
+                resolver,
+                shared,
+                problems,
+            ) {
+                if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
+                    problems.at(
+                        format!("identity.jwt[{i}].issuer"),
+                        &jwt.issuer,
+                        "another entry has the same issuer",
+                    );
+                }
+                issuers.push(issuer);
+            }
+        }
+        if let Some(revocation) = &raw.revocation {
+            match revocation.store.value.as_str() {
+                "memory" => {}
+                "redis" => problems.at(
+                    "identity.revocation.store",
+                    &revocation.store,
+                    "the redis revocation store is not supported yet (use memory)",
+                ),
+                other => problems.at(
+                    "identity.revocation.store",
+                    &revocation.store,
+                    format!("unknown store `{other}` (use memory or redis)"),
+                ),
+            }
+        }
+        if let Some(raw_forward) = &raw.forward {
+            forward.token = raw_forward.token.unwrap_or(true);
+            for (name, claim) in &raw_forward.identity_headers {
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(header) => forward.identity_headers.push((header, claim.clone())),
+                    Err(_) => problems.add(
+                        format!("identity.forward.identity_headers.{name}"),
+                        None,
+                        "is not a header name",
+                    ),
+                }
+            }
+        }
+        cache = raw.token_cache_size.unwrap_or(DEFAULT_CACHE);
+    }
+    let max_lifetime = issuers
+        .iter()
+        .map(|i| i.max_lifetime + i.clock_skew)
+        .max()
+        .unwrap_or_default();
+    Identity {
+        configured: !issuers.is_empty(),
+        authenticator: Arc::new(Authenticator::new(
+            issuers,
+            shared.revocations.clone(),
+            max_token_bytes,
+            cache,
+        )),
+        forward: Arc::new(forward),
+        max_lifetime,
+    }
+}
+
+fn compile_issuer(
+    raw: &RawJwt,
+    path: &str,
+    base_dir: &Path,
+    resolver: &Resolver,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Option<Issuer> {
+    let line = line_of(&raw.name.referenced);
+    let issuer = resolver.text(&format!("{path}.issuer"), &raw.issuer, problems)?;
+    if raw.audiences.is_empty() {
+        problems.add(
+            format!("{path}.audiences"),
+            line,
+            "at least one audience is required (tokens for other APIs must not be accepted)",
+        );
+    }
+    let audiences: Vec<String> = raw
+        .audiences
+        .iter()
+        .enumerate()
+        .filter_map(|(j, a)| resolver.text(&format!("{path}.audiences[{j}]"), a, problems))
+        .collect();
+    let mut algorithms = Vec::new();
+    for (j, alg) in raw.algorithms.iter().enumerate() {
+        match Algorithm::from_name(&alg.value) {
+            Some(a) => algorithms.push(a),
+            None => problems.at(
+                format!("{path}.algorithms[{j}]"),
+                alg,
+                format!("`{}` is not allowed (use ES256, ES384, RS256, PS256 or EdDSA; none and HS* never are)", alg.value),
+            ),
+        }
+    }
+    if raw.algorithms.is_empty() {
+        problems.add(
+            format!("{path}.algorithms"),
+            line,
+            "list the algorithms the issuer signs with, e.g. [ES256]",
+        );
+    }
+    let keys = match (&raw.jwks_uri, &raw.jwks_file) {
+        (Some(uri), None) => {
+            let text = resolver.text(&format!("{path}.jwks_uri"), uri, problems)?;
+            let parsed = jwks_uri(&text)
+                .map_err(|m| problems.at(format!("{path}.jwks_uri"), uri, m))
+                .ok()?;
+            shared.remote_store(&parsed, &algorithms)
+        }
+        (None, Some(file)) => {
+            let text = resolver.text(&format!("{path}.jwks_file"), file, problems)?;
+            let full = base_dir.join(&text);
+            let document = std::fs::read(&full)
+                .map_err(|e| format!("cannot read `{}`: {e}", full.display()))
+                .and_then(|bytes| {
+                    portcullis::json::parse_strict(&bytes, portcullis::json::JsonLimits::default())
+                        .map_err(|e| format!("`{}` is not valid JSON: {e}", full.display()))
+                });
+            let document = document
+                .map_err(|m| problems.at(format!("{path}.jwks_file"), file, m))
+                .ok()?;
+            match KeySet::from_jwks(&document, &algorithms) {
+                Ok(parsed) => {
+                    for (kid, why) in &parsed.skipped {
+                        problems.at(
+                            format!("{path}.jwks_file"),
+                            file,
+                            format!("key `{kid}`: {why}"),
+                        );
+                    }
+                    if parsed.keys.is_empty() {
+                        problems.at(
+                            format!("{path}.jwks_file"),
+                            file,
+                            "the key set has no usable key",
+                        );
+                    }
+                    KeyStore::fixed(parsed.keys)
+                }
+                Err(e) => {
+                    problems.at(
+                        format!("{path}.jwks_file"),
+                        file,
+                        format!("not a key set: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        _ => {
+            problems.add(
+                format!("{path}"),
+                line,
+                "needs exactly one of `jwks_uri` or `jwks_file`",
+            );
+            return None;
+        }
+    };
+    Some(Issuer {
+        name: Arc::from(raw.name.value.as_str()),
+        issuer,
+        audiences,
+        algorithms,
+        clock_skew: raw.clock_skew.map_or(Duration::from_secs(30), |d| d.0),
+        max_lifetime: raw.max_lifetime.map_or(Duration::from_secs(900), |d| d.0),
+        required_claims: raw.required_claims.clone(),
+        token_types: raw.token_types.clone(),
+        keys,
+    })
+}
+
+/// A JWKS URL: `http` only for loopback hosts (keys fetched in clear text could be swapped).
+fn jwks_uri(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("http") if loopback => Ok(uri),
+        Some("http") => Err("http is only allowed for loopback hosts; use https".into()),
+        Some("https") => {
+            Err("https JWKS URLs are not supported yet (use jwks_file, or http on loopback)".into())
+        }
+        _ => Err(format!("`{text}` needs an http(s) scheme")),
+    }
+}
