@@ -233,7 +233,7 @@ fn compile_issuer(
         }
         _ => {
             problems.add(
-                format!("{path}"),
+                path.to_string(),
                 line,
                 "needs exactly one of `jwks_uri` or `jwks_file`",
             );

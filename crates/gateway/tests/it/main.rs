@@ -12,6 +12,7 @@ mod util;
 
 mod admin;
 mod cli;
+mod identity;
 mod limits;
 mod normalize;
 mod proxy;

@@ -33,6 +33,19 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// Polls an async `check` until it returns true, or fails the test at the deadline.
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One request as the upstream saw it, recorded only once its body was read completely.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -211,6 +224,19 @@ impl Gateway {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Gateway {
+        let gateway = Gateway::start_unready(dir).await;
+        if gateway.admin.is_some() {
+            let url = gateway.admin_url("/readyz");
+            eventually_async("the gateway to become ready", || async {
+                matches!(get(&url).await, Ok((StatusCode::OK, _, _)))
+            })
+            .await;
+        }
+        gateway
+    }
+
+    /// Starts the binary and waits until it listens, but not until it is ready.
+    pub async fn start_unready(dir: tempfile::TempDir) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(dir.path().join("portcullis.yaml"))
@@ -259,17 +285,6 @@ impl Gateway {
         .await;
         gateway.addr = addr;
         gateway.admin = admin;
-        if let Some(admin) = admin {
-            let url = format!("http://{admin}/readyz");
-            let start = Instant::now();
-            loop {
-                if matches!(get(&url).await, Ok((StatusCode::OK, _, _))) {
-                    break;
-                }
-                assert!(start.elapsed() < DEADLINE, "gateway never became ready");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
         gateway
     }
 

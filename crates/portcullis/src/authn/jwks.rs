@@ -59,7 +59,8 @@ struct Remote {
     uri: Uri,
     client: Client<HttpConnector, Empty<Bytes>>,
     settings: RemoteSettings,
-    /// Held while fetching: concurrent refreshes wait for the one in progress.
+    /// Held while fetching, so concurrent refreshes wait for the one in progress; holds
+    /// when an unknown `kid` last caused a fetch (scheduled fetches do not count).
     in_flight: tokio::sync::Mutex<Option<Instant>>,
     negative: Mutex<HashMap<String, Instant>>,
 }
@@ -150,8 +151,7 @@ impl KeyStore {
         let Some(remote) = &self.remote else {
             return Ok(Duration::MAX);
         };
-        let mut in_flight = remote.in_flight.lock().await;
-        *in_flight = Some(Instant::now());
+        let _in_flight = remote.in_flight.lock().await;
         self.fetch(remote).await
     }
 
