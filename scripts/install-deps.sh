@@ -8,9 +8,10 @@ need() { # need COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 || missing+=("$2")
 }
 
-# Nothing outside Rust is needed by the tests yet; later capabilities add their peers here
-# (redis-server, nodejs/npm, chromium, ...). Extra packages come from the arguments.
+# Real peers the tests talk to; extra packages come from the arguments.
 need curl curl
+need node nodejs
+need npm npm
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
@@ -26,3 +27,10 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+
+# npm packages of the test peers, pinned by tests/peers/package-lock.json.
+peers="$(dirname "$0")/../tests/peers"
+if [ ! -d "$peers/node_modules/oidc-provider" ] || [ "$peers/package-lock.json" -nt "$peers/node_modules/.package-lock.json" ]; then
+  echo "installing test peers (npm ci in tests/peers)" >&2
+  (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

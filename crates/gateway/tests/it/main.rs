@@ -15,6 +15,7 @@ mod cli;
 mod identity;
 mod limits;
 mod normalize;
+mod oidc;
 mod proxy;
 mod reload;
 mod routing;
