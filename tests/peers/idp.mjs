@@ -1,13 +1,15 @@
 // A real OpenID provider (the `oidc-provider` package) for the Portcullis tests.
 // Usage: node idp.mjs  -> prints "listening on http://127.0.0.1:PORT" once ready.
 // Clients: `gateway-test` / `test-secret` (client_credentials). Access tokens are RFC 9068
-// JWTs (ES256, typ at+jwt) for the resource https://api.test.
+// JWTs (ES256, typ at+jwt) for the resource https://api.test, and opaque tokens for
+// https://opaque.test (checked through RFC 7662 introspection at /token/introspection).
 // Test control: POST /__rotate makes a new signing key current (the old one stays published).
 import http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const RESOURCE = 'https://api.test';
+const OPAQUE_RESOURCE = 'https://opaque.test';
 
 function newKey() {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -28,18 +30,22 @@ function provider(issuer, keys) {
     jwks: { keys },
     features: {
       clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
       devInteractions: { enabled: false },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => RESOURCE,
         useGrantedResource: () => true,
-        getResourceServerInfo: () => ({
-          scope: 'items:read items:write',
-          audience: RESOURCE,
-          accessTokenFormat: 'jwt',
-          accessTokenTTL: 300,
-          jwt: { sign: { alg: 'ES256' } },
-        }),
+        getResourceServerInfo: (ctx, resource) => (resource === OPAQUE_RESOURCE
+          ? { scope: 'items:read items:write', audience: OPAQUE_RESOURCE, accessTokenFormat: 'opaque', accessTokenTTL: 300 }
+          : {
+            scope: 'items:read items:write',
+            audience: RESOURCE,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: 300,
+            jwt: { sign: { alg: 'ES256' } },
+          }),
       },
     },
     scopes: ['items:read', 'items:write'],

@@ -4,6 +4,7 @@ use super::raw::{RawIdentity, RawJwt};
 use super::secret::Resolver;
 use super::{Problems, line_of};
 use http::{HeaderName, Uri};
+use portcullis::authn::introspection::{IntrospectionSettings, Introspector};
 use portcullis::authn::jwks::{KeyStore, RemoteSettings};
 use portcullis::authn::keys::{Algorithm, KeySet};
 use portcullis::authn::revocation::RevocationList;
@@ -70,11 +71,6 @@ pub(super) fn compile(
     };
     let mut cache = DEFAULT_CACHE;
     if let Some(raw) = raw {
-        problems.unsupported(
-            "identity.introspection",
-            &raw.introspection,
-            "token introspection",
-        );
         for (i, jwt) in raw.jwt.iter().enumerate() {
             if let Some(issuer) = compile_issuer(
                 jwt,
@@ -129,14 +125,16 @@ pub(super) fn compile(
         .map(|i| i.max_lifetime + i.clock_skew)
         .max()
         .unwrap_or_default();
+    let mut authenticator =
+        Authenticator::new(issuers, shared.revocations.clone(), max_token_bytes, cache);
+    if let Some(raw) = raw.and_then(|r| r.introspection.as_ref())
+        && let Some(introspector) = compile_introspection(raw, resolver, problems)
+    {
+        authenticator = authenticator.with_introspection(introspector);
+    }
     Identity {
-        configured: !issuers.is_empty(),
-        authenticator: Arc::new(Authenticator::new(
-            issuers,
-            shared.revocations.clone(),
-            max_token_bytes,
-            cache,
-        )),
+        configured: authenticator.is_configured(),
+        authenticator: Arc::new(authenticator),
         forward: Arc::new(forward),
         max_lifetime,
     }
@@ -186,7 +184,7 @@ fn compile_issuer(
     let keys = match (&raw.jwks_uri, &raw.jwks_file) {
         (Some(uri), None) => {
             let text = resolver.text(&format!("{path}.jwks_uri"), uri, problems)?;
-            let parsed = jwks_uri(&text)
+            let parsed = remote_uri(&text, "JWKS URLs")
                 .map_err(|m| problems.at(format!("{path}.jwks_uri"), uri, m))
                 .ok()?;
             shared.remote_store(&parsed, &algorithms)
@@ -253,8 +251,44 @@ fn compile_issuer(
     })
 }
 
-/// A JWKS URL: `http` only for loopback hosts (keys fetched in clear text could be swapped).
-fn jwks_uri(text: &str) -> Result<Uri, String> {
+fn compile_introspection(
+    raw: &super::raw::RawIntrospection,
+    resolver: &Resolver,
+    problems: &mut Problems,
+) -> Option<Introspector> {
+    let path = "identity.introspection";
+    let endpoint = resolver.text(&format!("{path}.endpoint"), &raw.endpoint, problems);
+    let endpoint = endpoint.and_then(|text| {
+        remote_uri(&text, "introspection endpoints")
+            .map_err(|m| problems.at(format!("{path}.endpoint"), &raw.endpoint, m))
+            .ok()
+    });
+    let client_id = resolver.text(&format!("{path}.client_id"), &raw.client_id, problems);
+    let client_secret = resolver.secret(
+        &format!("{path}.client_secret"),
+        &raw.client_secret,
+        problems,
+    );
+    let audiences = raw
+        .audiences
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| resolver.text(&format!("{path}.audiences[{i}]"), a, problems))
+        .collect();
+    Some(Introspector::new(IntrospectionSettings {
+        name: Arc::from("introspection"),
+        endpoint: endpoint?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        audiences,
+        cache_ttl: raw.cache_ttl.map_or(Duration::from_secs(30), |d| d.0),
+        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+    }))
+}
+
+/// A key or token service URL: `http` only for loopback hosts (what is fetched in clear
+/// text could be swapped on the way).
+fn remote_uri(text: &str, what: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
     let host = uri
         .host()
@@ -265,9 +299,9 @@ fn jwks_uri(text: &str) -> Result<Uri, String> {
     match uri.scheme_str() {
         Some("http") if loopback => Ok(uri),
         Some("http") => Err("http is only allowed for loopback hosts; use https".into()),
-        Some("https") => {
-            Err("https JWKS URLs are not supported yet (use jwks_file, or http on loopback)".into())
-        }
+        Some("https") => Err(format!(
+            "https {what} are not supported yet (use http on loopback)"
+        )),
         _ => Err(format!("`{text}` needs an http(s) scheme")),
     }
 }

@@ -132,7 +132,7 @@ pub struct RawIdentity {
     pub jwt: Vec<RawJwt>,
     pub revocation: Option<RawRevocation>,
     pub forward: Option<RawForward>,
-    pub introspection: Unsupported,
+    pub introspection: Option<RawIntrospection>,
     pub token_cache_size: Option<usize>,
 }
 
@@ -174,4 +174,16 @@ pub struct RawForward {
 pub enum RawScopes {
     All(Vec<String>),
     PerMethod(BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: Text,
+    pub client_id: Text,
+    pub client_secret: Text,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    pub cache_ttl: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
 }

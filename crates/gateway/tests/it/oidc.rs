@@ -207,3 +207,83 @@ async fn futures_join(gw: &Gateway, token: &str) -> Vec<u16> {
     }
     out
 }
+
+#[tokio::test]
+async fn opaque_tokens_through_real_introspection() {
+    let idp = Idp::start();
+    let upstream = Upstream::start().await;
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "identity:
+  introspection:
+    endpoint: {issuer}/token/introspection
+    client_id: gateway-test
+    client_secret: ${{file:client-secret}}
+    audiences: [https://opaque.test]
+    cache_ttl: 1s
+routes:
+  - match: {{ path: /api/items }}
+    upstream: main
+    scopes: [items:read]
+",
+            issuer = idp.issuer
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(dir.path().join("client-secret"), "test-secret\n").unwrap();
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let request = Request::post(format!("{}/token", idp.issuer))
+        .header("authorization", "Basic Z2F0ZXdheS10ZXN0OnRlc3Qtc2VjcmV0")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from_static(
+            b"grant_type=client_credentials&resource=https%3A%2F%2Fopaque.test&scope=items%3Aread",
+        )))
+        .unwrap();
+    let (_, _, body) = send(request).await.unwrap();
+    let opaque = json(&body)["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        opaque.matches('.').count(),
+        0,
+        "expected an opaque token: {opaque}"
+    );
+    assert_eq!(call(&gw, "GET", &opaque).await, 200);
+    assert_eq!(
+        upstream
+            .last()
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some(format!("Bearer {opaque}"))
+    );
+    assert_eq!(call(&gw, "GET", "made-up-opaque-token").await, 401);
+    gw.event_where("inactive", |e| e["reason"] == "inactive_token")
+        .await;
+    // Revoked at the authorization server: refused once the short cache entry lapses.
+    let revoke = Request::post(format!("{}/token/revocation", idp.issuer))
+        .header("authorization", "Basic Z2F0ZXdheS10ZXN0OnRlc3Qtc2VjcmV0")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(format!("token={opaque}"))))
+        .unwrap();
+    assert_eq!(send(revoke).await.unwrap().0, 200);
+    eventually_async("the revoked opaque token to be refused", || async {
+        call(&gw, "GET", &opaque).await == 401
+    })
+    .await;
+    let hits = upstream.hits();
+    assert_eq!(call(&gw, "GET", &opaque).await, 401);
+    // The server down: fail closed.
+    drop(idp);
+    assert_eq!(call(&gw, "GET", "another-unknown-token").await, 401);
+    gw.event_where("introspection down", |e| {
+        e["reason"] == "introspection_unavailable"
+    })
+    .await;
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "a refused token reached the upstream"
+    );
+}

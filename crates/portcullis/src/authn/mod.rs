@@ -2,6 +2,7 @@
 //! cache, revocation, and the [`AuthenticateLayer`] that puts a [`Principal`] on requests.
 
 pub mod cache;
+pub mod introspection;
 pub mod jwks;
 pub mod keys;
 mod layer;
@@ -71,6 +72,7 @@ pub struct Principal {
 #[derive(Debug)]
 pub struct Authenticator {
     issuers: Vec<Issuer>,
+    introspector: Option<introspection::Introspector>,
     cache: TokenCache,
     revocations: Arc<RevocationList>,
     max_token_bytes: usize,
@@ -86,10 +88,22 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             issuers,
+            introspector: None,
             cache: TokenCache::new(cache_capacity),
             revocations,
             max_token_bytes,
         }
+    }
+
+    /// Checks opaque (non-JWT) tokens with this introspection endpoint.
+    pub fn with_introspection(mut self, introspector: introspection::Introspector) -> Self {
+        self.introspector = Some(introspector);
+        self
+    }
+
+    /// Whether any token source (issuer or introspection) is configured.
+    pub fn is_configured(&self) -> bool {
+        !self.issuers.is_empty() || self.introspector.is_some()
     }
 
     /// The configured issuers.
@@ -101,9 +115,15 @@ impl Authenticator {
     /// revocation (which is never cached).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, TokenError> {
         let now = now_secs();
-        let principal = match self.cache.get(token, now, |i| self.generation(i)) {
-            Some(principal) => principal,
-            None => self.verify(token, now).await?,
+        let is_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
+        let principal = match (&self.introspector, is_jwt) {
+            (Some(introspector), false) if token.len() <= self.max_token_bytes => {
+                introspector.introspect(token).await?
+            }
+            _ => match self.cache.get(token, now, |i| self.generation(i)) {
+                Some(principal) => principal,
+                None => self.verify(token, now).await?,
+            },
         };
         if self.revocations.is_revoked(&principal) {
             return Err(TokenError::Revoked);

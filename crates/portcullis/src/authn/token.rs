@@ -85,6 +85,12 @@ pub enum TokenError {
     /// Revoked by `jti` or by subject.
     #[error("token revoked")]
     Revoked,
+    /// The introspection endpoint says the opaque token is not active.
+    #[error("token not active")]
+    Inactive,
+    /// The introspection endpoint could not be asked (fail closed).
+    #[error("introspection failed")]
+    IntrospectionFailed,
 }
 
 impl TokenError {
@@ -116,6 +122,8 @@ impl TokenError {
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::WrongType => "wrong_token_type",
             TokenError::Revoked => "revoked",
+            TokenError::Inactive => "inactive_token",
+            TokenError::IntrospectionFailed => "introspection_unavailable",
         }
     }
 }
@@ -208,7 +216,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, TokenError
     };
     let header = object(&decode(header_b64)?, "header")?;
     let header = check_header(&header)?;
-    let claims = claims(object(&decode(payload_b64)?, "payload")?)?;
+    let claims = claims_of(object(&decode(payload_b64)?, "payload")?)?;
     let signature = decode(signature_b64)?;
     let signing_len = header_b64.len() + 1 + payload_b64.len();
     let signing_input = token
@@ -292,7 +300,8 @@ fn strings(value: &Value, name: &str) -> Result<Vec<String>, TokenError> {
     }
 }
 
-fn claims(all: Map<String, Value>) -> Result<Claims, TokenError> {
+/// Types the claims Portcullis reads; a claim of the wrong type is an error, never ignored.
+pub fn claims_of(all: Map<String, Value>) -> Result<Claims, TokenError> {
     let mut scopes = Vec::new();
     match all.get("scope") {
         Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_string)),
