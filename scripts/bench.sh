@@ -14,7 +14,7 @@ DURATION="${1:-10}"
 CONNS="${BENCH_CONNECTIONS:-64}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 
-scripts/install-deps.sh nginx-light wrk >/dev/null
+scripts/install-deps.sh nginx-light wrk haproxy openssl >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -p portcullis-gateway >&2
 BIN="$CARGO_TARGET_DIR/release/portcullis"
@@ -28,7 +28,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605
+UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+# An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
+# 10,000 distinct valid tokens minted by `portcullis token`.
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/jwt.pem"
+openssl ec -in "$WORK/jwt.pem" -pubout -out "$WORK/jwt.pub.pem" 2>/dev/null
+openssl ec -in "$WORK/jwt.pem" -pubout -outform DER 2>/dev/null | python3 -c '
+import base64, json, sys
+point = sys.stdin.buffer.read()[-65:]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256", "use": "sig",
+                            "x": b64(point[1:33]), "y": b64(point[33:])}]}))' > "$WORK/jwks.json"
+"$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --count 10000 > "$WORK/tokens.txt"
+ONE_TOKEN=$(head -1 "$WORK/tokens.txt")
+cat > "$WORK/cycle.lua" <<'LUA'
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/jwt/items", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
 
 # The upstream: nginx answering a small JSON body from memory, one worker on core 1.
 cat > "$WORK/upstream.conf" <<CONF
@@ -78,11 +101,53 @@ listen: { address: 127.0.0.1:$PC_PORT }
 monitoring: { events: { sink: file, path: events.log } }
 upstreams:
   backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+identity:
+  jwt:
+    - name: bench
+      issuer: https://idp.bench
+      audiences: [bench]
+      jwks_file: jwks.json
+      algorithms: [ES256]
+      max_lifetime: 2h
 routes:
+  - match: { prefix: /jwt/ }
+    upstream: backend
   - match: { prefix: / }
     upstream: backend
     auth: none
 CONF
+
+# HAProxy checking the same tokens: signature (jwt_verify), alg, iss, aud and exp.
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  log stderr format raw local0 emerg
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('\$.iss')
+  http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('\$.aud')
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request deny deny_status 401 unless { var(txn.alg) -m str ES256 }
+  http-request deny deny_status 401 unless { var(txn.iss) -m str https://idp.bench }
+  http-request deny deny_status 401 unless { var(txn.aud) -m str bench }
+  http-request set-var(txn.now) date
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$WORK/jwt.pub.pem") -m int 1 }
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:$UP_PORT
+CONF
+taskset -c 0 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+HA_PID=$!
+PIDS+=($HA_PID)
 taskset -c 0 "$BIN" run --config "$WORK/portcullis.yaml" 2>"$WORK/portcullis.err" &
 PC_PID=$!
 PIDS+=($PC_PID)
@@ -98,6 +163,12 @@ wait_for() { # URL
 wait_for "http://127.0.0.1:$UP_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$PC_PORT/"
+for port in $PC_PORT $HAPROXY_PORT; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $ONE_TOKEN" "http://127.0.0.1:$port/jwt/items")
+  [ "$code" = 200 ] || { echo "bench: port $port refused a valid token ($code)" >&2; exit 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer ${ONE_TOKEN}x" "http://127.0.0.1:$port/jwt/items")
+  [ "$code" = 401 ] || [ "$code" = 403 ] || { echo "bench: port $port accepted a bad token ($code)" >&2; exit 1; }
+done
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")" | head -1)
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -106,13 +177,16 @@ TICK=$(getconf CLK_TCK)
 
 IDLE_RSS=$(rss_kib "$PC_PID")
 
-# One measured run: prints "rps p50_us p99_us cpu_us_per_request".
-measure() { # URL PID
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$1" >/dev/null # warm-up
+# One measured run: prints "rps p50_us p99_us cpu_us_per_request". Extra wrk arguments
+# (a header, a script) follow the URL and PID.
+measure() { # URL PID [wrk args...]
+  local url=$1 pid=$2
+  shift 2
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$@" "$url" >/dev/null # warm-up
   local before after out
-  before=$(cpu_ticks "$2")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1")
-  after=$(cpu_ticks "$2")
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  after=$(cpu_ticks "$pid")
   echo "$out" | awk -v ticks=$((after - before)) -v hz="$TICK" '
     function us(v) {
       if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
@@ -129,6 +203,12 @@ measure() { # URL PID
 
 read -r N_RPS N_P50 N_P99 N_CPU < <(measure "http://127.0.0.1:$NGINX_PORT/api/items" "$NGINX_WORKER")
 read -r P_RPS P_P50 P_P99 P_CPU < <(measure "http://127.0.0.1:$PC_PORT/api/items" "$PC_PID")
+AUTH=(-H "authorization: Bearer $ONE_TOKEN")
+read -r A_RPS A_P50 A_P99 A_CPU < <(measure "http://127.0.0.1:$PC_PORT/jwt/items" "$PC_PID" "${AUTH[@]}")
+export TOKENS="$WORK/tokens.txt"
+read -r C_RPS C_P50 C_P99 C_CPU < <(measure "http://127.0.0.1:$PC_PORT/jwt/items" "$PC_PID" -s "$WORK/cycle.lua")
+read -r H_RPS H_P50 H_P99 H_CPU < <(measure "http://127.0.0.1:$HAPROXY_PORT/jwt/items" "$HA_PID" -s "$WORK/cycle.lua")
+read -r H1_RPS H1_P50 H1_P99 H1_CPU < <(measure "http://127.0.0.1:$HAPROXY_PORT/jwt/items" "$HA_PID" "${AUTH[@]}")
 
 # RSS with 1,000 open keep-alive connections, each having made one request.
 HELD_RSS=$(python3 - "$PC_PORT" "$PC_PID" <<'PY'
@@ -168,6 +248,13 @@ printf '\n%-22s %12s %10s %10s %14s\n' "plain proxy ($CONNS conns)" "requests/s"
 printf '%-22s %12s %10s %10s %14s\n' "nginx" "$N_RPS" "$N_P50" "$N_P99" "$N_CPU"
 printf '%-22s %12s %10s %10s %14s\n' "portcullis" "$P_RPS" "$P_P50" "$P_P99" "$P_CPU"
 printf '%-22s %12s %10s %10s %14s\n' "portcullis / nginx" "$(ratio "$P_RPS" "$N_RPS")" "$(ratio "$P_P50" "$N_P50")" "$(ratio "$P_P99" "$N_P99")" "$(ratio "$P_CPU" "$N_CPU")"
+printf '\n%-34s %12s %10s %10s %14s\n' "authenticated, ES256" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "portcullis, one token" "$A_RPS" "$A_P50" "$A_P99" "$A_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "haproxy jwt_verify, one token" "$H1_RPS" "$H1_P50" "$H1_P99" "$H1_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "portcullis, 10,000 tokens cycling" "$C_RPS" "$C_P50" "$C_P99" "$C_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "haproxy, 10,000 tokens cycling" "$H_RPS" "$H_P50" "$H_P99" "$H_CPU"
+printf 'portcullis authenticated / its own plain proxy: %s (target >= 0.90)\n' "$(ratio "$A_RPS" "$P_RPS")"
+printf 'portcullis / haproxy, 10,000 tokens cycling: %s (target > 1)\n' "$(ratio "$C_RPS" "$H_RPS")"
 printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
 printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
 echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"

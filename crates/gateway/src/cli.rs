@@ -74,4 +74,7 @@ pub struct TokenArgs {
     /// The `typ` header.
     #[arg(long, default_value = "at+jwt")]
     pub typ: String,
+    /// How many tokens to print, one per line, each with its own `jti` (for load tests).
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use portcullis::authn::keys::Algorithm;
 use portcullis::authn::sign::SigningKey;
 use serde_json::{Map, Value, json};
+use std::io::Write;
 
 /// Prints a token signed as `args` asks.
 pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
@@ -42,6 +43,12 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
             serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
         claims.insert(name.to_string(), value);
     }
-    println!("{}", key.sign(&claims, &args.typ, &Map::new())?);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..args.count {
+        let jti = portcullis::request_id::RequestId::generate();
+        claims.insert("jti".into(), json!(jti.as_str()));
+        writeln!(out, "{}", key.sign(&claims, &args.typ, &Map::new())?)?;
+    }
+    out.flush()?;
     Ok(())
 }

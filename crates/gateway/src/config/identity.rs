@@ -53,7 +53,7 @@ pub struct Identity {
 }
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
-const DEFAULT_CACHE: usize = 10_000;
+const DEFAULT_CACHE: usize = 16_384;
 
 pub(super) fn compile(
     raw: Option<&RawIdentity>,

@@ -78,11 +78,11 @@ impl TokenCache {
             return;
         };
         if shard.len() >= self.per_shard {
-            // Drop what has expired; if that frees nothing, start the shard afresh. Bounded
-            // memory matters more than the hit rate under a flood of distinct tokens.
-            shard.retain(|_, e| e.expires_at > super::now_secs());
-            if shard.len() >= self.per_shard {
-                shard.clear();
+            // Evict one arbitrary entry (hash order is effectively random): memory stays
+            // bounded under a flood of distinct tokens, and a working set that barely
+            // overflows still mostly hits. Expired entries go when they are next looked up.
+            if let Some(victim) = shard.keys().next().cloned() {
+                shard.remove(&victim);
             }
         }
         shard.insert(
@@ -93,6 +93,45 @@ impl TokenCache {
                 issuer,
                 generation,
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Arc<Principal> {
+        Arc::new(Principal {
+            issuer: Arc::from("t"),
+            subject: None,
+            scopes: Vec::new(),
+            claims: Default::default(),
+        })
+    }
+
+    #[test]
+    fn bounded_and_generation_aware() {
+        let cache = TokenCache::new(32);
+        for i in 0..1000 {
+            cache.insert(&format!("token-{i}"), principal(), f64::MAX, 0, 1);
+        }
+        let held: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(held <= 32, "{held} entries held");
+        cache.insert("t", principal(), f64::MAX, 0, 1);
+        assert!(cache.get("t", 0.0, |_| 1).is_some());
+        assert!(
+            cache.get("t", 0.0, |_| 2).is_none(),
+            "a new key set generation must invalidate"
+        );
+        cache.insert("old", principal(), 10.0, 0, 1);
+        assert!(
+            cache.get("old", 11.0, |_| 1).is_none(),
+            "expired entries must not be served"
         );
     }
 }
