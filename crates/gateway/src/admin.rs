@@ -50,7 +50,10 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let generation = gateway.current();
     let issuers = generation.config.authenticator.issuers();
-    let text = gateway.metrics.encode(gateway.events.dropped(), issuers);
+    let logs = gateway.shared.decision_logs();
+    let text = gateway
+        .metrics
+        .encode(gateway.events.dropped(), issuers, &logs);
     (
         [(
             header::CONTENT_TYPE,

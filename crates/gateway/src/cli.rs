@@ -39,6 +39,38 @@ pub enum Command {
     },
     /// Mint a signed JWT for local testing.
     Token(TokenArgs),
+    /// Work with the configured policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with the decision log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `portcullis policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Evaluate the configured policy on one input document and print the decision.
+    Eval {
+        /// The configuration file.
+        #[arg(long, short, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        /// The policy input (JSON), shaped as the gateway builds it.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+/// `portcullis audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain of decision log files (oldest first; a single current file
+    /// brings its rotated predecessors along).
+    Verify {
+        /// The decision log file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// `portcullis token` options.

@@ -15,6 +15,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
+/// The example policy and its data, the same files as `examples/policies/`.
+const DEMO_POLICY: &str = include_str!("../../../examples/policies/authz.rego");
+const DEMO_DATA: &str = include_str!("../../../examples/policies/data.json");
+
 /// The demo identity provider's issuer and the demo API's audience.
 const ISSUER: &str = "https://idp.portcullis.demo";
 const AUDIENCE: &str = "https://items.portcullis.demo";
@@ -31,8 +35,14 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let config_path = dir.join("portcullis.yaml");
     let admin_token = std::fs::read_to_string(dir.join("admin-token")).unwrap_or_default();
     let tokens = DemoTokens {
-        alice: mint(&key, "alice", "items:read items:write")?,
-        bob: mint(&key, "bob", "items:read")?,
+        alice: mint(&key, "alice", "items:read items:write", &[])?,
+        alice_mfa: mint(
+            &key,
+            "alice",
+            "items:read items:write",
+            &[("amr", serde_json::json!(["pwd", "otp"]))],
+        )?,
+        bob: mint(&key, "bob", "items:read", &[])?,
     };
     tokio::spawn(async move {
         if let Ok(bound) = bound_rx.await {
@@ -44,10 +54,16 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
 
 struct DemoTokens {
     alice: String,
+    alice_mfa: String,
     bob: String,
 }
 
-fn mint(key: &SigningKey, sub: &str, scope: &str) -> anyhow::Result<String> {
+fn mint(
+    key: &SigningKey,
+    sub: &str,
+    scope: &str,
+    extra: &[(&str, serde_json::Value)],
+) -> anyhow::Result<String> {
     let now = portcullis::authn::now_secs() as u64;
     let claims = serde_json::json!({
         "iss": ISSUER,
@@ -58,7 +74,10 @@ fn mint(key: &SigningKey, sub: &str, scope: &str) -> anyhow::Result<String> {
         "exp": now + 3600,
         "jti": portcullis::request_id::RequestId::generate().as_str(),
     });
-    let claims = claims.as_object().cloned().unwrap_or_default();
+    let mut claims = claims.as_object().cloned().unwrap_or_default();
+    for (name, value) in extra {
+        claims.insert(name.to_string(), value.clone());
+    }
     key.sign(&claims, "at+jwt", &serde_json::Map::new())
         .map_err(|e| anyhow::anyhow!("cannot mint a demo token: {e}"))
 }
@@ -75,6 +94,11 @@ fn write_demo_files(
     let token = format!("demo-{}", portcullis::request_id::RequestId::generate());
     write_private(&dir.join("admin-token"), &token)?;
     write_private(&dir.join("dev-key.pem"), pem)?;
+    // The example policy: owners change their own items, admins anything.
+    for (name, text) in [("authz.rego", DEMO_POLICY), ("data.json", DEMO_DATA)] {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| anyhow::anyhow!("cannot write the demo {name}: {e}"))?;
+    }
     let config = format!(
         r#"# Written by `portcullis demo`. Run it yourself with: portcullis run --config {config}
 listen:
@@ -103,6 +127,15 @@ identity:
     identity_headers:
       x-user-id: sub
       x-user-scopes: scope
+policy:
+  engine: rego
+  rego:
+    files: [authz.rego]
+    data: [data.json]
+    query: data.api.authz.allow
+  decision_log:
+    path: decisions.log
+    durability: sync
 routes:
   - match: {{ path: /api/items, methods: [GET, POST] }}
     upstream: items
@@ -110,6 +143,8 @@ routes:
   - match: {{ path: "/api/items/{{id}}", methods: [GET, PUT, DELETE] }}
     upstream: items
     scopes: {{ GET: [items:read], PUT: [items:write], DELETE: [items:write] }}
+    resource: {{ type: items, id: "{{id}}" }}
+    require_mfa: [DELETE]
   - match: {{ prefix: /api/public/ }}
     upstream: items
     auth: none
@@ -143,7 +178,7 @@ fn print_banner(
     tokens: &DemoTokens,
 ) {
     let gw = format!("http://{}", bound.listen);
-    let (alice, bob) = (&tokens.alice, &tokens.bob);
+    let (alice, alice_mfa, bob) = (&tokens.alice, &tokens.alice_mfa, &tokens.bob);
     let dir = config
         .parent()
         .map(|d| d.display().to_string())
@@ -162,6 +197,7 @@ Portcullis demo is running.
 
 Tokens (ES256, signed by the demo's dev key; its JWKS is served by the demo upstream):
   ALICE={alice}
+  ALICE_MFA={alice_mfa}
   BOB={bob}
   (mint more: portcullis token --key {dir}/dev-key.pem --iss {ISSUER} --aud {AUDIENCE} --sub carol --scope items:read)
 
@@ -171,6 +207,10 @@ Try these (each answer carries x-request-id and the security headers):
   curl -i -X POST {gw}/api/items -H "authorization: Bearer $BOB" -H 'content-type: application/json' -d '{{"name":"x"}}'   # 403: bob lacks items:write
   curl -i {gw}/api/items                                   # 401: no token
   curl -i {gw}/api/items -H "authorization: Bearer ${{ALICE}}x"   # 401: bad signature (the event says which check failed)
+  curl -i -X PUT {gw}/api/items/3 -H "authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"name":"x"}}'   # 403: item 3 is bob's (policy)
+  curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE"       # 401: step-up, MFA required
+  curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE_MFA"   # 204: owner, with MFA
+  portcullis audit verify {dir}/decisions.log                # the tamper-evident decision log
   curl -i {gw}/api/public/status                           # public route
   curl -i --path-as-is '{gw}/api/../../etc/passwd'        # 400: climbs above the root, never forwarded
   curl -i '{gw}/api/items/..%2f..%2fadmin'                 # 400: encoded slash

@@ -53,14 +53,22 @@ impl Gateway {
     /// Loads `config_path` and prepares the first generation.
     pub fn start(config_path: PathBuf) -> anyhow::Result<Arc<Gateway>> {
         let text = config::read(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let shared = config::Shared::default();
-        let config = config::compile_text(&text, &config_path, &shared)
+        // First pass only to learn where events go; the second opens logs and key sets.
+        let probe = config::compile_text(&text, &config_path, &config::Shared::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        start_key_refreshers(&config);
         let events = Arc::new(
-            EventBus::start(config.events.clone())
+            EventBus::start(probe.events.clone())
                 .map_err(|e| anyhow::anyhow!("cannot open the security event sink: {e}"))?,
         );
+        drop(probe);
+        let shared = config::Shared::new(events.clone());
+        let config = config::compile_text(&text, &config_path, &shared)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for warning in &config.warnings {
+            eprintln!("portcullis: warning: {}: {}", warning.path, warning.message);
+        }
+        start_key_refreshers(&config);
+        let text = fingerprint(&text, &config);
         let client = proxy::client();
         let pipeline = pipeline::build(&config, events.clone(), client.clone());
         Ok(Arc::new(Gateway {
@@ -106,8 +114,12 @@ impl Gateway {
             config::compile_text(&text, &self.config_path, &self.shared).map(|c| (text, c))
         }) {
             Err(error) => ReloadOutcome::Refused(error.to_string()),
-            Ok((text, _)) if !force && text == *last_text => ReloadOutcome::Unchanged,
+            Ok((text, config)) if !force && fingerprint(&text, &config) == *last_text => {
+                drop(config);
+                ReloadOutcome::Unchanged
+            }
             Ok((text, config)) => {
+                let text = fingerprint(&text, &config);
                 let old = self.current();
                 let restart_needed = restart_needed(&old.config, &config);
                 let pipeline = pipeline::build(&config, self.events.clone(), self.client.clone());
@@ -149,6 +161,17 @@ impl Gateway {
             _ => eprintln!("portcullis: configuration reloaded ({trigger})"),
         }
     }
+}
+
+/// The configuration text plus the content of every file it references: what "unchanged"
+/// means for a reload triggered by a file change.
+fn fingerprint(text: &str, config: &GatewayConfig) -> String {
+    let mut all = text.to_string();
+    for file in &config.watched_files {
+        all.push('\0');
+        all.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+    }
+    all
 }
 
 /// Starts background fetching for remote key sets (once per key set, across reloads).

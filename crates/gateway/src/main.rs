@@ -1,6 +1,7 @@
 //! The `portcullis` binary: thin; the work is in the modules.
 
 mod admin;
+mod audit;
 mod cli;
 mod config;
 mod demo;
@@ -46,6 +47,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(serve::run(config, None))?;
             Ok(ExitCode::SUCCESS)
         }
+        cli::Command::Policy(cli::PolicyCommand::Eval { config, input }) => {
+            runtime()?.block_on(audit::policy_eval(&config, &input))
+        }
+        cli::Command::Audit(cli::AuditCommand::Verify { files }) => audit::verify(&files),
         cli::Command::Token(args) => {
             token::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -74,6 +79,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                let line = warning.line.map(|l| format!(":{l}")).unwrap_or_default();
+                println!(
+                    "{}{line}: warning: {}: {}",
+                    path.display(),
+                    warning.path,
+                    warning.message
+                );
+            }
             println!(
                 "{}: configuration is valid ({} routes, {} upstreams)",
                 path.display(),

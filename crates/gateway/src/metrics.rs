@@ -51,6 +51,8 @@ pub struct Metrics {
     jwks_age: Family<IssuerLabel, Gauge>,
     jwks_refreshes: Family<IssuerLabel, Gauge>,
     jwks_failures: Family<IssuerLabel, Gauge>,
+    decisions_written: Gauge,
+    decisions_dropped: Gauge,
     no_route: Arc<str>,
 }
 
@@ -126,8 +128,22 @@ impl Metrics {
             "Failed key set fetches, by issuer",
             jwks_failures.clone(),
         );
+        let decisions_written = Gauge::default();
+        let decisions_dropped = Gauge::default();
+        registry.register(
+            "decision_log_records",
+            "Decision records written",
+            decisions_written.clone(),
+        );
+        registry.register(
+            "decision_log_dropped",
+            "Decision records dropped because the async queue overflowed",
+            decisions_dropped.clone(),
+        );
         Metrics {
             registry,
+            decisions_written,
+            decisions_dropped,
             jwks_age,
             jwks_refreshes,
             jwks_failures,
@@ -188,7 +204,18 @@ impl Metrics {
     }
 
     /// The exposition text; gauges that mirror other state are read now.
-    pub fn encode(&self, events_dropped: u64, issuers: &[portcullis::authn::Issuer]) -> String {
+    pub fn encode(
+        &self,
+        events_dropped: u64,
+        issuers: &[portcullis::authn::Issuer],
+        logs: &[Arc<portcullis::authz::decision_log::DecisionLog>],
+    ) -> String {
+        let written: u64 = logs.iter().map(|l| l.written()).sum();
+        let dropped: u64 = logs.iter().map(|l| l.dropped()).sum();
+        self.decisions_written
+            .set(i64::try_from(written).unwrap_or(i64::MAX));
+        self.decisions_dropped
+            .set(i64::try_from(dropped).unwrap_or(i64::MAX));
         self.events_dropped
             .set(i64::try_from(events_dropped).unwrap_or(i64::MAX));
         let now = portcullis::authn::now_secs() as i64;

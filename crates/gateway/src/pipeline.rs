@@ -3,6 +3,7 @@
 use crate::config::{GatewayConfig, RouteTarget};
 use crate::proxy::{Proxy, UpstreamClient};
 use portcullis::authn::{Authenticate, AuthenticateLayer};
+use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::respond::{Respond, RespondLayer};
@@ -12,8 +13,11 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 
 /// The whole stack, outermost layer first.
-pub type Pipeline =
-    Respond<RequestTimeout<Normalize<Router<Authenticate<Proxy, RouteTarget>, RouteTarget>>>>;
+pub type Pipeline = Respond<
+    RequestTimeout<
+        Normalize<Router<Authenticate<Authorize<Proxy, RouteTarget>, RouteTarget>, RouteTarget>>,
+    >,
+>;
 
 /// Builds the pipeline for one configuration generation.
 pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClient) -> Pipeline {
@@ -34,5 +38,8 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
             config.authenticator.clone(),
             config.forward.clone(),
         ))
+        // What they may do: step-up for MFA-protected methods, then a policy decision on
+        // every request (never cached), recorded before anything leaves.
+        .layer(AuthorizeLayer::new(config.authorizer.clone()))
         .service(Proxy::new(client, trusted))
 }

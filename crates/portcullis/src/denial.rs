@@ -82,6 +82,35 @@ pub enum Denial {
         /// Human-readable detail for the operator.
         detail: String,
     },
+    /// The policy refused the request.
+    #[error("forbidden ({reason}): {detail}")]
+    Forbidden {
+        /// `policy_denied` or `no_policy`.
+        reason: &'static str,
+        /// The policy's reasons, for the operator.
+        detail: String,
+        /// The action that was refused, e.g. `delete_items` (sent to the client).
+        required_action: String,
+        /// The resource type (sent to the client).
+        resource_type: String,
+    },
+    /// The policy engine failed or could not be reached, or the decision could not be
+    /// recorded: refused (fail closed).
+    #[error("policy engine error: {detail}")]
+    PolicyEngineError {
+        /// What failed, for the operator.
+        detail: String,
+        /// The action that was refused.
+        required_action: String,
+        /// The resource type.
+        resource_type: String,
+    },
+    /// The method needs multi-factor authentication the token does not show (RFC 9470).
+    #[error("step-up authentication required")]
+    StepUpRequired {
+        /// `acr_values` offered in the challenge.
+        acr_values: String,
+    },
     /// The token is valid but lacks a scope the route requires.
     #[error("insufficient scope")]
     InsufficientScope {
@@ -104,7 +133,10 @@ impl Denial {
             Denial::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Denial::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            Denial::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Denial::InsufficientScope { .. }
+            | Denial::Forbidden { .. }
+            | Denial::PolicyEngineError { .. } => StatusCode::FORBIDDEN,
+            Denial::StepUpRequired { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -121,7 +153,10 @@ impl Denial {
             Denial::UpstreamUnreachable { .. } => "Bad Gateway",
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => "Gateway Timeout",
             Denial::Unauthenticated { .. } => "Unauthorized",
-            Denial::InsufficientScope { .. } => "Forbidden",
+            Denial::InsufficientScope { .. }
+            | Denial::Forbidden { .. }
+            | Denial::PolicyEngineError { .. } => "Forbidden",
+            Denial::StepUpRequired { .. } => "Unauthorized",
         }
     }
 
@@ -140,7 +175,10 @@ impl Denial {
                 "https://portcullis.dev/problems/gateway-timeout"
             }
             Denial::Unauthenticated { .. } => "https://portcullis.dev/problems/unauthorized",
-            Denial::InsufficientScope { .. } => "https://portcullis.dev/problems/forbidden",
+            Denial::InsufficientScope { .. }
+            | Denial::Forbidden { .. }
+            | Denial::PolicyEngineError { .. } => "https://portcullis.dev/problems/forbidden",
+            Denial::StepUpRequired { .. } => "https://portcullis.dev/problems/step-up-required",
         }
     }
 
@@ -158,7 +196,9 @@ impl Denial {
             | Denial::UpstreamTimeout { .. }
             | Denial::RequestTimeout => EventType::UpstreamError,
             Denial::Unauthenticated { .. } => EventType::AuthFailure,
-            Denial::InsufficientScope { .. } => EventType::AuthzDenied,
+            Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => EventType::AuthzDenied,
+            Denial::PolicyEngineError { .. } => EventType::PolicyEngineError,
+            Denial::StepUpRequired { .. } => EventType::AuthFailure,
         }
     }
 
@@ -170,7 +210,9 @@ impl Denial {
                 "missing_token" | "token_expired" => Severity::Low,
                 _ => Severity::Medium,
             },
-            Denial::InsufficientScope { .. } => Severity::Medium,
+            Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => Severity::Medium,
+            Denial::PolicyEngineError { .. } => Severity::High,
+            Denial::StepUpRequired { .. } => Severity::Low,
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => Severity::Medium,
             Denial::NoRoute
             | Denial::MethodNotAllowed { .. }
@@ -196,6 +238,9 @@ impl Denial {
             Denial::RequestTimeout => "request_timeout",
             Denial::Unauthenticated { reason, .. } => reason,
             Denial::InsufficientScope { .. } => "insufficient_scope",
+            Denial::Forbidden { reason, .. } => reason,
+            Denial::PolicyEngineError { .. } => "policy_engine_error",
+            Denial::StepUpRequired { .. } => "step_up_required",
         }
     }
 
@@ -204,7 +249,9 @@ impl Denial {
         match self {
             Denial::Malformed { detail, .. }
             | Denial::UpstreamUnreachable { detail, .. }
-            | Denial::Unauthenticated { detail, .. } => detail.clone(),
+            | Denial::Unauthenticated { detail, .. }
+            | Denial::Forbidden { detail, .. }
+            | Denial::PolicyEngineError { detail, .. } => detail.clone(),
             Denial::InsufficientScope { required } => {
                 format!("requires scopes: {}", required.join(" "))
             }
@@ -226,12 +273,29 @@ impl Denial {
     ///
     /// This is the only place a refusal becomes bytes for the client.
     pub fn to_response(&self, request_id: &RequestId) -> Response<Body> {
-        let problem = serde_json::json!({
+        let mut problem = serde_json::json!({
             "type": self.problem_type(),
             "title": self.title(),
             "status": self.status().as_u16(),
             "request_id": request_id.as_str(),
         });
+        if let (
+            Denial::Forbidden {
+                required_action,
+                resource_type,
+                ..
+            }
+            | Denial::PolicyEngineError {
+                required_action,
+                resource_type,
+                ..
+            },
+            Some(fields),
+        ) = (self, problem.as_object_mut())
+        {
+            fields.insert("required_action".into(), required_action.clone().into());
+            fields.insert("resource_type".into(), resource_type.clone().into());
+        }
         let mut response = Response::new(body::full(problem.to_string()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
@@ -267,6 +331,14 @@ impl Denial {
                         "Bearer realm=\"portcullis\", error=\"invalid_token\"",
                     ),
                 );
+            }
+            Denial::StepUpRequired { acr_values } => {
+                let value = format!(
+                    "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"a stronger authentication is required\", acr_values=\"{acr_values}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
             }
             Denial::InsufficientScope { required } => {
                 let value = format!(

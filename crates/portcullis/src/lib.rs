@@ -23,6 +23,7 @@
 //! ```
 
 pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod denial;
 pub mod event;

@@ -9,22 +9,90 @@ use portcullis::authn::jwks::{KeyStore, RemoteSettings};
 use portcullis::authn::keys::{Algorithm, KeySet};
 use portcullis::authn::revocation::RevocationList;
 use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
+use portcullis::authz::decision_log::{DecisionLog, DecisionLogSettings};
+use portcullis::event::EventBus;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// State that outlives configuration generations: revocations, and remote key sets (so a
-/// reload neither refetches every JWKS nor forgets keys while an IdP is down).
-#[derive(Debug, Default)]
+/// State that outlives configuration generations: revocations, remote key sets (so a
+/// reload neither refetches every JWKS nor forgets keys while an IdP is down), and decision
+/// logs (one writer per file, one unbroken chain).
+#[derive(Debug)]
 pub struct Shared {
     /// Revoked tokens and subjects.
     pub revocations: Arc<RevocationList>,
     key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
+    events: Arc<EventBus>,
+    open_logs: bool,
+    logs: Mutex<HashMap<PathBuf, Arc<DecisionLog>>>,
+}
+
+impl Default for Shared {
+    /// For checking a configuration: nothing is opened, events go nowhere.
+    fn default() -> Self {
+        Shared {
+            revocations: Arc::default(),
+            key_stores: Mutex::default(),
+            events: Arc::new(EventBus::discard()),
+            open_logs: false,
+            logs: Mutex::default(),
+        }
+    }
 }
 
 impl Shared {
+    /// For a running gateway: decision logs are opened, events go to `events`.
+    pub fn new(events: Arc<EventBus>) -> Shared {
+        Shared {
+            events,
+            open_logs: true,
+            ..Shared::default()
+        }
+    }
+
+    pub(super) fn events(&self) -> Arc<EventBus> {
+        self.events.clone()
+    }
+
+    /// The decision log for these settings, opened once per file.
+    pub(super) fn decision_log(
+        &self,
+        settings: &DecisionLogSettings,
+    ) -> std::io::Result<Option<Arc<DecisionLog>>> {
+        if !self.open_logs {
+            let dir = settings
+                .path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+            }
+            return Ok(None);
+        }
+        let mut logs = self
+            .logs
+            .lock()
+            .map_err(|_| std::io::Error::other("decision log registry poisoned"))?;
+        if let Some(log) = logs.get(&settings.path) {
+            return Ok(Some(log.clone()));
+        }
+        let log = Arc::new(DecisionLog::open(settings, self.events.clone())?);
+        logs.insert(settings.path.clone(), log.clone());
+        Ok(Some(log))
+    }
+
+    /// Every decision log opened so far (for metrics).
+    pub fn decision_logs(&self) -> Vec<Arc<DecisionLog>> {
+        self.logs
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn remote_store(&self, uri: &Uri, algorithms: &[Algorithm]) -> Arc<KeyStore> {
         let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
         let key = format!("{uri} {}", names.join(","));

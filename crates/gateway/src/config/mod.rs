@@ -3,6 +3,7 @@
 
 pub mod duration;
 mod identity;
+mod policy;
 pub mod raw;
 mod secret;
 
@@ -13,6 +14,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use portcullis::authn::{
     AuthMode, Authenticator, ForwardSettings, RouteAuth, RouteSecurity, ScopeRule,
 };
+use portcullis::authz::{Authorizer, RouteAuthorization, RouteAuthz};
 use portcullis::event::EventSink;
 use portcullis::headers::SecurityHeaders;
 use portcullis::net::{IpNet, TrustedProxies};
@@ -123,6 +125,14 @@ pub struct RouteTarget {
     pub upstream: Arc<Upstream>,
     /// Who may call it.
     pub auth: RouteAuth,
+    /// What the policy is asked (`None` on public routes).
+    pub authz: Option<RouteAuthz>,
+}
+
+impl RouteAuthorization for RouteTarget {
+    fn authz(&self) -> Option<&RouteAuthz> {
+        self.authz.as_ref()
+    }
 }
 
 impl RouteSecurity for RouteTarget {
@@ -191,6 +201,12 @@ pub struct GatewayConfig {
     pub forward: Arc<ForwardSettings>,
     /// The longest lifetime any issuer accepts (a revoked `jti` is remembered this long).
     pub max_token_lifetime: Duration,
+    /// Decides protected requests (absent when every route is public).
+    pub authorizer: Option<Arc<Authorizer>>,
+    /// Files whose change triggers a reload (policies, data).
+    pub watched_files: Vec<PathBuf>,
+    /// Things that are allowed but risky, for `check` to show.
+    pub warnings: Vec<Problem>,
     /// Counts for the `check` summary.
     pub route_count: usize,
     /// Counts for the `check` summary.
@@ -300,7 +316,6 @@ fn compile(
     problems: &mut Problems,
 ) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported("policy", &raw.policy, "the policy section");
     problems.unsupported("rate_limit", &raw.rate_limit, "the rate_limit section");
     problems.unsupported("validation", &raw.validation, "the validation section");
     problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
@@ -422,12 +437,43 @@ fn compile(
         shared,
         problems,
     );
+    let policy = raw
+        .policy
+        .as_ref()
+        .and_then(|p| policy::compile(p, base_dir, &resolver, shared, problems));
+    let mut warnings = Vec::new();
+    if policy.as_ref().is_some_and(|p| p.fail_open) {
+        warnings.push(Problem {
+            path: "policy.on_error".into(),
+            line: raw
+                .policy
+                .as_ref()
+                .and_then(|p| p.on_error.as_ref())
+                .and_then(|t| line_of(&t.referenced)),
+            message: "`allow` fails open: requests pass when the policy engine is down".into(),
+        });
+    }
     let mut routes = Vec::new();
     for (i, route) in raw.routes.iter().enumerate() {
         let declared = (&upstreams, &raw.upstreams);
-        if let Some(route) =
-            compile_route(i, route, declared, identity.configured, &resolver, problems)
-        {
+        let context = RouteContext {
+            identity: identity.configured,
+            policy: policy.is_some(),
+        };
+        if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
+            if route.target.auth.mode == AuthMode::None {
+                warnings.push(Problem {
+                    path: format!("routes[{i}]"),
+                    line: raw
+                        .routes
+                        .get(i)
+                        .and_then(|r| line_of(&r.matcher.referenced)),
+                    message: format!(
+                        "`{}` is public (auth: none): anyone can call it",
+                        route.endpoint
+                    ),
+                });
+            }
             routes.push(route);
         }
     }
@@ -493,6 +539,9 @@ fn compile(
         authenticator: identity.authenticator,
         forward: identity.forward,
         max_token_lifetime: identity.max_lifetime,
+        watched_files: policy.as_ref().map(|p| p.files.clone()).unwrap_or_default(),
+        authorizer: policy.map(|p| p.authorizer),
+        warnings,
     })
 }
 
@@ -571,11 +620,18 @@ type Upstreams<'a> = (
     &'a BTreeMap<String, raw::RawUpstream>,
 );
 
+/// What a route may rely on being configured.
+#[derive(Clone, Copy)]
+struct RouteContext {
+    identity: bool,
+    policy: bool,
+}
+
 fn compile_route(
     i: usize,
     raw: &raw::RawRoute,
     (upstreams, declared): Upstreams<'_>,
-    identity_configured: bool,
+    context: RouteContext,
     resolver: &secret::Resolver,
     problems: &mut Problems,
 ) -> Option<Route<RouteTarget>> {
@@ -584,16 +640,6 @@ fn compile_route(
         &format!("{path}.rate_limit"),
         &raw.rate_limit,
         "per-route rate limits",
-    );
-    problems.unsupported(
-        &format!("{path}.resource"),
-        &raw.resource,
-        "resource mapping",
-    );
-    problems.unsupported(
-        &format!("{path}.require_mfa"),
-        &raw.require_mfa,
-        "require_mfa",
     );
     let route_line = line_of(&raw.matcher.referenced);
     let mode = match raw.auth.as_ref().map(|a| a.value.as_str()) {
@@ -611,14 +657,29 @@ fn compile_route(
             AuthMode::Required
         }
     };
-    if mode != AuthMode::None && !identity_configured {
+    if mode != AuthMode::None && !context.identity {
         problems.add(
             format!("{path}.auth"),
             raw.auth.as_ref().map_or(route_line, |a| line_of(&a.referenced)),
             "the route requires authentication (the default) but no `identity.jwt` issuer is configured; configure one, or write `auth: none` to make the route public",
         );
     }
+    if mode != AuthMode::None && context.identity && !context.policy {
+        problems.add(
+            format!("{path}.auth"),
+            raw.auth.as_ref().map_or(route_line, |a| line_of(&a.referenced)),
+            "the route requires authentication, so it needs a policy decision too; configure `policy`, or write `auth: none` to make the route public",
+        );
+    }
     let scopes = compile_scopes(&path, raw.scopes.as_ref(), mode, problems);
+    let authz = (mode != AuthMode::None).then(|| compile_authz(&path, raw, route_line, problems));
+    if mode == AuthMode::None && (raw.resource.is_some() || raw.require_mfa.is_some()) {
+        problems.add(
+            format!("{path}"),
+            route_line,
+            "`resource` and `require_mfa` need authentication, but the route says `auth: none`",
+        );
+    }
     let m = &raw.matcher.value;
     let pattern = match (&m.path, &m.prefix) {
         (Some(p), None) => {
@@ -692,8 +753,71 @@ fn compile_route(
         target: RouteTarget {
             upstream: upstream?,
             auth: RouteAuth { mode, scopes },
+            authz,
         },
     })
+}
+
+fn compile_authz(
+    path: &str,
+    raw: &raw::RawRoute,
+    line: Option<u64>,
+    problems: &mut Problems,
+) -> RouteAuthz {
+    let pattern = raw
+        .matcher
+        .value
+        .path
+        .as_ref()
+        .or(raw.matcher.value.prefix.as_ref());
+    // By default the resource type is the last literal segment: /api/items/{id} -> items.
+    let default_type = pattern
+        .map(|p| {
+            p.value
+                .split('/')
+                .rev()
+                .find(|s| !s.is_empty() && !s.starts_with('{'))
+                .unwrap_or("root")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let resource_type = raw
+        .resource
+        .as_ref()
+        .and_then(|r| r.kind.clone())
+        .unwrap_or(default_type);
+    let resource_id = raw.resource.as_ref().and_then(|r| r.id.clone());
+    if let (Some(id), Some(p)) = (&resource_id, pattern) {
+        let mut rest = id.as_str();
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e);
+            let name = rest.get(start + 1..end).unwrap_or_default();
+            if !p.value.contains(&format!("{{{name}}}")) {
+                problems.add(
+                    format!("{path}.resource.id"),
+                    line,
+                    format!("`{{{name}}}` is not a parameter of the route's path"),
+                );
+            }
+            rest = rest.get(end + 1..).unwrap_or_default();
+        }
+    }
+    let mut require_mfa = Vec::new();
+    for (j, text) in raw.require_mfa.iter().flatten().enumerate() {
+        match Method::from_bytes(text.value.as_bytes()) {
+            Ok(m) if text.value.bytes().all(|b| b.is_ascii_uppercase()) => require_mfa.push(m),
+            _ => problems.at(
+                format!("{path}.require_mfa[{j}]"),
+                text,
+                "is not an HTTP method in upper case",
+            ),
+        }
+    }
+    RouteAuthz {
+        resource_type,
+        resource_id,
+        require_mfa,
+    }
 }
 
 fn compile_scopes(

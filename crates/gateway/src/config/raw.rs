@@ -23,7 +23,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub identity: Option<RawIdentity>,
-    pub policy: Unsupported,
+    pub policy: Option<RawPolicy>,
     pub rate_limit: Unsupported,
     pub validation: Unsupported,
     pub headers: Option<BTreeMap<String, Spanned<HeaderSetting>>>,
@@ -113,8 +113,8 @@ pub struct RawRoute {
     pub auth: Option<Text>,
     pub scopes: Option<Spanned<RawScopes>>,
     pub rate_limit: Unsupported,
-    pub resource: Unsupported,
-    pub require_mfa: Unsupported,
+    pub resource: Option<RawResource>,
+    pub require_mfa: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,4 +186,50 @@ pub struct RawIntrospection {
     pub audiences: Vec<Text>,
     pub cache_ttl: Option<ConfigDuration>,
     pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub engine: Text,
+    pub rego: Option<RawRego>,
+    pub opa: Option<RawOpa>,
+    pub cedar: Unsupported,
+    pub on_error: Option<Text>,
+    pub decision_log: Option<RawDecisionLog>,
+    #[serde(default)]
+    pub mfa_acr_values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRego {
+    pub files: Vec<Text>,
+    #[serde(default)]
+    pub data: Vec<Text>,
+    pub query: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpa {
+    pub url: Text,
+    pub path: Text,
+    pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecisionLog {
+    pub path: Text,
+    pub durability: Option<Text>,
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
 }

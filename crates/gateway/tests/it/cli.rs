@@ -158,7 +158,7 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
             .unwrap_or_else(|| panic!("no {name} token in banner: {found:?}"))
             .to_string()
     };
-    let (alice, bob) = (token("ALICE"), token("BOB"));
+    let (alice, alice_mfa, bob) = (token("ALICE"), token("ALICE_MFA"), token("BOB"));
     let authed = |url: String, method: &str, token: &str| {
         Request::builder()
             .method(method)
@@ -188,6 +188,27 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
         .unwrap();
     assert_eq!(status, 403, "bob lacks items:write");
     assert_eq!(get(&format!("{gw}/api/items")).await.unwrap().0, 401);
+    // Ownership (policy), then step-up for DELETE.
+    let (status, _, body) = send(authed(format!("{gw}/api/items/3"), "PUT", &alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["required_action"], "put_items");
+    assert_eq!(json(&body)["resource_type"], "items");
+    let (status, headers, _) = send(authed(format!("{gw}/api/items/1"), "DELETE", &alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_user_authentication")
+    );
+    let (status, _, body) = send(authed(format!("{gw}/api/items/1"), "DELETE", &alice_mfa))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "{body}");
     assert_eq!(
         get(&format!("{gw}/api/public/status")).await.unwrap().0,
         200

@@ -37,7 +37,7 @@ pub async fn protected(upstream: &Upstream, key: &SigningKey, extra_identity: &s
       algorithms: [ES256, RS256]
       token_types: [at+jwt]
       required_claims: [sub]
-{extra_identity}routes:
+{extra_identity}{ALLOW_ALL}routes:
   - match: {{ prefix: /api/ }}
     upstream: main
     scopes: {{ DELETE: [items:admin] }}
@@ -417,7 +417,7 @@ async fn with_remote_keys(upstream: &Upstream, jwks: &FakeJwks) -> Gateway {
     let config = config_with(
         &upstream.url(),
         &format!(
-            "identity:\n  jwt:\n    - name: remote\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_uri: http://{}/jwks\n      algorithms: [ES256]\n{}",
+            "identity:\n  jwt:\n    - name: remote\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_uri: http://{}/jwks\n      algorithms: [ES256]\n{ALLOW_ALL}{}",
             jwks.addr, "routes:\n  - match: { prefix: /api/ }\n    upstream: main\n"
         ),
     );
@@ -497,7 +497,7 @@ async fn readiness_waits_for_the_first_key_set() {
     let config = config_with(
         &upstream.url(),
         &format!(
-            "identity:\n  jwt:\n    - name: down\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_uri: http://{addr}/jwks\n      algorithms: [ES256]\nroutes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            "identity:\n  jwt:\n    - name: down\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_uri: http://{addr}/jwks\n      algorithms: [ES256]\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
         ),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -578,7 +578,7 @@ fn token_command_mints_tokens_the_gateway_accepts() {
         std::fs::write(dir.path().join("jwks.json"), json!({"keys": [jwk]}).to_string()).unwrap();
         let config = config_with(
             &upstream.url(),
-            &format!("identity:\n  jwt:\n    - name: cli\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\nroutes:\n  - match: {{ prefix: / }}\n    upstream: main\n"),
+            &format!("identity:\n  jwt:\n    - name: cli\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\n{ALLOW_ALL}routes:\n  - match: {{ prefix: / }}\n    upstream: main\n"),
         );
         std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
         let gw = Gateway::start_in(dir).await;

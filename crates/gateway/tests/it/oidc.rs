@@ -127,7 +127,7 @@ async fn real_idp_tokens_rotation_and_outage() {
       token_types: [at+jwt]
   forward:
     identity_headers: {{ x-client-id: client_id }}
-routes:
+{ALLOW_ALL}routes:
   - match: {{ path: /api/items }}
     upstream: main
     scopes: {{ GET: [items:read], POST: [items:write] }}
@@ -222,7 +222,7 @@ async fn opaque_tokens_through_real_introspection() {
     client_secret: ${{file:client-secret}}
     audiences: [https://opaque.test]
     cache_ttl: 1s
-routes:
+{ALLOW_ALL}routes:
   - match: {{ path: /api/items }}
     upstream: main
     scopes: [items:read]

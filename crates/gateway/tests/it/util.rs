@@ -211,6 +211,11 @@ monitoring:\n  events: {{ sink: file, path: events.log }}\nupstreams:\n  main: {
     )
 }
 
+/// A policy that allows every authenticated request (tests of other layers need one,
+/// because protected routes always ask a policy). `Gateway::start*` writes `allow.rego`.
+pub const ALLOW_ALL: &str =
+    "policy:\n  engine: rego\n  rego:\n    files: [allow.rego]\n    query: data.test.allow\n";
+
 pub const CATCH_ALL: &str =
     "routes:\n  - match: { prefix: / }\n    upstream: main\n    auth: none\n";
 
@@ -237,6 +242,10 @@ impl Gateway {
 
     /// Starts the binary and waits until it listens, but not until it is ready.
     pub async fn start_unready(dir: tempfile::TempDir) -> Gateway {
+        let allow = dir.path().join("allow.rego");
+        if !allow.exists() {
+            std::fs::write(&allow, "package test\n\nallow := true\n").expect("allow.rego");
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(dir.path().join("portcullis.yaml"))

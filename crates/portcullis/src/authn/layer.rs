@@ -180,7 +180,8 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
     Ok(Some(token.to_string()))
 }
 
-type Verifying<R> = Pin<Box<dyn Future<Output = Result<R, Denial>> + Send>>;
+/// A boxed layer future.
+pub type Verifying<R> = Pin<Box<dyn Future<Output = Result<R, Denial>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The future of [`Authenticate`]: public routes go straight to the inner service;
@@ -189,6 +190,32 @@ pin_project_lite::pin_project! {
         #[pin]
         direct: Option<F>,
         verifying: Option<Verifying<R>>,
+    }
+}
+
+impl<F, R> AuthFuture<F, R>
+where
+    R: Send + 'static,
+{
+    /// Goes straight to the inner service's future.
+    pub fn direct(future: F) -> Self {
+        AuthFuture {
+            direct: Some(future),
+            verifying: None,
+        }
+    }
+
+    /// Runs a boxed future.
+    pub fn boxed(future: Verifying<R>) -> Self {
+        AuthFuture {
+            direct: None,
+            verifying: Some(future),
+        }
+    }
+
+    /// Resolves at once.
+    pub fn ready(result: Result<R, Denial>) -> Self {
+        AuthFuture::boxed(Box::pin(std::future::ready(result)))
     }
 }
 

@@ -1,0 +1,228 @@
+//! The `policy` section: the engine, what it does on error, and the decision log.
+
+use super::raw::RawPolicy;
+use super::secret::Resolver;
+use super::{Problems, Shared};
+use http::Uri;
+use portcullis::authz::decision_log::{DecisionLogSettings, Durability};
+use portcullis::authz::engine::{OpaClient, RegoPolicy};
+use portcullis::authz::{Authorizer, OnError, PolicyEngine};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest policy or data file read.
+const MAX_POLICY_FILE: u64 = 4 * 1024 * 1024;
+
+pub(super) struct CompiledPolicy {
+    pub authorizer: Arc<Authorizer>,
+    pub files: Vec<PathBuf>,
+    pub fail_open: bool,
+}
+
+pub(super) fn compile(
+    raw: &RawPolicy,
+    base_dir: &Path,
+    resolver: &Resolver,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Option<CompiledPolicy> {
+    let mut files = Vec::new();
+    let engine = match raw.engine.value.as_str() {
+        "rego" => {
+            let Some(rego) = &raw.rego else {
+                problems.at(
+                    "policy.rego",
+                    &raw.engine,
+                    "engine `rego` needs a `rego` section (files, query)",
+                );
+                return None;
+            };
+            let mut modules = Vec::new();
+            for (i, file) in rego.files.iter().enumerate() {
+                let path = format!("policy.rego.files[{i}]");
+                let full = base_dir.join(resolver.text(&path, file, problems)?);
+                match read_bounded(&full) {
+                    Ok(text) => modules.push((full.display().to_string(), text)),
+                    Err(e) => problems.at(path, file, e),
+                }
+                files.push(full);
+            }
+            let mut data = Vec::new();
+            for (i, file) in rego.data.iter().enumerate() {
+                let path = format!("policy.rego.data[{i}]");
+                let full = base_dir.join(resolver.text(&path, file, problems)?);
+                let parsed = read_bounded(&full).and_then(|text| {
+                    portcullis::json::parse_strict(
+                        text.as_bytes(),
+                        portcullis::json::JsonLimits {
+                            max_depth: 64,
+                            max_string_bytes: 1 << 20,
+                        },
+                    )
+                    .map_err(|e| format!("`{}` is not valid JSON: {e}", full.display()))
+                });
+                match parsed {
+                    Ok(value) => data.push(value),
+                    Err(e) => problems.at(path, file, e),
+                }
+                files.push(full);
+            }
+            if rego.files.is_empty() {
+                problems.at(
+                    "policy.rego.files",
+                    &rego.query,
+                    "list at least one policy file",
+                );
+            }
+            let query = resolver.text("policy.rego.query", &rego.query, problems)?;
+            match RegoPolicy::new(&modules, &data, &query) {
+                Ok(policy) => PolicyEngine::Rego(Box::new(policy)),
+                Err(e) => {
+                    problems.at(
+                        "policy.rego",
+                        &rego.query,
+                        format!("the policy does not compile: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        "opa" => {
+            let Some(opa) = &raw.opa else {
+                problems.at(
+                    "policy.opa",
+                    &raw.engine,
+                    "engine `opa` needs an `opa` section (url, path)",
+                );
+                return None;
+            };
+            let url = resolver.text("policy.opa.url", &opa.url, problems)?;
+            let path = resolver.text("policy.opa.path", &opa.path, problems)?;
+            if !path.starts_with("/v1/data/") {
+                problems.at(
+                    "policy.opa.path",
+                    &opa.path,
+                    "must be a Data API path such as /v1/data/api/authz/allow",
+                );
+                return None;
+            }
+            let full = format!("{}{path}", url.trim_end_matches('/'));
+            let uri = match full.parse::<Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") => uri,
+                Ok(uri) if uri.scheme_str() == Some("https") => {
+                    problems.at("policy.opa.url", &opa.url, "https OPA URLs are not supported yet (run OPA as a local sidecar over http)");
+                    return None;
+                }
+                _ => {
+                    problems.at(
+                        "policy.opa.url",
+                        &opa.url,
+                        format!("`{url}` is not an http URL"),
+                    );
+                    return None;
+                }
+            };
+            PolicyEngine::Opa(Box::new(OpaClient::new(
+                uri,
+                opa.timeout.map_or(Duration::from_millis(500), |d| d.0),
+            )))
+        }
+        "cedar" => {
+            problems.at(
+                "policy.engine",
+                &raw.engine,
+                "the cedar engine is not supported yet (use rego or opa)",
+            );
+            return None;
+        }
+        other => {
+            problems.at(
+                "policy.engine",
+                &raw.engine,
+                format!("unknown engine `{other}` (use rego, cedar or opa)"),
+            );
+            return None;
+        }
+    };
+    problems.unsupported("policy.cedar", &raw.cedar, "the cedar engine");
+    let on_error = match raw.on_error.as_ref().map(|t| t.value.as_str()) {
+        None | Some("deny") => OnError::Deny,
+        Some("allow") => OnError::Allow,
+        Some(other) => {
+            if let Some(text) = &raw.on_error {
+                problems.at(
+                    "policy.on_error",
+                    text,
+                    format!("unknown value `{other}` (use deny or allow)"),
+                );
+            }
+            OnError::Deny
+        }
+    };
+    let log = match &raw.decision_log {
+        None => None,
+        Some(log) => {
+            let path =
+                base_dir.join(resolver.text("policy.decision_log.path", &log.path, problems)?);
+            let durability = match log.durability.as_ref().map(|t| t.value.as_str()) {
+                None | Some("sync") => Durability::Sync,
+                Some("async") => Durability::Async,
+                Some(other) => {
+                    if let Some(text) = &log.durability {
+                        problems.at(
+                            "policy.decision_log.durability",
+                            text,
+                            format!("unknown value `{other}` (use sync or async)"),
+                        );
+                    }
+                    Durability::Sync
+                }
+            };
+            let settings = DecisionLogSettings {
+                path,
+                durability,
+                max_bytes: log.max_bytes.unwrap_or(64 * 1024 * 1024),
+                queue: 65_536,
+            };
+            match shared.decision_log(&settings) {
+                Ok(log) => log,
+                Err(e) => {
+                    problems.at(
+                        "policy.decision_log.path",
+                        &log.path,
+                        format!("cannot open the decision log: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(CompiledPolicy {
+        authorizer: Arc::new(Authorizer {
+            engine,
+            on_error,
+            log,
+            mfa_acr_values: if raw.mfa_acr_values.is_empty() {
+                vec!["mfa".into()]
+            } else {
+                raw.mfa_acr_values.clone()
+            },
+            events: shared.events(),
+        }),
+        files,
+        fail_open: on_error == OnError::Allow,
+    })
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    if meta.len() > MAX_POLICY_FILE {
+        return Err(format!(
+            "`{}` is larger than {MAX_POLICY_FILE} bytes",
+            path.display()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+}

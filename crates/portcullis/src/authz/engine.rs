@@ -1,0 +1,224 @@
+//! Policy engines: embedded Rego (regorus) and a remote OPA over its Data API. Both answer
+//! the same question about the same input document.
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// What a policy said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed or not.
+    pub allow: bool,
+    /// Reasons the policy gave (`reasons` of an object result), for the log and event.
+    pub reasons: Vec<String>,
+}
+
+/// Why a policy could not decide (the request is then refused: fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The engine failed or answered something that is not a decision.
+    #[error("{0}")]
+    Failed(String),
+    /// The engine did not answer in time.
+    #[error("policy engine timed out")]
+    Timeout,
+}
+
+/// Reads a decision from a policy result: `true`/`false`, or an object with a boolean
+/// `allow` (and optional `reasons`). Anything else is an error, never an allow.
+pub fn decision_of(result: &Value) -> Result<Decision, EngineError> {
+    match result {
+        Value::Bool(allow) => Ok(Decision {
+            allow: *allow,
+            reasons: Vec::new(),
+        }),
+        Value::Object(map) => match map.get("allow") {
+            Some(Value::Bool(allow)) => Ok(Decision {
+                allow: *allow,
+                reasons: map
+                    .get("reasons")
+                    .and_then(Value::as_array)
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            _ => Err(EngineError::Failed(
+                "policy result has no boolean `allow`".into(),
+            )),
+        },
+        other => Err(EngineError::Failed(format!(
+            "policy result is not a decision: {}",
+            short(other)
+        ))),
+    }
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    text.chars().take(80).collect()
+}
+
+/// An embedded Rego policy: modules and data compiled once, the engine cloned per decision.
+#[derive(Clone)]
+pub struct RegoPolicy {
+    engine: regorus::Engine,
+    query: String,
+}
+
+impl std::fmt::Debug for RegoPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegoPolicy")
+            .field("query", &self.query)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest a single Rego evaluation may run.
+const REGO_TIME_LIMIT: Duration = Duration::from_millis(100);
+
+impl RegoPolicy {
+    /// Compiles `modules` (`(name, source)`) with `data` documents; `query` names the rule
+    /// that decides, e.g. `data.api.authz.allow`.
+    pub fn new(
+        modules: &[(String, String)],
+        data: &[Value],
+        query: &str,
+    ) -> Result<RegoPolicy, String> {
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: REGO_TIME_LIMIT,
+            check_interval: NonZeroU32::MIN,
+        });
+        for (name, source) in modules {
+            engine
+                .add_policy(name.clone(), source.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        for document in data {
+            engine
+                .add_data(regorus::Value::from(document.clone()))
+                .map_err(|e| format!("data: {e}"))?;
+        }
+        if !query.starts_with("data.") {
+            return Err(format!("query `{query}` must name a rule under data."));
+        }
+        let policy = RegoPolicy {
+            engine,
+            query: query.to_string(),
+        };
+        // A query that names no rule would deny everything forever: refuse it at load.
+        policy
+            .decide(&Value::Object(Default::default()))
+            .map_err(|e| format!("query `{query}`: {e}"))?;
+        Ok(policy)
+    }
+
+    /// Evaluates the policy on one input.
+    pub fn decide(&self, input: &Value) -> Result<Decision, EngineError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let result = engine
+            .eval_rule(self.query.clone())
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        if result == regorus::Value::Undefined {
+            return Ok(Decision {
+                allow: false,
+                reasons: vec!["undefined".into()],
+            });
+        }
+        let json = result
+            .to_json_str()
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(&json).map_err(|e| EngineError::Failed(e.to_string()))?;
+        decision_of(&value)
+    }
+}
+
+/// A remote Open Policy Agent, asked over its Data API.
+pub struct OpaClient {
+    url: Uri,
+    timeout: Duration,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for OpaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpaClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest OPA answer read.
+const MAX_OPA_RESPONSE: usize = 256 * 1024;
+
+impl OpaClient {
+    /// A client for `POST url` (the full Data API URL, e.g. `.../v1/data/api/authz/allow`).
+    pub fn new(url: Uri, timeout: Duration) -> OpaClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        OpaClient {
+            url,
+            timeout,
+            client,
+        }
+    }
+
+    /// Asks OPA; any failure, timeout, or non-decision answer is an error.
+    pub async fn decide(&self, input: &Value) -> Result<Decision, EngineError> {
+        match tokio::time::timeout(self.timeout, self.ask(input)).await {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Timeout),
+        }
+    }
+
+    async fn ask(&self, input: &Value) -> Result<Decision, EngineError> {
+        let body = serde_json::json!({ "input": input }).to_string();
+        let request = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| EngineError::Failed(format!("OPA unreachable: {e}")))?;
+        if !response.status().is_success() {
+            return Err(EngineError::Failed(format!(
+                "OPA answered {}",
+                response.status()
+            )));
+        }
+        let bytes = Limited::new(response.into_body(), MAX_OPA_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| EngineError::Failed(format!("reading OPA's answer: {e}")))?
+            .to_bytes();
+        let answer = crate::json::parse_strict(&bytes, crate::json::JsonLimits::default())
+            .map_err(|e| EngineError::Failed(format!("OPA's answer is not JSON: {e}")))?;
+        match answer.get("result") {
+            // OPA leaves `result` out when the document is undefined: a deny.
+            None if answer.is_object() => Ok(Decision {
+                allow: false,
+                reasons: vec!["undefined".into()],
+            }),
+            None => Err(EngineError::Failed("OPA's answer is not an object".into())),
+            Some(result) => decision_of(result),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! [`AuthorizeLayer`]: step-up, then a policy decision, recorded, on every request of a
+//! protected route.
+
+use super::{Authorizer, OnError, RequestFacts, RouteAuthorization, policy_input, record};
+use crate::authn::Principal;
+use crate::denial::Denial;
+use crate::request_id::RequestId;
+use crate::route::RouteMatch;
+use crate::scope::ClientIp;
+use http::Request;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// Decides every request on routes that have authorization settings.
+pub struct AuthorizeLayer<T> {
+    authorizer: Option<Arc<Authorizer>>,
+    _target: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for AuthorizeLayer<T> {
+    fn clone(&self) -> Self {
+        AuthorizeLayer {
+            authorizer: self.authorizer.clone(),
+            _target: PhantomData,
+        }
+    }
+}
+
+impl<T> AuthorizeLayer<T> {
+    /// A layer deciding with `authorizer`; with `None`, protected routes are refused (a
+    /// protected route without a policy is a configuration error the gateway never runs).
+    pub fn new(authorizer: Option<Arc<Authorizer>>) -> Self {
+        AuthorizeLayer {
+            authorizer,
+            _target: PhantomData,
+        }
+    }
+}
+
+impl<S, T> Layer<S> for AuthorizeLayer<T> {
+    type Service = Authorize<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize {
+            inner,
+            authorizer: self.authorizer.clone(),
+            _target: PhantomData,
+        }
+    }
+}
+
+/// The service produced by [`AuthorizeLayer`].
+pub struct Authorize<S, T> {
+    inner: S,
+    authorizer: Option<Arc<Authorizer>>,
+    _target: PhantomData<fn() -> T>,
+}
+
+impl<S: Clone, T> Clone for Authorize<S, T> {
+    fn clone(&self) -> Self {
+        Authorize {
+            inner: self.inner.clone(),
+            authorizer: self.authorizer.clone(),
+            _target: PhantomData,
+        }
+    }
+}
+
+type BoxFuture<R> = Pin<Box<dyn Future<Output = Result<R, Denial>> + Send>>;
+
+impl<S, T, B> Service<Request<B>> for Authorize<S, T>
+where
+    S: Service<Request<B>, Error = Denial> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    T: RouteAuthorization + Send + Sync + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Denial;
+    type Future = crate::authn::AuthFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let route = req.extensions().get::<RouteMatch<T>>().cloned();
+        let Some(route) = route else {
+            return crate::authn::AuthFuture::ready(Err(Denial::NoRoute));
+        };
+        if route.route.target.authz().is_none() {
+            return crate::authn::AuthFuture::direct(self.inner.call(req));
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authorizer = self.authorizer.clone();
+        let future: BoxFuture<S::Response> = Box::pin(async move {
+            let settings = route.route.target.authz().cloned().unwrap_or_default();
+            let refuse = |reason: &'static str, detail: String| Denial::Forbidden {
+                reason,
+                detail,
+                required_action: String::new(),
+                resource_type: settings.resource_type.clone(),
+            };
+            let Some(authorizer) = authorizer else {
+                return Err(refuse(
+                    "no_policy",
+                    "protected route without a policy".into(),
+                ));
+            };
+            let principal = req.extensions().get::<Arc<Principal>>().cloned();
+            let mfa = principal.as_ref().is_some_and(|p| authorizer.has_mfa(p));
+            if settings.require_mfa.contains(req.method()) && !mfa {
+                return Err(Denial::StepUpRequired {
+                    acr_values: authorizer.mfa_acr_values.join(" "),
+                });
+            }
+            let facts = RequestFacts {
+                method: req.method(),
+                path: req.uri().path(),
+                params: &route.params,
+                client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
+                headers: req.headers(),
+            };
+            let input = policy_input(&settings, principal.as_deref(), mfa, &facts);
+            let action = input
+                .get("action")
+                .and_then(|a| a.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let outcome = authorizer.engine.decide(&input).await;
+            let request_id = req
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            if let Some(log) = &authorizer.log {
+                // Recorded before anything leaves: with sync durability this awaits the disk.
+                log.record(record(
+                    &request_id,
+                    authorizer.engine.name(),
+                    &input,
+                    &outcome,
+                ))
+                .await
+                .map_err(|e| Denial::PolicyEngineError {
+                    detail: e.to_string(),
+                    required_action: action.clone(),
+                    resource_type: settings.resource_type.clone(),
+                })?;
+            }
+            match outcome {
+                Ok(decision) if decision.allow => inner.call(req).await,
+                Ok(decision) => Err(Denial::Forbidden {
+                    reason: "policy_denied",
+                    detail: if decision.reasons.is_empty() {
+                        "denied by policy".into()
+                    } else {
+                        decision.reasons.join("; ")
+                    },
+                    required_action: action,
+                    resource_type: settings.resource_type.clone(),
+                }),
+                Err(error) if authorizer.on_error == OnError::Allow => {
+                    authorizer.report_fail_open(&error);
+                    inner.call(req).await
+                }
+                Err(error) => Err(Denial::PolicyEngineError {
+                    detail: error.to_string(),
+                    required_action: action,
+                    resource_type: settings.resource_type.clone(),
+                }),
+            }
+        });
+        crate::authn::AuthFuture::boxed(future)
+    }
+}

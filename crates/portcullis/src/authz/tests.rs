@@ -1,0 +1,115 @@
+use super::engine::{RegoPolicy, decision_of};
+use super::*;
+use crate::authn::token::Claims;
+
+fn demo_policy() -> RegoPolicy {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    let source = std::fs::read_to_string(format!("{dir}/authz.rego")).expect("policy");
+    let data: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/data.json")).expect("data"))
+            .expect("json");
+    RegoPolicy::new(
+        &[("authz.rego".into(), source)],
+        &[data],
+        "data.api.authz.allow",
+    )
+    .expect("compiles")
+}
+
+fn principal(sub: &str, scopes: &[&str], roles: &[&str]) -> Principal {
+    let mut all = Map::new();
+    all.insert("roles".into(), json!(roles));
+    Principal {
+        issuer: Arc::from("t"),
+        subject: Some(sub.into()),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        claims: Claims {
+            sub: Some(sub.into()),
+            all,
+            ..Claims::default()
+        },
+    }
+}
+
+fn input(method: Method, id: &str, who: &Principal) -> Value {
+    let route = RouteAuthz {
+        resource_type: "items".into(),
+        resource_id: Some("{id}".into()),
+        require_mfa: vec![],
+    };
+    let params = vec![(Arc::from("id"), id.to_string())];
+    let headers = HeaderMap::new();
+    let facts = RequestFacts {
+        method: &method,
+        path: "/api/items/x",
+        params: &params,
+        client_ip: None,
+        headers: &headers,
+    };
+    policy_input(&route, Some(who), false, &facts)
+}
+
+#[test]
+fn input_has_the_documented_shape() {
+    let alice = principal("alice", &["items:read"], &["user"]);
+    let value = input(Method::DELETE, "7", &alice);
+    assert_eq!(value["action"], "delete_items");
+    assert_eq!(value["resource"]["type"], "items");
+    assert_eq!(value["resource"]["id"], "7");
+    assert_eq!(value["resource"]["params"]["id"], "7");
+    assert_eq!(value["user"]["id"], "alice");
+    assert_eq!(value["user"]["roles"], json!(["user"]));
+    assert_eq!(value["environment"]["mfa_verified"], false);
+    assert_eq!(value["request"]["method"], "DELETE");
+}
+
+#[test]
+fn demo_policy_decides_ownership_and_roles() {
+    let policy = demo_policy();
+    let allow = |m: Method, id: &str, p: &Principal| {
+        policy.decide(&input(m, id, p)).expect("decides").allow
+    };
+    let alice = principal("alice", &["items:read", "items:write"], &[]);
+    let bob = principal("bob", &["items:read", "items:write"], &[]);
+    let reader = principal("carol", &["items:read"], &[]);
+    let admin = principal("root", &[], &["admin"]);
+    assert!(allow(Method::GET, "1", &reader));
+    assert!(allow(Method::PUT, "1", &alice), "owner may change");
+    assert!(!allow(Method::PUT, "1", &bob), "non-owner may not");
+    assert!(allow(Method::DELETE, "3", &bob));
+    assert!(!allow(Method::POST, "", &reader), "no write scope");
+    assert!(allow(Method::DELETE, "1", &admin));
+}
+
+#[test]
+fn bad_policies_and_results_are_refused() {
+    assert!(
+        RegoPolicy::new(
+            &[("x.rego".into(), "package x\nallow if {".into())],
+            &[],
+            "data.x.allow"
+        )
+        .is_err()
+    );
+    assert!(
+        RegoPolicy::new(
+            &[("x.rego".into(), "package x\nallow := true".into())],
+            &[],
+            "x.allow"
+        )
+        .is_err()
+    );
+    assert!(decision_of(&json!("yes")).is_err());
+    assert!(decision_of(&json!({"allow": "true"})).is_err());
+    assert_eq!(
+        decision_of(&json!({"allow": false, "reasons": ["r"]})).map(|d| d.reasons),
+        Ok(vec!["r".to_string()])
+    );
+    let undefined = RegoPolicy::new(
+        &[("x.rego".into(), "package x\nallow if input.never".into())],
+        &[],
+        "data.x.allow",
+    )
+    .expect("ok");
+    assert_eq!(undefined.decide(&json!({})).map(|d| d.allow), Ok(false));
+}
