@@ -675,7 +675,7 @@ fn compile_route(
     let authz = (mode != AuthMode::None).then(|| compile_authz(&path, raw, route_line, problems));
     if mode == AuthMode::None && (raw.resource.is_some() || raw.require_mfa.is_some()) {
         problems.add(
-            format!("{path}"),
+            path.to_string(),
             route_line,
             "`resource` and `require_mfa` need authentication, but the route says `auth: none`",
         );
