@@ -12,6 +12,8 @@ need() { # need COMMAND PACKAGE
 need curl curl
 need node nodejs
 need npm npm
+need python3 python3
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
@@ -33,4 +35,13 @@ peers="$(dirname "$0")/../tests/peers"
 if [ ! -d "$peers/node_modules/oidc-provider" ] || [ "$peers/package-lock.json" -nt "$peers/node_modules/.package-lock.json" ]; then
   echo "installing test peers (npm ci in tests/peers)" >&2
   (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# Python packages of the test peers (the real OPA engine), pinned by requirements.txt and
+# installed beside them, not into the system.
+if [ ! -d "$peers/python/opa_bindings" ] || [ "$peers/requirements.txt" -nt "$peers/python" ]; then
+  echo "installing test peers (pip into tests/peers/python)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
+    --target "$peers/python" --upgrade -r "$peers/requirements.txt"
+  touch "$peers/python"
 fi

@@ -11,6 +11,7 @@
 mod util;
 
 mod admin;
+mod authz;
 mod cli;
 mod identity;
 mod limits;
