@@ -458,7 +458,7 @@ fn compile(
         let declared = (&upstreams, &raw.upstreams);
         let context = RouteContext {
             identity: identity.configured,
-            policy: policy.is_some(),
+            policy: raw.policy.is_some(),
         };
         if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
             if route.target.auth.mode == AuthMode::None {

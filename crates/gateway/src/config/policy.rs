@@ -4,6 +4,7 @@ use super::raw::RawPolicy;
 use super::secret::Resolver;
 use super::{Problems, Shared};
 use http::Uri;
+use portcullis::authz::cedar::CedarPolicy;
 use portcullis::authz::decision_log::{DecisionLogSettings, Durability};
 use portcullis::authz::engine::{OpaClient, RegoPolicy};
 use portcullis::authz::{Authorizer, OnError, PolicyEngine};
@@ -129,12 +130,60 @@ pub(super) fn compile(
             )))
         }
         "cedar" => {
-            problems.at(
-                "policy.engine",
-                &raw.engine,
-                "the cedar engine is not supported yet (use rego or opa)",
-            );
-            return None;
+            let Some(cedar) = &raw.cedar else {
+                problems.at(
+                    "policy.cedar",
+                    &raw.engine,
+                    "engine `cedar` needs a `cedar` section (files)",
+                );
+                return None;
+            };
+            let mut sources = Vec::new();
+            for (i, file) in cedar.files.iter().enumerate() {
+                let path = format!("policy.cedar.files[{i}]");
+                let full = base_dir.join(resolver.text(&path, file, problems)?);
+                match read_bounded(&full) {
+                    Ok(text) => sources.push((full.display().to_string(), text)),
+                    Err(e) => problems.at(path, file, e),
+                }
+                files.push(full);
+            }
+            let entities = match &cedar.entities {
+                None => None,
+                Some(file) => {
+                    let full =
+                        base_dir.join(resolver.text("policy.cedar.entities", file, problems)?);
+                    let parsed = read_bounded(&full).and_then(|text| {
+                        portcullis::json::parse_strict(
+                            text.as_bytes(),
+                            portcullis::json::JsonLimits {
+                                max_depth: 64,
+                                max_string_bytes: 1 << 20,
+                            },
+                        )
+                        .map_err(|e| format!("`{}` is not valid JSON: {e}", full.display()))
+                    });
+                    files.push(full);
+                    match parsed {
+                        Ok(value) => Some(value),
+                        Err(e) => {
+                            problems.at("policy.cedar.entities", file, e);
+                            return None;
+                        }
+                    }
+                }
+            };
+            match CedarPolicy::new(&sources, entities.as_ref()) {
+                Ok(policy) => PolicyEngine::Cedar(Box::new(policy)),
+                Err(e) => {
+                    problems.at(
+                        "policy.cedar",
+                        &raw.engine,
+                        format!("the policy does not compile: {e}"),
+                    );
+                    return None;
+                }
+            }
         }
         other => {
             problems.at(
@@ -145,7 +194,6 @@ pub(super) fn compile(
             return None;
         }
     };
-    problems.unsupported("policy.cedar", &raw.cedar, "the cedar engine");
     let on_error = match raw.on_error.as_ref().map(|t| t.value.as_str()) {
         None | Some("deny") => OnError::Deny,
         Some("allow") => OnError::Allow,

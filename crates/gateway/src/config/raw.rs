@@ -194,7 +194,7 @@ pub struct RawPolicy {
     pub engine: Text,
     pub rego: Option<RawRego>,
     pub opa: Option<RawOpa>,
-    pub cedar: Unsupported,
+    pub cedar: Option<RawCedar>,
     pub on_error: Option<Text>,
     pub decision_log: Option<RawDecisionLog>,
     #[serde(default)]
@@ -232,4 +232,11 @@ pub struct RawResource {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCedar {
+    pub files: Vec<Text>,
+    pub entities: Option<Text>,
 }

@@ -97,11 +97,9 @@ async fn gateway(upstream: &Upstream, key: &SigningKey, policy: &str) -> Gateway
         dir.path().join("authz.rego"),
     )
     .unwrap();
-    std::fs::copy(
-        format!("{POLICIES}/data.json"),
-        dir.path().join("data.json"),
-    )
-    .unwrap();
+    for file in ["data.json", "authz.cedar", "entities.json"] {
+        std::fs::copy(format!("{POLICIES}/{file}"), dir.path().join(file)).unwrap();
+    }
     let config = config_with(
         &upstream.url(),
         &format!(
@@ -432,5 +430,30 @@ async fn every_answered_request_has_its_record_after_kill_9() {
     assert!(
         stderr.contains(&format!("decisions.log:{}:", target + 1)),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn cedar_engine_decides_through_the_gateway() {
+    let upstream = Upstream::start().await;
+    let (key, _) = SigningKey::generate_es256("k").unwrap();
+    let policy = "policy:\n  engine: cedar\n  cedar:\n    files: [authz.cedar]\n    entities: entities.json\n  decision_log: { path: decisions.log, durability: async }\n";
+    let gw = gateway(&upstream, &key, policy).await;
+    let alice = user(&key, "alice", "items:read items:write", &[]);
+    let bob = user(&key, "bob", "items:read", &[]);
+    assert_eq!(call(&gw, "PUT", "/api/items/2", &alice).await.0, 200);
+    assert_eq!(call(&gw, "PUT", "/api/items/3", &alice).await.0, 403);
+    assert_eq!(call(&gw, "GET", "/api/items", &bob).await.0, 200);
+    assert_eq!(call(&gw, "POST", "/api/items", &bob).await.0, 403);
+    assert_eq!(upstream.hits(), 2);
+    eventually("async decision records", || {
+        let log = std::fs::read_to_string(gw.dir.path().join("decisions.log")).unwrap_or_default();
+        (log.lines().count() == 4).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(gw.dir.path().join("decisions.log")).unwrap();
+    assert!(
+        log.lines().all(|l| l.contains("\"engine\":\"cedar\"")),
+        "{log}"
     );
 }

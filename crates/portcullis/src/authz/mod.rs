@@ -1,6 +1,7 @@
 //! Authorization: one policy input document for every engine, a decision on every request
 //! (never cached), step-up for MFA-protected methods, and a durable record of each decision.
 
+pub mod cedar;
 pub mod decision_log;
 pub mod engine;
 mod layer;
@@ -40,6 +41,8 @@ pub enum PolicyEngine {
     Rego(Box<RegoPolicy>),
     /// A remote OPA.
     Opa(Box<OpaClient>),
+    /// Embedded Cedar.
+    Cedar(Box<cedar::CedarPolicy>),
 }
 
 impl PolicyEngine {
@@ -48,6 +51,7 @@ impl PolicyEngine {
         match self {
             PolicyEngine::Rego(_) => "rego",
             PolicyEngine::Opa(_) => "opa",
+            PolicyEngine::Cedar(_) => "cedar",
         }
     }
 
@@ -56,6 +60,7 @@ impl PolicyEngine {
         match self {
             PolicyEngine::Rego(policy) => policy.decide(input),
             PolicyEngine::Opa(client) => client.decide(input).await,
+            PolicyEngine::Cedar(policy) => policy.decide(input),
         }
     }
 }

@@ -113,3 +113,61 @@ fn bad_policies_and_results_are_refused() {
     .expect("ok");
     assert_eq!(undefined.decide(&json!({})).map(|d| d.allow), Ok(false));
 }
+
+fn demo_cedar() -> super::cedar::CedarPolicy {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    let source = std::fs::read_to_string(format!("{dir}/authz.cedar")).expect("policy");
+    let entities: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/entities.json")).expect("entities"),
+    )
+    .expect("json");
+    super::cedar::CedarPolicy::new(&[("authz.cedar".into(), source)], Some(&entities))
+        .expect("compiles")
+}
+
+/// xorshift: deterministic, varied enough to reach every rule of the demo policy.
+struct Cases(u64);
+
+impl Cases {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.next(items.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn cedar_and_rego_versions_of_the_demo_policy_agree() {
+    let (rego, cedar) = (demo_policy(), demo_cedar());
+    let mut cases = Cases(0x0dd_ba11_c0ff_ee01);
+    let mut allowed = 0;
+    for _ in 0..500 {
+        let method = Method::from_bytes(cases.pick(&["GET", "POST", "PUT", "DELETE"]).as_bytes())
+            .expect("method");
+        let scopes: Vec<&str> = ["items:read", "items:write"]
+            .into_iter()
+            .filter(|_| cases.next(2) == 0)
+            .collect();
+        let roles: Vec<&str> = ["admin", "user"]
+            .into_iter()
+            .filter(|_| cases.next(3) == 0)
+            .collect();
+        let who = principal(cases.pick(&["alice", "bob", "carol"]), &scopes, &roles);
+        let input = input(method, cases.pick(&["1", "2", "3", "4"]), &who);
+        let (r, c) = (
+            rego.decide(&input).expect("rego"),
+            cedar.decide(&input).expect("cedar"),
+        );
+        assert_eq!(r.allow, c.allow, "rego and cedar disagree on {input}");
+        allowed += usize::from(r.allow);
+    }
+    assert!(
+        allowed > 50 && allowed < 450,
+        "{allowed} of 500 allowed: the generator covers too little"
+    );
+}
