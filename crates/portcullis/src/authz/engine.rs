@@ -71,7 +71,7 @@ fn short(value: &Value) -> String {
 /// An embedded Rego policy: modules and data compiled once, the engine cloned per decision.
 #[derive(Clone)]
 pub struct RegoPolicy {
-    engine: regorus::Engine,
+    compiled: regorus::CompiledPolicy,
     query: String,
 }
 
@@ -94,11 +94,14 @@ impl RegoPolicy {
         data: &[Value],
         query: &str,
     ) -> Result<RegoPolicy, String> {
-        let mut engine = regorus::Engine::new();
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        let limit = regorus::utils::limits::ExecutionTimerConfig {
             limit: REGO_TIME_LIMIT,
             check_interval: NonZeroU32::MIN,
-        });
+        };
+        // Compiled policies evaluate on fresh engines that take the process-wide limit.
+        regorus::utils::limits::set_fallback_execution_timer_config(Some(limit));
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(limit);
         for (name, source) in modules {
             engine
                 .add_policy(name.clone(), source.clone())
@@ -112,8 +115,11 @@ impl RegoPolicy {
         if !query.starts_with("data.") {
             return Err(format!("query `{query}` must name a rule under data."));
         }
+        let compiled = engine
+            .compile_with_entrypoint(&regorus::Rc::from(query))
+            .map_err(|e| format!("query `{query}`: {e}"))?;
         let policy = RegoPolicy {
-            engine,
+            compiled,
             query: query.to_string(),
         };
         // A query that names no rule would deny everything forever: refuse it at load.
@@ -125,23 +131,29 @@ impl RegoPolicy {
 
     /// Evaluates the policy on one input.
     pub fn decide(&self, input: &Value) -> Result<Decision, EngineError> {
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
-        let result = engine
-            .eval_rule(self.query.clone())
+        let result = self
+            .compiled
+            .eval_with_input(regorus::Value::from(input.clone()))
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        if result == regorus::Value::Undefined {
-            return Ok(Decision {
+        match result {
+            regorus::Value::Undefined => Ok(Decision {
                 allow: false,
                 reasons: vec!["undefined".into()],
-            });
+            }),
+            // The common case, read without a JSON round trip.
+            regorus::Value::Bool(allow) => Ok(Decision {
+                allow,
+                reasons: Vec::new(),
+            }),
+            other => {
+                let json = other
+                    .to_json_str()
+                    .map_err(|e| EngineError::Failed(e.to_string()))?;
+                let value: Value =
+                    serde_json::from_str(&json).map_err(|e| EngineError::Failed(e.to_string()))?;
+                decision_of(&value)
+            }
         }
-        let json = result
-            .to_json_str()
-            .map_err(|e| EngineError::Failed(e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(&json).map_err(|e| EngineError::Failed(e.to_string()))?;
-        decision_of(&value)
     }
 }
 

@@ -171,3 +171,24 @@ fn cedar_and_rego_versions_of_the_demo_policy_agree() {
         "{allowed} of 500 allowed: the generator covers too little"
     );
 }
+
+#[test]
+fn a_runaway_policy_is_stopped_and_refused() {
+    let source = "package slow\nimport rego.v1\nallow if { count([x | some x in numbers.range(1, 3000000); x > 0]) > 0 }\n";
+    let policy = RegoPolicy::new(
+        &[("slow.rego".into(), source.into())],
+        &[],
+        "data.slow.allow",
+    );
+    // Either the load-time probe or the request-time evaluation hits the time limit.
+    match policy {
+        Err(message) => assert!(
+            message.contains("time") || message.contains("limit"),
+            "{message}"
+        ),
+        Ok(policy) => assert!(
+            policy.decide(&json!({})).is_err(),
+            "a runaway evaluation must fail, never allow"
+        ),
+    }
+}
