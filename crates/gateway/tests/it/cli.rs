@@ -224,3 +224,63 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn policy_eval_prints_the_decision_and_check_warns_about_risky_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    for file in ["authz.rego", "data.json"] {
+        std::fs::copy(format!("{policies}/{file}"), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","kid":"k","x":"KSexBRK64-3c_kZ4KBKLrSkDJpkZ9whgacjE32xzKDg","y":"x3h5ZOqsAOWSH7FJimD0YGdms9loUAFVjRqXTnNBUT4"}]}"#).unwrap();
+    let config = "listen: { address: 127.0.0.1:0 }
+upstreams:
+  main: { url: \"http://127.0.0.1:9\" }
+identity:
+  jwt:
+    - { name: t, issuer: https://idp, audiences: [api], jwks_file: jwks.json, algorithms: [ES256] }
+policy:
+  engine: rego
+  rego: { files: [authz.rego], data: [data.json], query: data.api.authz.allow }
+  on_error: allow
+routes:
+  - match: { prefix: /api/ }
+    upstream: main
+  - match: { prefix: /open/ }
+    upstream: main
+    auth: none
+";
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, config).unwrap();
+    let input = dir.path().join("input.json");
+    let mut run = |body: &str| {
+        std::fs::write(&input, body).unwrap();
+        portcullis(&[
+            "policy",
+            "eval",
+            "--config",
+            path.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+    };
+    let (code, stdout, stderr) = run(
+        r#"{"user":{"id":"alice","roles":[],"scopes":["items:write"]},"action":"put_items","resource":{"type":"items","id":"1"},"request":{"method":"PUT"}}"#,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["decision"], "allow");
+    let (_, stdout, _) = run(
+        r#"{"user":{"id":"bob","roles":[],"scopes":["items:write"]},"action":"put_items","resource":{"type":"items","id":"1"},"request":{"method":"PUT"}}"#,
+    );
+    assert_eq!(json(&stdout)["decision"], "deny");
+    let (code, _, stderr) = run("{not json");
+    assert_ne!(code, 0);
+    no_panic(&stderr);
+    let (code, stdout, _) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("warning: policy.on_error"), "{stdout}");
+    assert!(
+        stdout.contains("warning: routes[1]") && stdout.contains("public"),
+        "{stdout}"
+    );
+}
