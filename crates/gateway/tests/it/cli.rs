@@ -253,7 +253,7 @@ routes:
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, config).unwrap();
     let input = dir.path().join("input.json");
-    let mut run = |body: &str| {
+    let run = |body: &str| {
         std::fs::write(&input, body).unwrap();
         portcullis(&[
             "policy",
