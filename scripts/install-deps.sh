@@ -10,6 +10,7 @@ need() { # need COMMAND PACKAGE
 
 # Real peers the tests talk to; extra packages come from the arguments.
 need curl curl
+need redis-server redis-server
 need node nodejs
 need npm npm
 need python3 python3

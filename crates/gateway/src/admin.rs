@@ -115,23 +115,38 @@ async fn revoke(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes) ->
         return bad("expected {\"jti\": \"...\"} or {\"sub\": \"...\"}");
     };
     let now = portcullis::authn::now_secs();
-    let revocations = &gateway.shared.revocations;
+    let generation = gateway.current();
+    let revocations = &generation.config.revocations;
     match (revocation.jti, revocation.sub) {
         (Some(jti), None) if !jti.is_empty() => {
             // Without the token's `exp`, remember the jti as long as any token can live.
-            let lifetime = gateway.current().config.max_token_lifetime.as_secs_f64();
+            let lifetime = generation.config.max_token_lifetime.as_secs_f64();
             let until = revocation.exp.unwrap_or(now + lifetime);
-            revocations.revoke_jti(&jti, until);
+            if let Err(e) = revocations.revoke_jti(&jti, until).await {
+                return unavailable(&e.to_string());
+            }
             axum::Json(serde_json::json!({ "revoked": { "jti": jti, "until": until } }))
                 .into_response()
         }
         (None, Some(sub)) if !sub.is_empty() && revocation.exp.is_none() => {
-            revocations.revoke_subject(&sub, now);
+            if let Err(e) = revocations.revoke_subject(&sub, now).await {
+                return unavailable(&e.to_string());
+            }
             axum::Json(serde_json::json!({ "revoked": { "sub": sub, "issued_before": now } }))
                 .into_response()
         }
         _ => bad("give exactly one of jti or sub"),
     }
+}
+
+fn unavailable(detail: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(
+            serde_json::json!({ "error": "the revocation store is unavailable", "detail": detail }),
+        ),
+    )
+        .into_response()
 }
 
 /// Everything under `/admin/` needs `Authorization: Bearer <admin token>`.

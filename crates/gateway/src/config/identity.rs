@@ -7,7 +7,7 @@ use http::{HeaderName, Uri};
 use portcullis::authn::introspection::{IntrospectionSettings, Introspector};
 use portcullis::authn::jwks::{KeyStore, RemoteSettings};
 use portcullis::authn::keys::{Algorithm, KeySet};
-use portcullis::authn::revocation::RevocationList;
+use portcullis::authn::revocation::{RedisRevocations, Revocations};
 use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
 use portcullis::authz::decision_log::{DecisionLog, DecisionLogSettings};
 use portcullis::event::EventBus;
@@ -22,8 +22,9 @@ use std::time::Duration;
 /// logs (one writer per file, one unbroken chain).
 #[derive(Debug)]
 pub struct Shared {
-    /// Revoked tokens and subjects.
-    pub revocations: Arc<RevocationList>,
+    /// Revoked tokens and subjects, when kept in this process.
+    memory_revocations: Arc<Revocations>,
+    redis_revocations: Mutex<HashMap<String, Arc<Revocations>>>,
     key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
     events: Arc<EventBus>,
     open_logs: bool,
@@ -34,7 +35,8 @@ impl Default for Shared {
     /// For checking a configuration: nothing is opened, events go nowhere.
     fn default() -> Self {
         Shared {
-            revocations: Arc::default(),
+            memory_revocations: Arc::default(),
+            redis_revocations: Mutex::default(),
             key_stores: Mutex::default(),
             events: Arc::new(EventBus::discard()),
             open_logs: false,
@@ -51,6 +53,27 @@ impl Shared {
             open_logs: true,
             ..Shared::default()
         }
+    }
+
+    /// The Redis revocation store at `url`, created once (connections are made on use).
+    fn redis_revocations(
+        &self,
+        url: &str,
+        timeout: Duration,
+        subject_ttl: Duration,
+    ) -> Result<Arc<Revocations>, String> {
+        let mut stores = self
+            .redis_revocations
+            .lock()
+            .map_err(|_| "revocation registry poisoned".to_string())?;
+        if let Some(store) = stores.get(url) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(Revocations::Redis(
+            RedisRevocations::new(url, timeout, subject_ttl).map_err(|e| e.to_string())?,
+        ));
+        stores.insert(url.to_string(), store.clone());
+        Ok(store)
     }
 
     pub(super) fn events(&self) -> Arc<EventBus> {
@@ -118,6 +141,8 @@ pub struct Identity {
     pub configured: bool,
     /// The longest token lifetime any issuer accepts (bounds a `jti` revocation).
     pub max_lifetime: Duration,
+    /// Where revocations are kept.
+    pub revocations: Arc<Revocations>,
 }
 
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
@@ -138,6 +163,7 @@ pub(super) fn compile(
         identity_headers: Vec::new(),
     };
     let mut cache = DEFAULT_CACHE;
+    let mut revocation_store = None;
     if let Some(raw) = raw {
         for (i, jwt) in raw.jwt.iter().enumerate() {
             if let Some(issuer) = compile_issuer(
@@ -159,19 +185,7 @@ pub(super) fn compile(
             }
         }
         if let Some(revocation) = &raw.revocation {
-            match revocation.store.value.as_str() {
-                "memory" => {}
-                "redis" => problems.at(
-                    "identity.revocation.store",
-                    &revocation.store,
-                    "the redis revocation store is not supported yet (use memory)",
-                ),
-                other => problems.at(
-                    "identity.revocation.store",
-                    &revocation.store,
-                    format!("unknown store `{other}` (use memory or redis)"),
-                ),
-            }
+            revocation_store = compile_revocation(revocation, &issuers, resolver, shared, problems);
         }
         if let Some(raw_forward) = &raw.forward {
             forward.token = raw_forward.token.unwrap_or(true);
@@ -193,14 +207,16 @@ pub(super) fn compile(
         .map(|i| i.max_lifetime + i.clock_skew)
         .max()
         .unwrap_or_default();
+    let revocations = revocation_store.unwrap_or_else(|| shared.memory_revocations.clone());
     let mut authenticator =
-        Authenticator::new(issuers, shared.revocations.clone(), max_token_bytes, cache);
+        Authenticator::new(issuers, revocations.clone(), max_token_bytes, cache);
     if let Some(raw) = raw.and_then(|r| r.introspection.as_ref())
         && let Some(introspector) = compile_introspection(raw, resolver, problems)
     {
         authenticator = authenticator.with_introspection(introspector);
     }
     Identity {
+        revocations,
         configured: authenticator.is_configured(),
         authenticator: Arc::new(authenticator),
         forward: Arc::new(forward),
@@ -317,6 +333,54 @@ fn compile_issuer(
         token_types: raw.token_types.clone(),
         keys,
     })
+}
+
+fn compile_revocation(
+    raw: &super::raw::RawRevocation,
+    issuers: &[Issuer],
+    resolver: &Resolver,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Option<Arc<Revocations>> {
+    match raw.store.value.as_str() {
+        "memory" => None,
+        "redis" => {
+            let Some(redis) = &raw.redis else {
+                problems.at(
+                    "identity.revocation.redis",
+                    &raw.store,
+                    "store `redis` needs `redis: { url: ${env:REDIS_URL} }`",
+                );
+                return None;
+            };
+            // The URL may carry a password, so it must be a reference.
+            let url = resolver.secret("identity.revocation.redis.url", &redis.url, problems)?;
+            let timeout = redis.timeout.map_or(Duration::from_millis(50), |d| d.0);
+            let subject_ttl = issuers
+                .iter()
+                .map(|i| i.max_lifetime + i.clock_skew)
+                .max()
+                .unwrap_or(Duration::from_secs(3600));
+            shared
+                .redis_revocations(&url, timeout, subject_ttl)
+                .map_err(|e| {
+                    problems.at(
+                        "identity.revocation.redis.url",
+                        &redis.url,
+                        format!("not a Redis URL: {e}"),
+                    )
+                })
+                .ok()
+        }
+        other => {
+            problems.at(
+                "identity.revocation.store",
+                &raw.store,
+                format!("unknown store `{other}` (use memory or redis)"),
+            );
+            None
+        }
+    }
 }
 
 fn compile_introspection(

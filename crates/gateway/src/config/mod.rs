@@ -201,6 +201,8 @@ pub struct GatewayConfig {
     pub forward: Arc<ForwardSettings>,
     /// The longest lifetime any issuer accepts (a revoked `jti` is remembered this long).
     pub max_token_lifetime: Duration,
+    /// Where revocations are kept.
+    pub revocations: Arc<portcullis::authn::revocation::Revocations>,
     /// Decides protected requests (absent when every route is public).
     pub authorizer: Option<Arc<Authorizer>>,
     /// Files whose change triggers a reload (policies, data).
@@ -539,6 +541,7 @@ fn compile(
         authenticator: identity.authenticator,
         forward: identity.forward,
         max_token_lifetime: identity.max_lifetime,
+        revocations: identity.revocations,
         watched_files: policy.as_ref().map(|p| p.files.clone()).unwrap_or_default(),
         authorizer: policy.map(|p| p.authorizer),
         warnings,

@@ -158,6 +158,14 @@ pub struct RawJwt {
 #[serde(deny_unknown_fields)]
 pub struct RawRevocation {
     pub store: Text,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Text,
+    pub timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

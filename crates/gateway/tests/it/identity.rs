@@ -604,3 +604,83 @@ fn token_command_mints_tokens_the_gateway_accepts() {
         1
     );
 }
+
+#[tokio::test]
+async fn redis_revocations_apply_on_every_instance_and_fail_closed() {
+    let mut redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let (key, _) = SigningKey::generate_es256("k1").unwrap();
+    let start = |key: &SigningKey| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            json!({"keys": [key.public_jwk()]}).to_string(),
+        )
+        .unwrap();
+        let config = config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - {{ name: t, issuer: {ISSUER}, audiences: [api], jwks_file: jwks.json, algorithms: [ES256] }}\n  revocation:\n    store: redis\n    redis: {{ url: \"${{file:redis-url}}\", timeout: 200ms }}\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            ),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        dir
+    };
+    let (a, b) = (
+        Gateway::start_in(start(&key)).await,
+        Gateway::start_in(start(&key)).await,
+    );
+    let mut claims = baseline_claims();
+    claims.insert("jti".into(), json!("shared-1"));
+    let first = token(&key, &claims);
+    claims.insert("jti".into(), json!("shared-2"));
+    let second = token(&key, &claims);
+    for gw in [&a, &b] {
+        assert_eq!(send(bearer(gw.url("/api/x"), &first)).await.unwrap().0, 200);
+    }
+    let revoke = |gw: &Gateway, body: &str| {
+        Request::post(gw.admin_url("/admin/revocations"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    // Revoked through A, refused by B on its very next request.
+    assert_eq!(
+        send(revoke(&a, r#"{"jti":"shared-1"}"#)).await.unwrap().0,
+        200
+    );
+    assert_eq!(send(bearer(b.url("/api/x"), &first)).await.unwrap().0, 401);
+    assert_eq!(send(bearer(b.url("/api/x"), &second)).await.unwrap().0, 200);
+    // A subject revoked through B is refused by A.
+    assert_eq!(send(revoke(&b, r#"{"sub":"alice"}"#)).await.unwrap().0, 200);
+    assert_eq!(send(bearer(a.url("/api/x"), &second)).await.unwrap().0, 401);
+    let hits = upstream.hits();
+    // The store down: fail closed, and revocations cannot be lost silently.
+    redis.stop();
+    let (status, headers, _) = send(bearer(a.url("/api/x"), &second)).await.unwrap();
+    assert_eq!(status, 401);
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    let event = a
+        .event_where("store down", |e| e["request_id"] == id.as_str())
+        .await;
+    assert!(
+        matches!(
+            event["reason"].as_str(),
+            Some("revocation_unavailable" | "revoked")
+        ),
+        "{event}"
+    );
+    let mut claims = baseline_claims();
+    claims.insert("sub".into(), json!("dave"));
+    let (status, _, _) = send(bearer(b.url("/api/x"), &token(&key, &claims)))
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 401,
+        "an unrevoked token must still be refused while the store is down"
+    );
+    assert_eq!(send(revoke(&a, r#"{"jti":"x"}"#)).await.unwrap().0, 503);
+    assert_eq!(upstream.hits(), hits);
+}

@@ -18,7 +18,7 @@ pub use layer::{
 use cache::TokenCache;
 use jwks::KeyStore;
 use keys::Algorithm;
-use revocation::RevocationList;
+use revocation::Revocations;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use token::{Claims, TokenError};
@@ -74,7 +74,7 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     introspector: Option<introspection::Introspector>,
     cache: TokenCache,
-    revocations: Arc<RevocationList>,
+    revocations: Arc<Revocations>,
     max_token_bytes: usize,
 }
 
@@ -82,7 +82,7 @@ impl Authenticator {
     /// An authenticator over these issuers.
     pub fn new(
         issuers: Vec<Issuer>,
-        revocations: Arc<RevocationList>,
+        revocations: Arc<Revocations>,
         max_token_bytes: usize,
         cache_capacity: usize,
     ) -> Self {
@@ -125,8 +125,10 @@ impl Authenticator {
                 None => self.verify(token, now).await?,
             },
         };
-        if self.revocations.is_revoked(&principal) {
-            return Err(TokenError::Revoked);
+        match self.revocations.is_revoked(&principal).await {
+            Ok(false) => {}
+            Ok(true) => return Err(TokenError::Revoked),
+            Err(_) => return Err(TokenError::RevocationUnavailable),
         }
         Ok(principal)
     }

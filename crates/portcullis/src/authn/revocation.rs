@@ -57,3 +57,154 @@ impl RevocationList {
         false
     }
 }
+
+/// Why a revocation check or update could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("revocation store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// A revocation list in Redis, shared by every gateway instance that uses the same store:
+/// a revocation made through one instance applies on the next request to any of them.
+pub struct RedisRevocations {
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    timeout: std::time::Duration,
+    prefix: String,
+    /// How long a subject revocation must be remembered (the longest token lifetime).
+    subject_ttl: std::time::Duration,
+}
+
+impl std::fmt::Debug for RedisRevocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRevocations")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRevocations {
+    /// A store at `url` (connected on first use), with a per-operation `timeout`.
+    pub fn new(
+        url: &str,
+        timeout: std::time::Duration,
+        subject_ttl: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
+        Ok(RedisRevocations {
+            client,
+            connection: tokio::sync::OnceCell::new(),
+            timeout,
+            prefix: "portcullis:revoked:".into(),
+            subject_ttl,
+        })
+    }
+
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let connect = self.connection.get_or_try_init(|| {
+            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+        });
+        match tokio::time::timeout(self.timeout * 4, connect).await {
+            Ok(Ok(manager)) => Ok(manager.clone()),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("connecting timed out".into())),
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await {
+            Ok(result) => result.map_err(|e| StoreError(e.to_string())),
+            Err(_) => Err(StoreError("timed out".into())),
+        }
+    }
+}
+
+/// Where revocations live.
+#[derive(Debug)]
+pub enum Revocations {
+    /// In this process only.
+    Memory(RevocationList),
+    /// In Redis, shared by every instance.
+    Redis(RedisRevocations),
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations::Memory(RevocationList::default())
+    }
+}
+
+impl Revocations {
+    /// Revokes the token with this `jti` until `until`.
+    pub async fn revoke_jti(&self, jti: &str, until: f64) -> Result<(), StoreError> {
+        match self {
+            Revocations::Memory(list) => {
+                list.revoke_jti(jti, until);
+                Ok(())
+            }
+            Revocations::Redis(redis) => {
+                let ttl = ((until - super::now_secs()).ceil() as i64).max(1);
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(format!("{}jti:{jti}", redis.prefix))
+                    .arg(1)
+                    .arg("EX")
+                    .arg(ttl);
+                redis.run::<()>(cmd).await
+            }
+        }
+    }
+
+    /// Revokes every token of `subject` issued at or before `before`.
+    pub async fn revoke_subject(&self, subject: &str, before: f64) -> Result<(), StoreError> {
+        match self {
+            Revocations::Memory(list) => {
+                list.revoke_subject(subject, before);
+                Ok(())
+            }
+            Revocations::Redis(redis) => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(format!("{}sub:{subject}", redis.prefix))
+                    .arg(before.to_string())
+                    .arg("EX")
+                    .arg(redis.subject_ttl.as_secs().max(1));
+                redis.run::<()>(cmd).await
+            }
+        }
+    }
+
+    /// Whether the principal's token is revoked; a store that cannot answer is an error
+    /// (the caller refuses: fail closed).
+    pub async fn is_revoked(&self, principal: &Principal) -> Result<bool, StoreError> {
+        match self {
+            Revocations::Memory(list) => Ok(list.is_revoked(principal)),
+            Revocations::Redis(redis) => {
+                let claims = &principal.claims;
+                if claims.jti.is_none() && claims.sub.is_none() {
+                    return Ok(false);
+                }
+                let mut cmd = redis::cmd("MGET");
+                cmd.arg(format!(
+                    "{}jti:{}",
+                    redis.prefix,
+                    claims.jti.as_deref().unwrap_or("\u{0}")
+                ))
+                .arg(format!(
+                    "{}sub:{}",
+                    redis.prefix,
+                    claims.sub.as_deref().unwrap_or("\u{0}")
+                ));
+                let (jti, sub): (Option<String>, Option<String>) = redis.run(cmd).await?;
+                if jti.is_some() {
+                    return Ok(true);
+                }
+                Ok(sub
+                    .and_then(|before| before.parse::<f64>().ok())
+                    .is_some_and(|before| claims.iat.is_none_or(|iat| iat <= before)))
+            }
+        }
+    }
+}

@@ -192,7 +192,7 @@ async fn check(authenticator: &Authenticator, token: &str) -> Result<String, &'s
 #[tokio::test]
 async fn valid_tokens_pass_and_each_claim_rule_refuses() {
     let (key, _) = SigningKey::generate_es256("k1").expect("key");
-    let revocations = Arc::new(RevocationList::default());
+    let revocations = Arc::new(revocation::Revocations::default());
     let auth = Authenticator::new(vec![issuer_with(&key)], revocations.clone(), 8192, 100);
     let sign = |extra: Value| {
         key.sign(&claims(extra), "at+jwt", &Map::new())
@@ -247,10 +247,16 @@ async fn valid_tokens_pass_and_each_claim_rule_refuses() {
     // Revocation applies to cached verifications too.
     let token = sign(json!({"jti": "t-1"}));
     assert_eq!(check(&auth, &token).await, Ok("alice".into()));
-    revocations.revoke_jti("t-1", now as f64 + 300.0);
+    revocations
+        .revoke_jti("t-1", now as f64 + 300.0)
+        .await
+        .expect("revoke");
     assert_eq!(check(&auth, &token).await, Err("revoked"));
     let old = sign(json!({"sub": "bob", "iat": now - 10}));
-    revocations.revoke_subject("bob", now as f64);
+    revocations
+        .revoke_subject("bob", now as f64)
+        .await
+        .expect("revoke");
     assert_eq!(check(&auth, &old).await, Err("revoked"));
 }
 

@@ -88,6 +88,9 @@ pub enum TokenError {
     /// The introspection endpoint says the opaque token is not active.
     #[error("token not active")]
     Inactive,
+    /// The revocation store could not be asked (fail closed).
+    #[error("revocation store unavailable")]
+    RevocationUnavailable,
     /// The introspection endpoint could not be asked (fail closed).
     #[error("introspection failed")]
     IntrospectionFailed,
@@ -124,6 +127,7 @@ impl TokenError {
             TokenError::Revoked => "revoked",
             TokenError::Inactive => "inactive_token",
             TokenError::IntrospectionFailed => "introspection_unavailable",
+            TokenError::RevocationUnavailable => "revocation_unavailable",
         }
     }
 }
