@@ -1,6 +1,6 @@
 //! The `policy` section: the engine, what it does on error, and the decision log.
 
-use super::raw::RawPolicy;
+use super::raw::{RawPolicy, Text};
 use super::secret::Resolver;
 use super::{Problems, Shared};
 use http::Uri;
@@ -28,7 +28,11 @@ pub(super) fn compile(
     shared: &Shared,
     problems: &mut Problems,
 ) -> Option<CompiledPolicy> {
-    let mut files = Vec::new();
+    let mut files = Files {
+        base_dir,
+        resolver,
+        read: Vec::new(),
+    };
     let engine = match raw.engine.value.as_str() {
         "rego" => {
             let Some(rego) = &raw.rego else {
@@ -39,36 +43,6 @@ pub(super) fn compile(
                 );
                 return None;
             };
-            let mut modules = Vec::new();
-            for (i, file) in rego.files.iter().enumerate() {
-                let path = format!("policy.rego.files[{i}]");
-                let full = base_dir.join(resolver.text(&path, file, problems)?);
-                match read_bounded(&full) {
-                    Ok(text) => modules.push((full.display().to_string(), text)),
-                    Err(e) => problems.at(path, file, e),
-                }
-                files.push(full);
-            }
-            let mut data = Vec::new();
-            for (i, file) in rego.data.iter().enumerate() {
-                let path = format!("policy.rego.data[{i}]");
-                let full = base_dir.join(resolver.text(&path, file, problems)?);
-                let parsed = read_bounded(&full).and_then(|text| {
-                    portcullis::json::parse_strict(
-                        text.as_bytes(),
-                        portcullis::json::JsonLimits {
-                            max_depth: 64,
-                            max_string_bytes: 1 << 20,
-                        },
-                    )
-                    .map_err(|e| format!("`{}` is not valid JSON: {e}", full.display()))
-                });
-                match parsed {
-                    Ok(value) => data.push(value),
-                    Err(e) => problems.at(path, file, e),
-                }
-                files.push(full);
-            }
             if rego.files.is_empty() {
                 problems.at(
                     "policy.rego.files",
@@ -76,6 +50,16 @@ pub(super) fn compile(
                     "list at least one policy file",
                 );
             }
+            let modules: Vec<(String, String)> = (rego.files.iter().enumerate())
+                .filter_map(|(i, file)| {
+                    files.text(&format!("policy.rego.files[{i}]"), file, problems)
+                })
+                .collect();
+            let data: Vec<_> = (rego.data.iter().enumerate())
+                .filter_map(|(i, file)| {
+                    files.json(&format!("policy.rego.data[{i}]"), file, problems)
+                })
+                .collect();
             let query = resolver.text("policy.rego.query", &rego.query, problems)?;
             match RegoPolicy::new(&modules, &data, &query) {
                 Ok(policy) => PolicyEngine::Rego(Box::new(policy)),
@@ -138,40 +122,14 @@ pub(super) fn compile(
                 );
                 return None;
             };
-            let mut sources = Vec::new();
-            for (i, file) in cedar.files.iter().enumerate() {
-                let path = format!("policy.cedar.files[{i}]");
-                let full = base_dir.join(resolver.text(&path, file, problems)?);
-                match read_bounded(&full) {
-                    Ok(text) => sources.push((full.display().to_string(), text)),
-                    Err(e) => problems.at(path, file, e),
-                }
-                files.push(full);
-            }
+            let sources: Vec<(String, String)> = (cedar.files.iter().enumerate())
+                .filter_map(|(i, file)| {
+                    files.text(&format!("policy.cedar.files[{i}]"), file, problems)
+                })
+                .collect();
             let entities = match &cedar.entities {
                 None => None,
-                Some(file) => {
-                    let full =
-                        base_dir.join(resolver.text("policy.cedar.entities", file, problems)?);
-                    let parsed = read_bounded(&full).and_then(|text| {
-                        portcullis::json::parse_strict(
-                            text.as_bytes(),
-                            portcullis::json::JsonLimits {
-                                max_depth: 64,
-                                max_string_bytes: 1 << 20,
-                            },
-                        )
-                        .map_err(|e| format!("`{}` is not valid JSON: {e}", full.display()))
-                    });
-                    files.push(full);
-                    match parsed {
-                        Ok(value) => Some(value),
-                        Err(e) => {
-                            problems.at("policy.cedar.entities", file, e);
-                            return None;
-                        }
-                    }
-                }
+                Some(file) => Some(files.json("policy.cedar.entities", file, problems)?),
             };
             match CedarPolicy::new(&sources, entities.as_ref()) {
                 Ok(policy) => PolicyEngine::Cedar(Box::new(policy)),
@@ -258,19 +216,63 @@ pub(super) fn compile(
             },
             events: shared.events(),
         }),
-        files,
+        files: files.read,
         fail_open: on_error == OnError::Allow,
     })
 }
 
-fn read_bounded(path: &Path) -> Result<String, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    if meta.len() > MAX_POLICY_FILE {
-        return Err(format!(
-            "`{}` is larger than {MAX_POLICY_FILE} bytes",
-            path.display()
-        ));
+/// Reads the files a policy names, remembering them so that their changes trigger reloads.
+struct Files<'a> {
+    base_dir: &'a Path,
+    resolver: &'a Resolver,
+    read: Vec<PathBuf>,
+}
+
+impl Files<'_> {
+    /// `(full path, text)` of the file `text` names.
+    fn text(
+        &mut self,
+        path: &str,
+        text: &Text,
+        problems: &mut Problems,
+    ) -> Option<(String, String)> {
+        let full = self
+            .base_dir
+            .join(self.resolver.text(path, text, problems)?);
+        self.read.push(full.clone());
+        let meta = std::fs::metadata(&full);
+        let content = match meta {
+            Ok(meta) if meta.len() > MAX_POLICY_FILE => Err(format!(
+                "`{}` is larger than {MAX_POLICY_FILE} bytes",
+                full.display()
+            )),
+            Ok(_) => std::fs::read_to_string(&full)
+                .map_err(|e| format!("cannot read `{}`: {e}", full.display())),
+            Err(e) => Err(format!("cannot read `{}`: {e}", full.display())),
+        };
+        match content {
+            Ok(content) => Some((full.display().to_string(), content)),
+            Err(e) => {
+                problems.at(path, text, e);
+                None
+            }
+        }
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+
+    /// The JSON document in the file `text` names (strictly parsed).
+    fn json(
+        &mut self,
+        path: &str,
+        text: &Text,
+        problems: &mut Problems,
+    ) -> Option<serde_json::Value> {
+        let (name, content) = self.text(path, text, problems)?;
+        let limits = portcullis::json::JsonLimits {
+            max_depth: 64,
+            max_string_bytes: 1 << 20,
+        };
+        portcullis::json::parse_strict(content.as_bytes(), limits)
+            .map_err(|e| problems.at(path, text, format!("`{name}` is not valid JSON: {e}")))
+            .ok()
+    }
 }
