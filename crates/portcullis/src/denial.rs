@@ -111,6 +111,25 @@ pub enum Denial {
         /// `acr_values` offered in the challenge.
         acr_values: String,
     },
+    /// A rate limit, a lockout or a threat score refused the request.
+    #[error("rate limited ({reason})")]
+    RateLimited {
+        /// `rate_limit`, `rate_limit_suspicious`, `threat_block`, `auth_lockout` or
+        /// `store_unavailable`.
+        reason: &'static str,
+        /// The limit's name.
+        policy: String,
+        /// Requests per window (0 when no limit applied).
+        limit: u32,
+        /// The window in seconds.
+        window_secs: u64,
+        /// Seconds until a request may succeed.
+        retry_after_secs: u64,
+        /// The request's threat score.
+        score: u8,
+        /// The factors of the score.
+        factors: Vec<&'static str>,
+    },
     /// The token is valid but lacks a scope the route requires.
     #[error("insufficient scope")]
     InsufficientScope {
@@ -137,6 +156,7 @@ impl Denial {
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => StatusCode::FORBIDDEN,
             Denial::StepUpRequired { .. } => StatusCode::UNAUTHORIZED,
+            Denial::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -157,6 +177,7 @@ impl Denial {
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => "Forbidden",
             Denial::StepUpRequired { .. } => "Unauthorized",
+            Denial::RateLimited { .. } => "Too Many Requests",
         }
     }
 
@@ -179,6 +200,7 @@ impl Denial {
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => "https://portcullis.dev/problems/forbidden",
             Denial::StepUpRequired { .. } => "https://portcullis.dev/problems/step-up-required",
+            Denial::RateLimited { .. } => "https://portcullis.dev/problems/too-many-requests",
         }
     }
 
@@ -199,6 +221,13 @@ impl Denial {
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => EventType::AuthzDenied,
             Denial::PolicyEngineError { .. } => EventType::PolicyEngineError,
             Denial::StepUpRequired { .. } => EventType::AuthFailure,
+            Denial::RateLimited { score, reason, .. } => {
+                if *score > 50 || matches!(*reason, "threat_block" | "auth_lockout") {
+                    EventType::SuspiciousActivity
+                } else {
+                    EventType::RateLimit
+                }
+            }
         }
     }
 
@@ -213,6 +242,13 @@ impl Denial {
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => Severity::Medium,
             Denial::PolicyEngineError { .. } => Severity::High,
             Denial::StepUpRequired { .. } => Severity::Low,
+            Denial::RateLimited { score, .. } => {
+                if *score >= 50 {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                }
+            }
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => Severity::Medium,
             Denial::NoRoute
             | Denial::MethodNotAllowed { .. }
@@ -241,6 +277,7 @@ impl Denial {
             Denial::Forbidden { reason, .. } => reason,
             Denial::PolicyEngineError { .. } => "policy_engine_error",
             Denial::StepUpRequired { .. } => "step_up_required",
+            Denial::RateLimited { reason, .. } => reason,
         }
     }
 
@@ -255,6 +292,17 @@ impl Denial {
             Denial::InsufficientScope { required } => {
                 format!("requires scopes: {}", required.join(" "))
             }
+            Denial::RateLimited {
+                policy,
+                limit,
+                window_secs,
+                score,
+                factors,
+                ..
+            } => format!(
+                "limit `{policy}` ({limit} per {window_secs}s); threat score {score} [{}]",
+                factors.join(", ")
+            ),
             other => other.to_string(),
         }
     }
@@ -331,6 +379,20 @@ impl Denial {
                         "Bearer realm=\"portcullis\", error=\"invalid_token\"",
                     ),
                 );
+            }
+            Denial::RateLimited { policy, limit, window_secs, retry_after_secs, .. } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+                if *limit > 0 {
+                    let policy_header = format!("\"{policy}\";q={limit};w={window_secs}");
+                    let state = format!("\"{policy}\";r=0;t={retry_after_secs}");
+                    for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state)] {
+                        if let Ok(value) = HeaderValue::from_str(&value) {
+                            headers.insert(name, value);
+                        }
+                    }
+                }
             }
             Denial::StepUpRequired { acr_values } => {
                 let value = format!(

@@ -32,10 +32,12 @@ pub mod headers;
 pub mod json;
 pub mod net;
 pub mod normalize;
+pub mod ratelimit;
 pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod scope;
+pub mod threat;
 pub mod time;
 pub mod timeout;
 

@@ -1,0 +1,286 @@
+//! Adaptive rate limiting: a pre-authentication screen per client (threat score, lockout
+//! after repeated authentication failures) and a GCRA limit per principal or client,
+//! lowered for hostile-looking callers, in memory or shared through Redis.
+
+pub mod gcra;
+pub mod store;
+
+use crate::authn::{AuthFuture, Principal};
+use crate::denial::Denial;
+use crate::route::RouteMatch;
+use crate::scope::{ClientIp, PeerAddr};
+use crate::threat::{self, ClientTracker, ThreatScore, ThreatSettings};
+use gcra::{Quota, Verdict};
+use http::{HeaderValue, Request, Response};
+use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use store::Limiter;
+use tower::{Layer, Service};
+
+/// What a limit is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The authenticated principal (anonymous callers: their address).
+    PrincipalOrIp,
+    /// The authenticated principal only (anonymous callers share one key per route).
+    Principal,
+    /// The client address.
+    Ip,
+}
+
+/// A named limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRule {
+    /// The name in `RateLimit-Policy` headers.
+    pub name: String,
+    /// How many per window.
+    pub quota: Quota,
+    /// Per what.
+    pub key: LimitKey,
+}
+
+/// Implemented by route targets that carry a per-route limit.
+pub trait RouteLimit {
+    /// The route's own limit, applied on top of the default.
+    fn limit(&self) -> Option<&LimitRule>;
+}
+
+/// Settings of the limiting layers.
+#[derive(Debug)]
+pub struct RateLimitSettings {
+    /// The limit every route has.
+    pub default: Option<LimitRule>,
+    /// Whether threat scores lower limits.
+    pub adaptive: bool,
+    /// At or above this score a request is refused outright.
+    pub block_score: u8,
+    /// Scoring settings.
+    pub threat: ThreatSettings,
+}
+
+/// Shared state of the limiting layers (kept across configuration reloads).
+#[derive(Debug)]
+pub struct RateLimiting {
+    /// The settings.
+    pub settings: RateLimitSettings,
+    /// The GCRA store.
+    pub limiter: Arc<Limiter>,
+    /// Per-client behaviour.
+    pub tracker: Arc<ClientTracker>,
+}
+
+fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| req.extensions().get::<PeerAddr>().map(|p| p.0.ip()))
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The refusal for a limit or a threat score.
+fn refusal(reason: &'static str, verdict: Option<&Verdict>, name: &str, retry: Duration, threat: &ThreatScore) -> Denial {
+    Denial::RateLimited {
+        reason,
+        policy: name.to_string(),
+        limit: verdict.map_or(0, |v| v.quota.limit),
+        window_secs: verdict.map_or(0, |v| v.quota.window.as_secs()),
+        retry_after_secs: whole_seconds(retry).max(1),
+        score: threat.score,
+        factors: threat.factors.clone(),
+    }
+}
+
+/// Builds [`Screen`] services: runs before authentication.
+#[derive(Debug, Clone)]
+pub struct ScreenLayer {
+    limits: Arc<RateLimiting>,
+}
+
+impl ScreenLayer {
+    /// A screen using `limits`.
+    pub fn new(limits: Arc<RateLimiting>) -> Self {
+        ScreenLayer { limits }
+    }
+}
+
+impl<S> Layer<S> for ScreenLayer {
+    type Service = Screen<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Screen { inner, limits: self.limits.clone() }
+    }
+}
+
+/// Scores every request, refuses locked-out and blocked clients before any token is
+/// verified, and learns from the refusals that come back (authentication failures).
+#[derive(Debug, Clone)]
+pub struct Screen<S> {
+    inner: S,
+    limits: Arc<RateLimiting>,
+}
+
+impl<S, B> Service<Request<B>> for Screen<S>
+where
+    S: Service<Request<B>, Error = Denial> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Denial;
+    type Future = AuthFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(ip) = client_ip(&req) else {
+            return AuthFuture::direct(self.inner.call(req));
+        };
+        let limits = self.limits.clone();
+        let view = limits.tracker.observe(ip);
+        let threat = threat::score(&req, ip, view, &limits.settings.threat);
+        if view.locked_for > 0 {
+            let retry = Duration::from_secs(view.locked_for);
+            return AuthFuture::ready(Err(refusal("auth_lockout", None, "auth_failures", retry, &threat)));
+        }
+        if threat.score >= limits.settings.block_score {
+            return AuthFuture::ready(Err(refusal("threat_block", None, "threat", Duration::from_secs(60), &threat)));
+        }
+        req.extensions_mut().insert(threat);
+        let future = self.inner.call(req);
+        AuthFuture::boxed(Box::pin(async move {
+            let result = future.await;
+            match &result {
+                Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => limits.tracker.auth_failure(ip),
+                Err(Denial::Malformed { .. }) => limits.tracker.validation_failure(ip),
+                _ => {}
+            }
+            result
+        }))
+    }
+}
+
+/// Builds [`RateLimit`] services: runs after authentication.
+pub struct RateLimitLayer<T> {
+    limits: Arc<RateLimiting>,
+    _target: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for RateLimitLayer<T> {
+    fn clone(&self) -> Self {
+        RateLimitLayer { limits: self.limits.clone(), _target: PhantomData }
+    }
+}
+
+impl<T> RateLimitLayer<T> {
+    /// A limit layer using `limits`.
+    pub fn new(limits: Arc<RateLimiting>) -> Self {
+        RateLimitLayer { limits, _target: PhantomData }
+    }
+}
+
+impl<S, T> Layer<S> for RateLimitLayer<T> {
+    type Service = RateLimit<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner, limits: self.limits.clone(), _target: PhantomData }
+    }
+}
+
+/// Counts every request against the default and the route's limit.
+pub struct RateLimit<S, T> {
+    inner: S,
+    limits: Arc<RateLimiting>,
+    _target: PhantomData<fn() -> T>,
+}
+
+impl<S: Clone, T> Clone for RateLimit<S, T> {
+    fn clone(&self) -> Self {
+        RateLimit { inner: self.inner.clone(), limits: self.limits.clone(), _target: PhantomData }
+    }
+}
+
+fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
+    let principal = req.extensions().get::<Arc<Principal>>().and_then(|p| p.subject.clone());
+    let ip = client_ip(req).map(|ip| ip.to_string()).unwrap_or_default();
+    let who = match (rule.key, principal) {
+        (LimitKey::Ip, _) => format!("ip:{ip}"),
+        (_, Some(sub)) => format!("sub:{sub}"),
+        (LimitKey::PrincipalOrIp, None) => format!("ip:{ip}"),
+        (LimitKey::Principal, None) => "anonymous".to_string(),
+    };
+    format!("{}:{route}:{who}", rule.name)
+}
+
+impl<S, T, B, RB> Service<Request<B>> for RateLimit<S, T>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = Denial> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    T: RouteLimit + Send + Sync + 'static,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = Denial;
+    type Future = AuthFuture<S::Future, Response<RB>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let matched = req.extensions().get::<RouteMatch<T>>().cloned();
+        let route_rule = matched.as_ref().and_then(|m| m.route.target.limit().cloned());
+        let rules: Vec<LimitRule> = self.limits.settings.default.iter().cloned().chain(route_rule).collect();
+        if rules.is_empty() {
+            return AuthFuture::direct(self.inner.call(req));
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = self.limits.clone();
+        let route = matched.map(|m| m.route.endpoint.to_string()).unwrap_or_default();
+        AuthFuture::boxed(Box::pin(async move {
+            let threat = req.extensions().get::<ThreatScore>().cloned().unwrap_or_default();
+            let mut tightest: Option<(String, Verdict)> = None;
+            for rule in &rules {
+                let quota = if limits.settings.adaptive { rule.quota.adapted(threat.score) } else { rule.quota };
+                let verdict = limits
+                    .limiter
+                    .check(&key_for(rule, &route, &req), quota)
+                    .await
+                    .map_err(|_| refusal("store_unavailable", None, &rule.name, Duration::from_secs(1), &threat))?;
+                if !verdict.allowed {
+                    let reason = if threat.score > 50 { "rate_limit_suspicious" } else { "rate_limit" };
+                    return Err(refusal(reason, Some(&verdict), &rule.name, verdict.retry_after, &threat));
+                }
+                if tightest.as_ref().is_none_or(|(_, t)| verdict.remaining < t.remaining) {
+                    tightest = Some((rule.name.clone(), verdict));
+                }
+            }
+            let mut response = inner.call(req).await?;
+            if let Some((name, verdict)) = tightest {
+                set_headers(response.headers_mut(), &name, &verdict);
+            }
+            Ok(response)
+        }))
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft, structured fields).
+pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict) {
+    let policy = format!("\"{name}\";q={};w={}", verdict.quota.limit, verdict.quota.window.as_secs());
+    let state = format!("\"{name}\";r={};t={}", verdict.remaining, whole_seconds(verdict.reset));
+    for (header, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(header, value);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Threat scoring (0–100) per request, and per-client memory of recent behaviour: request
+//! frequency, authentication and validation failures, and brute-force lockouts.
+
+use crate::net::IpNet;
+use http::Request;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The score of one request and the factors that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThreatScore {
+    /// 0 (nothing suspicious) to 100.
+    pub score: u8,
+    /// Names of the factors that contributed.
+    pub factors: Vec<&'static str>,
+}
+
+/// Brute-force protection: more than `limit` authentication failures from one client
+/// within `window` locks it out for `lockout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Failures allowed per window.
+    pub limit: u32,
+    /// The window, in seconds.
+    pub window_secs: u64,
+    /// How long a client is locked out, in seconds.
+    pub lockout_secs: u64,
+}
+
+/// Scoring settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreatSettings {
+    /// Addresses and ranges with bad reputation.
+    pub deny_list: Vec<IpNet>,
+    /// Requests per second from one client above which it counts as high frequency.
+    pub frequency_per_second: u32,
+    /// Brute-force lockout.
+    pub auth_failures: FailurePolicy,
+}
+
+impl Default for ThreatSettings {
+    fn default() -> Self {
+        ThreatSettings {
+            deny_list: Vec::new(),
+            frequency_per_second: 50,
+            auth_failures: FailurePolicy { limit: 10, window_secs: 60, lockout_secs: 300 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientState {
+    second: u64,
+    in_second: u32,
+    failure_window: u64,
+    auth_failures: u32,
+    validation_failures: u32,
+    locked_until: u64,
+    last_seen: u64,
+}
+
+/// What the tracker knows about a client when a request arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientView {
+    /// Requests in the current second, this one included.
+    pub in_second: u32,
+    /// Authentication failures in the current failure window.
+    pub auth_failures: u32,
+    /// Validation failures in the current failure window.
+    pub validation_failures: u32,
+    /// Seconds left of a lockout (0: not locked).
+    pub locked_for: u64,
+}
+
+/// Per-client memory, bounded in the number of clients.
+#[derive(Debug)]
+pub struct ClientTracker {
+    clients: Mutex<HashMap<IpAddr, ClientState>>,
+    max_clients: usize,
+    policy: FailurePolicy,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl ClientTracker {
+    /// A tracker for at most `max_clients` clients.
+    pub fn new(max_clients: usize, policy: FailurePolicy) -> Self {
+        ClientTracker { clients: Mutex::new(HashMap::new()), max_clients, policy }
+    }
+
+    fn with<T>(&self, ip: IpAddr, f: impl FnOnce(&mut ClientState, u64) -> T) -> Option<T> {
+        let now = now_secs();
+        let mut clients = self.clients.lock().ok()?;
+        if clients.len() >= self.max_clients && !clients.contains_key(&ip) {
+            // Forget clients idle for a while first; under a flood, forget arbitrary ones.
+            clients.retain(|_, c| now.saturating_sub(c.last_seen) < 60 || c.locked_until > now);
+            if clients.len() >= self.max_clients
+                && let Some(victim) = clients.keys().next().copied()
+            {
+                clients.remove(&victim);
+            }
+        }
+        let state = clients.entry(ip).or_default();
+        if now.saturating_sub(state.failure_window) >= self.policy.window_secs {
+            state.failure_window = now;
+            state.auth_failures = 0;
+            state.validation_failures = 0;
+        }
+        state.last_seen = now;
+        Some(f(state, now))
+    }
+
+    /// Counts a request and returns what is known about its client.
+    pub fn observe(&self, ip: IpAddr) -> ClientView {
+        self.with(ip, |state, now| {
+            if state.second != now {
+                state.second = now;
+                state.in_second = 0;
+            }
+            state.in_second = state.in_second.saturating_add(1);
+            ClientView {
+                in_second: state.in_second,
+                auth_failures: state.auth_failures,
+                validation_failures: state.validation_failures,
+                locked_for: state.locked_until.saturating_sub(now),
+            }
+        })
+        .unwrap_or_default()
+    }
+
+    /// Records an authentication failure; past the limit, the client is locked out.
+    pub fn auth_failure(&self, ip: IpAddr) {
+        let policy = self.policy;
+        self.with(ip, |state, now| {
+            state.auth_failures = state.auth_failures.saturating_add(1);
+            if state.auth_failures > policy.limit {
+                state.locked_until = now + policy.lockout_secs;
+            }
+        });
+    }
+
+    /// Records a validation failure (a malformed or invalid request).
+    pub fn validation_failure(&self, ip: IpAddr) {
+        self.with(ip, |state, _| state.validation_failures = state.validation_failures.saturating_add(1));
+    }
+}
+
+/// Case-insensitive markers of path traversal and injection in a request target.
+const SUSPICIOUS: [&str; 14] = [
+    "../", "..%2f", "%2e%2e", "..\\", "<script", "%3cscript", "javascript:", "' or '", "%27%20or",
+    "union select", "union%20select", ";--", "/etc/passwd", "${jndi:",
+];
+
+/// Scores one request.
+pub fn score<B>(req: &Request<B>, ip: IpAddr, view: ClientView, settings: &ThreatSettings) -> ThreatScore {
+    let mut score = 0u32;
+    let mut factors = Vec::new();
+    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if user_agent.trim().len() < 8 {
+        score += 20;
+        factors.push("user_agent");
+    }
+    if view.in_second > settings.frequency_per_second {
+        score += 30;
+        factors.push("high_frequency");
+    }
+    let target = req.uri().path_and_query().map(|pq| pq.as_str().to_ascii_lowercase()).unwrap_or_default();
+    if SUSPICIOUS.iter().any(|marker| target.contains(marker)) {
+        score += 40;
+        factors.push("suspicious_parameters");
+    }
+    if settings.deny_list.iter().any(|net| net.contains(ip)) {
+        score += 50;
+        factors.push("ip_reputation");
+    }
+    if view.auth_failures > 0 {
+        score += (view.auth_failures * 10).min(30);
+        factors.push("auth_failures");
+    }
+    if view.validation_failures > 0 {
+        score += (view.validation_failures * 10).min(20);
+        factors.push("validation_failures");
+    }
+    ThreatScore { score: score.min(100) as u8, factors }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, ua: Option<&str>) -> Request<()> {
+        let mut builder = Request::get(path);
+        if let Some(ua) = ua {
+            builder = builder.header("user-agent", ua);
+        }
+        builder.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_factor_scores_as_specified() {
+        let ip = IpAddr::from([203, 0, 113, 9]);
+        let settings = ThreatSettings { deny_list: vec!["203.0.113.0/24".parse().expect("net")], ..ThreatSettings::default() };
+        let calm = ClientView::default();
+        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 0);
+        assert_eq!(score(&request("/a", None), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 20);
+        let busy = ClientView { in_second: 51, ..calm };
+        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), busy, &settings).score, 30);
+        assert_eq!(score(&request("/a?q=..%2F..%2Fetc", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 40);
+        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), ip, calm, &settings).score, 50);
+        let all = ClientView { in_second: 99, auth_failures: 5, ..calm };
+        assert_eq!(score(&request("/a?x=<script>", None), ip, all, &settings).score, 100);
+    }
+
+    #[test]
+    fn repeated_auth_failures_lock_out() {
+        let tracker = ClientTracker::new(100, FailurePolicy { limit: 3, window_secs: 60, lockout_secs: 300 });
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        for _ in 0..3 {
+            tracker.auth_failure(ip);
+        }
+        assert_eq!(tracker.observe(ip).locked_for, 0);
+        tracker.auth_failure(ip);
+        assert!(tracker.observe(ip).locked_for > 290);
+        assert_eq!(tracker.observe(IpAddr::from([10, 0, 0, 2])).locked_for, 0);
+    }
+}
