@@ -51,9 +51,12 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let generation = gateway.current();
     let issuers = generation.config.authenticator.issuers();
     let logs = gateway.shared.decision_logs();
-    let text = gateway
-        .metrics
-        .encode(gateway.events.dropped(), issuers, &logs);
+    let text = gateway.metrics.encode(
+        gateway.events.dropped(),
+        issuers,
+        &logs,
+        &gateway.shared.limiters(),
+    );
     (
         [(
             header::CONTENT_TYPE,

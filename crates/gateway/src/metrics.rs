@@ -53,6 +53,8 @@ pub struct Metrics {
     jwks_failures: Family<IssuerLabel, Gauge>,
     decisions_written: Gauge,
     decisions_dropped: Gauge,
+    store_degraded: Gauge,
+    store_switches: Gauge,
     no_route: Arc<str>,
 }
 
@@ -140,8 +142,22 @@ impl Metrics {
             "Decision records dropped because the async queue overflowed",
             decisions_dropped.clone(),
         );
+        let store_degraded = Gauge::default();
+        let store_switches = Gauge::default();
+        registry.register(
+            "rate_limit_store_degraded",
+            "1 while the shared rate-limit store is unreachable and fallback limits apply",
+            store_degraded.clone(),
+        );
+        registry.register(
+            "rate_limit_store_switches",
+            "Switches between the shared rate-limit store and the fallback",
+            store_switches.clone(),
+        );
         Metrics {
             registry,
+            store_degraded,
+            store_switches,
             decisions_written,
             decisions_dropped,
             jwks_age,
@@ -209,7 +225,13 @@ impl Metrics {
         events_dropped: u64,
         issuers: &[portcullis::authn::Issuer],
         logs: &[Arc<portcullis::authz::decision_log::DecisionLog>],
+        limiters: &[Arc<portcullis::ratelimit::store::Limiter>],
     ) -> String {
+        let degraded = limiters.iter().any(|l| l.is_degraded());
+        self.store_degraded.set(i64::from(degraded));
+        let switches: u64 = limiters.iter().map(|l| l.switches()).sum();
+        self.store_switches
+            .set(i64::try_from(switches).unwrap_or(i64::MAX));
         let written: u64 = logs.iter().map(|l| l.written()).sum();
         let dropped: u64 = logs.iter().map(|l| l.dropped()).sum();
         self.decisions_written

@@ -6,6 +6,7 @@ use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
+use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
 use portcullis::respond::{Respond, RespondLayer};
 use portcullis::route::{RouteLayer, Router};
 use portcullis::timeout::{RequestTimeout, RequestTimeoutLayer};
@@ -15,7 +16,17 @@ use tower::ServiceBuilder;
 /// The whole stack, outermost layer first.
 pub type Pipeline = Respond<
     RequestTimeout<
-        Normalize<Router<Authenticate<Authorize<Proxy, RouteTarget>, RouteTarget>, RouteTarget>>,
+        Normalize<
+            Router<
+                Screen<
+                    Authenticate<
+                        RateLimit<Authorize<Proxy, RouteTarget>, RouteTarget>,
+                        RouteTarget,
+                    >,
+                >,
+                RouteTarget,
+            >,
+        >,
     >,
 >;
 
@@ -32,12 +43,17 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
         .layer(NormalizeLayer::new(config.normalize.clone()))
         // No route, no forwarding: 404 / 405 before anything reaches an upstream.
         .layer(RouteLayer::new(config.routes.clone()))
+        // Before any token is verified: lockouts after repeated auth failures, the threat
+        // score, and outright refusal of hostile-looking requests.
+        .layer(ScreenLayer::new(config.rate_limiting.clone()))
         // Who is calling: one bearer token, verified (cached), scoped; identity headers
         // set from the proven claims only.
         .layer(AuthenticateLayer::new(
             config.authenticator.clone(),
             config.forward.clone(),
         ))
+        // How often: GCRA per principal (or client address), lowered by the threat score.
+        .layer(RateLimitLayer::new(config.rate_limiting.clone()))
         // What they may do: step-up for MFA-protected methods, then a policy decision on
         // every request (never cached), recorded before anything leaves.
         .layer(AuthorizeLayer::new(config.authorizer.clone()))

@@ -380,14 +380,21 @@ impl Denial {
                     ),
                 );
             }
-            Denial::RateLimited { policy, limit, window_secs, retry_after_secs, .. } => {
+            Denial::RateLimited {
+                policy,
+                limit,
+                window_secs,
+                retry_after_secs,
+                ..
+            } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     headers.insert(header::RETRY_AFTER, value);
                 }
                 if *limit > 0 {
                     let policy_header = format!("\"{policy}\";q={limit};w={window_secs}");
                     let state = format!("\"{policy}\";r=0;t={retry_after_secs}");
-                    for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state)] {
+                    for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state)]
+                    {
                         if let Ok(value) = HeaderValue::from_str(&value) {
                             headers.insert(name, value);
                         }

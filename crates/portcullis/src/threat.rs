@@ -45,7 +45,11 @@ impl Default for ThreatSettings {
         ThreatSettings {
             deny_list: Vec::new(),
             frequency_per_second: 50,
-            auth_failures: FailurePolicy { limit: 10, window_secs: 60, lockout_secs: 300 },
+            auth_failures: FailurePolicy {
+                limit: 10,
+                window_secs: 60,
+                lockout_secs: 300,
+            },
         }
     }
 }
@@ -83,13 +87,20 @@ pub struct ClientTracker {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl ClientTracker {
     /// A tracker for at most `max_clients` clients.
     pub fn new(max_clients: usize, policy: FailurePolicy) -> Self {
-        ClientTracker { clients: Mutex::new(HashMap::new()), max_clients, policy }
+        ClientTracker {
+            clients: Mutex::new(HashMap::new()),
+            max_clients,
+            policy,
+        }
     }
 
     fn with<T>(&self, ip: IpAddr, f: impl FnOnce(&mut ClientState, u64) -> T) -> Option<T> {
@@ -145,21 +156,44 @@ impl ClientTracker {
 
     /// Records a validation failure (a malformed or invalid request).
     pub fn validation_failure(&self, ip: IpAddr) {
-        self.with(ip, |state, _| state.validation_failures = state.validation_failures.saturating_add(1));
+        self.with(ip, |state, _| {
+            state.validation_failures = state.validation_failures.saturating_add(1)
+        });
     }
 }
 
 /// Case-insensitive markers of path traversal and injection in a request target.
 const SUSPICIOUS: [&str; 14] = [
-    "../", "..%2f", "%2e%2e", "..\\", "<script", "%3cscript", "javascript:", "' or '", "%27%20or",
-    "union select", "union%20select", ";--", "/etc/passwd", "${jndi:",
+    "../",
+    "..%2f",
+    "%2e%2e",
+    "..\\",
+    "<script",
+    "%3cscript",
+    "javascript:",
+    "' or '",
+    "%27%20or",
+    "union select",
+    "union%20select",
+    ";--",
+    "/etc/passwd",
+    "${jndi:",
 ];
 
 /// Scores one request.
-pub fn score<B>(req: &Request<B>, ip: IpAddr, view: ClientView, settings: &ThreatSettings) -> ThreatScore {
+pub fn score<B>(
+    req: &Request<B>,
+    ip: IpAddr,
+    view: ClientView,
+    settings: &ThreatSettings,
+) -> ThreatScore {
     let mut score = 0u32;
     let mut factors = Vec::new();
-    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if user_agent.trim().len() < 8 {
         score += 20;
         factors.push("user_agent");
@@ -168,7 +202,11 @@ pub fn score<B>(req: &Request<B>, ip: IpAddr, view: ClientView, settings: &Threa
         score += 30;
         factors.push("high_frequency");
     }
-    let target = req.uri().path_and_query().map(|pq| pq.as_str().to_ascii_lowercase()).unwrap_or_default();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_ascii_lowercase())
+        .unwrap_or_default();
     if SUSPICIOUS.iter().any(|marker| target.contains(marker)) {
         score += 40;
         factors.push("suspicious_parameters");
@@ -185,7 +223,10 @@ pub fn score<B>(req: &Request<B>, ip: IpAddr, view: ClientView, settings: &Threa
         score += (view.validation_failures * 10).min(20);
         factors.push("validation_failures");
     }
-    ThreatScore { score: score.min(100) as u8, factors }
+    ThreatScore {
+        score: score.min(100) as u8,
+        factors,
+    }
 }
 
 #[cfg(test)]
@@ -203,21 +244,86 @@ mod tests {
     #[test]
     fn each_factor_scores_as_specified() {
         let ip = IpAddr::from([203, 0, 113, 9]);
-        let settings = ThreatSettings { deny_list: vec!["203.0.113.0/24".parse().expect("net")], ..ThreatSettings::default() };
+        let settings = ThreatSettings {
+            deny_list: vec!["203.0.113.0/24".parse().expect("net")],
+            ..ThreatSettings::default()
+        };
         let calm = ClientView::default();
-        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 0);
-        assert_eq!(score(&request("/a", None), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 20);
-        let busy = ClientView { in_second: 51, ..calm };
-        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), busy, &settings).score, 30);
-        assert_eq!(score(&request("/a?q=..%2F..%2Fetc", Some("Mozilla/5.0 test")), IpAddr::from([1, 1, 1, 1]), calm, &settings).score, 40);
-        assert_eq!(score(&request("/a", Some("Mozilla/5.0 test")), ip, calm, &settings).score, 50);
-        let all = ClientView { in_second: 99, auth_failures: 5, ..calm };
-        assert_eq!(score(&request("/a?x=<script>", None), ip, all, &settings).score, 100);
+        assert_eq!(
+            score(
+                &request("/a", Some("Mozilla/5.0 test")),
+                IpAddr::from([1, 1, 1, 1]),
+                calm,
+                &settings
+            )
+            .score,
+            0
+        );
+        assert_eq!(
+            score(
+                &request("/a", None),
+                IpAddr::from([1, 1, 1, 1]),
+                calm,
+                &settings
+            )
+            .score,
+            20
+        );
+        let busy = ClientView {
+            in_second: 51,
+            ..calm
+        };
+        assert_eq!(
+            score(
+                &request("/a", Some("Mozilla/5.0 test")),
+                IpAddr::from([1, 1, 1, 1]),
+                busy,
+                &settings
+            )
+            .score,
+            30
+        );
+        assert_eq!(
+            score(
+                &request("/a?q=..%2F..%2Fetc", Some("Mozilla/5.0 test")),
+                IpAddr::from([1, 1, 1, 1]),
+                calm,
+                &settings
+            )
+            .score,
+            40
+        );
+        assert_eq!(
+            score(
+                &request("/a", Some("Mozilla/5.0 test")),
+                ip,
+                calm,
+                &settings
+            )
+            .score,
+            50
+        );
+        let all = ClientView {
+            in_second: 99,
+            auth_failures: 5,
+            ..calm
+        };
+        assert_eq!(
+            score(&request("/a?x=<script>", None), ip, all, &settings).score,
+            100
+        );
     }
 
     #[test]
     fn repeated_auth_failures_lock_out() {
-        let tracker = ClientTracker::new(100, FailurePolicy { limit: 3, window_secs: 60, lockout_secs: 300 });
+        let tracker = ClientTracker::new(
+            100,
+            FailurePolicy {
+                limit: 3,
+                window_secs: 60,
+                lockout_secs: 300,
+            },
+        );
         let ip = IpAddr::from([10, 0, 0, 1]);
         for _ in 0..3 {
             tracker.auth_failure(ip);

@@ -11,6 +11,8 @@ use portcullis::authn::revocation::{RedisRevocations, Revocations};
 use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
 use portcullis::authz::decision_log::{DecisionLog, DecisionLogSettings};
 use portcullis::event::EventBus;
+use portcullis::ratelimit::store::Limiter;
+use portcullis::threat::ClientTracker;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ pub struct Shared {
     events: Arc<EventBus>,
     open_logs: bool,
     logs: Mutex<HashMap<PathBuf, Arc<DecisionLog>>>,
+    pub(super) limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+    pub(super) trackers: Mutex<HashMap<String, Arc<ClientTracker>>>,
 }
 
 impl Default for Shared {
@@ -41,6 +45,8 @@ impl Default for Shared {
             events: Arc::new(EventBus::discard()),
             open_logs: false,
             logs: Mutex::default(),
+            limiters: Mutex::default(),
+            trackers: Mutex::default(),
         }
     }
 }
@@ -74,6 +80,27 @@ impl Shared {
         ));
         stores.insert(url.to_string(), store.clone());
         Ok(store)
+    }
+
+    /// The value kept under `key`, made by `make` the first time.
+    pub(super) fn keep<T>(
+        &self,
+        map: &Mutex<HashMap<String, Arc<T>>>,
+        key: String,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        match map.lock() {
+            Ok(mut map) => map.entry(key).or_insert_with(|| Arc::new(make())).clone(),
+            Err(_) => Arc::new(make()),
+        }
+    }
+
+    /// Every limiter made so far (for metrics).
+    pub fn limiters(&self) -> Vec<Arc<Limiter>> {
+        self.limiters
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(super) fn events(&self) -> Arc<EventBus> {

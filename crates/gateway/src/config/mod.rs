@@ -4,6 +4,7 @@
 pub mod duration;
 mod identity;
 mod policy;
+mod ratelimit;
 pub mod raw;
 mod secret;
 
@@ -127,6 +128,14 @@ pub struct RouteTarget {
     pub auth: RouteAuth,
     /// What the policy is asked (`None` on public routes).
     pub authz: Option<RouteAuthz>,
+    /// The route's own rate limit, on top of the default.
+    pub limit: Option<portcullis::ratelimit::LimitRule>,
+}
+
+impl portcullis::ratelimit::RouteLimit for RouteTarget {
+    fn limit(&self) -> Option<&portcullis::ratelimit::LimitRule> {
+        self.limit.as_ref()
+    }
 }
 
 impl RouteAuthorization for RouteTarget {
@@ -209,6 +218,8 @@ pub struct GatewayConfig {
     pub watched_files: Vec<PathBuf>,
     /// Things that are allowed but risky, for `check` to show.
     pub warnings: Vec<Problem>,
+    /// Rate limiting and threat screening.
+    pub rate_limiting: Arc<portcullis::ratelimit::RateLimiting>,
     /// Counts for the `check` summary.
     pub route_count: usize,
     /// Counts for the `check` summary.
@@ -318,7 +329,6 @@ fn compile(
     problems: &mut Problems,
 ) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported("rate_limit", &raw.rate_limit, "the rate_limit section");
     problems.unsupported("validation", &raw.validation, "the validation section");
     problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
     problems.unsupported(
@@ -443,6 +453,13 @@ fn compile(
         .policy
         .as_ref()
         .and_then(|p| policy::compile(p, base_dir, &resolver, shared, problems));
+    let (rate_limiting, limit_files) = ratelimit::compile(
+        raw.rate_limit.as_ref(),
+        base_dir,
+        &resolver,
+        shared,
+        problems,
+    );
     let mut warnings = Vec::new();
     if policy.as_ref().is_some_and(|p| p.fail_open) {
         warnings.push(Problem {
@@ -542,7 +559,14 @@ fn compile(
         forward: identity.forward,
         max_token_lifetime: identity.max_lifetime,
         revocations: identity.revocations,
-        watched_files: policy.as_ref().map(|p| p.files.clone()).unwrap_or_default(),
+        watched_files: policy
+            .as_ref()
+            .map(|p| p.files.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(limit_files)
+            .collect(),
+        rate_limiting,
         authorizer: policy.map(|p| p.authorizer),
         warnings,
     })
@@ -639,11 +663,6 @@ fn compile_route(
     problems: &mut Problems,
 ) -> Option<Route<RouteTarget>> {
     let path = format!("routes[{i}]");
-    problems.unsupported(
-        &format!("{path}.rate_limit"),
-        &raw.rate_limit,
-        "per-route rate limits",
-    );
     let route_line = line_of(&raw.matcher.referenced);
     let mode = match raw.auth.as_ref().map(|a| a.value.as_str()) {
         None | Some("required") => AuthMode::Required,
@@ -676,6 +695,10 @@ fn compile_route(
     }
     let scopes = compile_scopes(&path, raw.scopes.as_ref(), mode, problems);
     let authz = (mode != AuthMode::None).then(|| compile_authz(&path, raw, route_line, problems));
+    let limit = raw
+        .rate_limit
+        .as_ref()
+        .and_then(|r| ratelimit::rule("route", &format!("{path}.rate_limit"), r, problems));
     if mode == AuthMode::None && (raw.resource.is_some() || raw.require_mfa.is_some()) {
         problems.add(
             path.to_string(),
@@ -757,6 +780,7 @@ fn compile_route(
             upstream: upstream?,
             auth: RouteAuth { mode, scopes },
             authz,
+            limit,
         },
     })
 }

@@ -24,7 +24,7 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub identity: Option<RawIdentity>,
     pub policy: Option<RawPolicy>,
-    pub rate_limit: Unsupported,
+    pub rate_limit: Option<RawRateLimit>,
     pub validation: Unsupported,
     pub headers: Option<BTreeMap<String, Spanned<HeaderSetting>>>,
     #[serde(default)]
@@ -112,7 +112,7 @@ pub struct RawRoute {
     pub upstream: Text,
     pub auth: Option<Text>,
     pub scopes: Option<Spanned<RawScopes>>,
-    pub rate_limit: Unsupported,
+    pub rate_limit: Option<Spanned<RawLimit>>,
     pub resource: Option<RawResource>,
     pub require_mfa: Option<Vec<Text>>,
 }
@@ -247,4 +247,48 @@ pub struct RawResource {
 pub struct RawCedar {
     pub files: Vec<Text>,
     pub entities: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub store: Option<Text>,
+    pub redis: Option<RawRedis>,
+    pub on_store_error: Option<Text>,
+    pub local_share: Option<f64>,
+    pub default: Option<Spanned<RawLimit>>,
+    pub auth_failures: Option<RawAuthFailures>,
+    pub adaptive: Option<RawAdaptive>,
+    pub ip_reputation: Option<RawIpReputation>,
+    pub max_keys: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub limit: u32,
+    pub window: ConfigDuration,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthFailures {
+    pub limit: u32,
+    pub window: ConfigDuration,
+    pub lockout: ConfigDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub enabled: Option<bool>,
+    pub block_score: Option<u8>,
+    pub frequency_per_second: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpReputation {
+    pub deny_file: Text,
 }

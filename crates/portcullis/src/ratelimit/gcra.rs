@@ -39,7 +39,9 @@ pub struct Verdict {
 
 /// One GCRA step in microseconds. Returns the verdict and, if admitted, the new TAT.
 pub fn step(tat: Option<u64>, now: u64, quota: Quota) -> (Verdict, Option<u64>) {
-    let window = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX).max(1);
+    let window = u64::try_from(quota.window.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     let interval = (window / u64::from(quota.limit.max(1))).max(1);
     let tat = tat.unwrap_or(now).max(now);
     let new_tat = tat.saturating_add(interval);
@@ -94,7 +96,10 @@ mod tests {
     const SECOND: u64 = 1_000_000;
 
     fn quota(limit: u32, secs: u64) -> Quota {
-        Quota { limit, window: Duration::from_secs(secs) }
+        Quota {
+            limit,
+            window: Duration::from_secs(secs),
+        }
     }
 
     #[test]
@@ -112,7 +117,10 @@ mod tests {
         assert_eq!(admitted, 10);
         let (verdict, _) = step(tat, 5 * SECOND, q);
         assert_eq!(verdict.retry_after, Duration::from_millis(100));
-        assert!(step(tat, 5 * SECOND + SECOND / 10, q).0.allowed, "one more after one interval");
+        assert!(
+            step(tat, 5 * SECOND + SECOND / 10, q).0.allowed,
+            "one more after one interval"
+        );
     }
 
     #[test]

@@ -84,7 +84,13 @@ fn whole_seconds(d: Duration) -> u64 {
 }
 
 /// The refusal for a limit or a threat score.
-fn refusal(reason: &'static str, verdict: Option<&Verdict>, name: &str, retry: Duration, threat: &ThreatScore) -> Denial {
+fn refusal(
+    reason: &'static str,
+    verdict: Option<&Verdict>,
+    name: &str,
+    retry: Duration,
+    threat: &ThreatScore,
+) -> Denial {
     Denial::RateLimited {
         reason,
         policy: name.to_string(),
@@ -113,7 +119,10 @@ impl<S> Layer<S> for ScreenLayer {
     type Service = Screen<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Screen { inner, limits: self.limits.clone() }
+        Screen {
+            inner,
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -149,17 +158,31 @@ where
         let threat = threat::score(&req, ip, view, &limits.settings.threat);
         if view.locked_for > 0 {
             let retry = Duration::from_secs(view.locked_for);
-            return AuthFuture::ready(Err(refusal("auth_lockout", None, "auth_failures", retry, &threat)));
+            return AuthFuture::ready(Err(refusal(
+                "auth_lockout",
+                None,
+                "auth_failures",
+                retry,
+                &threat,
+            )));
         }
         if threat.score >= limits.settings.block_score {
-            return AuthFuture::ready(Err(refusal("threat_block", None, "threat", Duration::from_secs(60), &threat)));
+            return AuthFuture::ready(Err(refusal(
+                "threat_block",
+                None,
+                "threat",
+                Duration::from_secs(60),
+                &threat,
+            )));
         }
         req.extensions_mut().insert(threat);
         let future = self.inner.call(req);
         AuthFuture::boxed(Box::pin(async move {
             let result = future.await;
             match &result {
-                Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => limits.tracker.auth_failure(ip),
+                Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => {
+                    limits.tracker.auth_failure(ip)
+                }
                 Err(Denial::Malformed { .. }) => limits.tracker.validation_failure(ip),
                 _ => {}
             }
@@ -176,14 +199,20 @@ pub struct RateLimitLayer<T> {
 
 impl<T> Clone for RateLimitLayer<T> {
     fn clone(&self) -> Self {
-        RateLimitLayer { limits: self.limits.clone(), _target: PhantomData }
+        RateLimitLayer {
+            limits: self.limits.clone(),
+            _target: PhantomData,
+        }
     }
 }
 
 impl<T> RateLimitLayer<T> {
     /// A limit layer using `limits`.
     pub fn new(limits: Arc<RateLimiting>) -> Self {
-        RateLimitLayer { limits, _target: PhantomData }
+        RateLimitLayer {
+            limits,
+            _target: PhantomData,
+        }
     }
 }
 
@@ -191,7 +220,11 @@ impl<S, T> Layer<S> for RateLimitLayer<T> {
     type Service = RateLimit<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, limits: self.limits.clone(), _target: PhantomData }
+        RateLimit {
+            inner,
+            limits: self.limits.clone(),
+            _target: PhantomData,
+        }
     }
 }
 
@@ -204,12 +237,19 @@ pub struct RateLimit<S, T> {
 
 impl<S: Clone, T> Clone for RateLimit<S, T> {
     fn clone(&self) -> Self {
-        RateLimit { inner: self.inner.clone(), limits: self.limits.clone(), _target: PhantomData }
+        RateLimit {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+            _target: PhantomData,
+        }
     }
 }
 
 fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
-    let principal = req.extensions().get::<Arc<Principal>>().and_then(|p| p.subject.clone());
+    let principal = req
+        .extensions()
+        .get::<Arc<Principal>>()
+        .and_then(|p| p.subject.clone());
     let ip = client_ip(req).map(|ip| ip.to_string()).unwrap_or_default();
     let who = match (rule.key, principal) {
         (LimitKey::Ip, _) => format!("ip:{ip}"),
@@ -238,30 +278,70 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let matched = req.extensions().get::<RouteMatch<T>>().cloned();
-        let route_rule = matched.as_ref().and_then(|m| m.route.target.limit().cloned());
-        let rules: Vec<LimitRule> = self.limits.settings.default.iter().cloned().chain(route_rule).collect();
+        let route_rule = matched
+            .as_ref()
+            .and_then(|m| m.route.target.limit().cloned());
+        let rules: Vec<LimitRule> = self
+            .limits
+            .settings
+            .default
+            .iter()
+            .cloned()
+            .chain(route_rule)
+            .collect();
         if rules.is_empty() {
             return AuthFuture::direct(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();
-        let route = matched.map(|m| m.route.endpoint.to_string()).unwrap_or_default();
+        let route = matched
+            .map(|m| m.route.endpoint.to_string())
+            .unwrap_or_default();
         AuthFuture::boxed(Box::pin(async move {
-            let threat = req.extensions().get::<ThreatScore>().cloned().unwrap_or_default();
+            let threat = req
+                .extensions()
+                .get::<ThreatScore>()
+                .cloned()
+                .unwrap_or_default();
             let mut tightest: Option<(String, Verdict)> = None;
             for rule in &rules {
-                let quota = if limits.settings.adaptive { rule.quota.adapted(threat.score) } else { rule.quota };
+                let quota = if limits.settings.adaptive {
+                    rule.quota.adapted(threat.score)
+                } else {
+                    rule.quota
+                };
                 let verdict = limits
                     .limiter
                     .check(&key_for(rule, &route, &req), quota)
                     .await
-                    .map_err(|_| refusal("store_unavailable", None, &rule.name, Duration::from_secs(1), &threat))?;
+                    .map_err(|_| {
+                        refusal(
+                            "store_unavailable",
+                            None,
+                            &rule.name,
+                            Duration::from_secs(1),
+                            &threat,
+                        )
+                    })?;
                 if !verdict.allowed {
-                    let reason = if threat.score > 50 { "rate_limit_suspicious" } else { "rate_limit" };
-                    return Err(refusal(reason, Some(&verdict), &rule.name, verdict.retry_after, &threat));
+                    let reason = if threat.score > 50 {
+                        "rate_limit_suspicious"
+                    } else {
+                        "rate_limit"
+                    };
+                    return Err(refusal(
+                        reason,
+                        Some(&verdict),
+                        &rule.name,
+                        verdict.retry_after,
+                        &threat,
+                    ));
                 }
-                if tightest.as_ref().is_none_or(|(_, t)| verdict.remaining < t.remaining) {
+                if tightest
+                    .as_ref()
+                    .is_none_or(|(_, t)| verdict.remaining < t.remaining)
+                {
                     tightest = Some((rule.name.clone(), verdict));
                 }
             }
@@ -276,8 +356,16 @@ where
 
 /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft, structured fields).
 pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict) {
-    let policy = format!("\"{name}\";q={};w={}", verdict.quota.limit, verdict.quota.window.as_secs());
-    let state = format!("\"{name}\";r={};t={}", verdict.remaining, whole_seconds(verdict.reset));
+    let policy = format!(
+        "\"{name}\";q={};w={}",
+        verdict.quota.limit,
+        verdict.quota.window.as_secs()
+    );
+    let state = format!(
+        "\"{name}\";r={};t={}",
+        verdict.remaining,
+        whole_seconds(verdict.reset)
+    );
     for (header, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(header, value);

@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const SHARDS: usize = 64;
 
 fn now_micros() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -27,7 +29,9 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("max_keys", &(self.per_shard * SHARDS)).finish()
+        f.debug_struct("MemoryStore")
+            .field("max_keys", &(self.per_shard * SHARDS))
+            .finish()
     }
 }
 
@@ -71,7 +75,10 @@ impl MemoryStore {
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 
     /// Whether no key is held.
@@ -90,7 +97,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -114,7 +123,9 @@ impl RedisStore {
                 .set_number_of_retries(0);
             let mut connection = self
                 .connection
-                .get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(self.client.clone(), config))
+                .get_or_try_init(|| {
+                    redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+                })
                 .await
                 .map_err(|e| e.to_string())?
                 .clone();
@@ -168,7 +179,9 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("shared", &self.shared.is_some()).finish_non_exhaustive()
+        f.debug_struct("Limiter")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,8 +203,17 @@ impl Limiter {
     }
 
     /// A limiter over Redis, falling back as `on_error` says.
-    pub fn redis(store: RedisStore, on_error: OnStoreError, max_keys: usize, events: Arc<EventBus>) -> Self {
-        Limiter { shared: Some(store), on_error, ..Limiter::memory(max_keys, events) }
+    pub fn redis(
+        store: RedisStore,
+        on_error: OnStoreError,
+        max_keys: usize,
+        events: Arc<EventBus>,
+    ) -> Self {
+        Limiter {
+            shared: Some(store),
+            on_error,
+            ..Limiter::memory(max_keys, events)
+        }
     }
 
     /// Whether the shared store is currently unreachable.
@@ -245,7 +267,8 @@ impl Limiter {
             (Severity::Medium, "rate_limit_store_recovered")
         };
         let mut event = SecurityEvent::new(EventType::Anomaly, severity, reason);
-        event.details = serde_json::json!({ "error": error, "fallback": format!("{:?}", self.on_error) });
+        event.details =
+            serde_json::json!({ "error": error, "fallback": format!("{:?}", self.on_error) });
         self.events.emit(event);
     }
 }
@@ -257,7 +280,10 @@ mod tests {
     #[test]
     fn memory_stays_bounded_under_unique_keys() {
         let store = MemoryStore::new(1000);
-        let quota = Quota { limit: 5, window: Duration::from_secs(60) };
+        let quota = Quota {
+            limit: 5,
+            window: Duration::from_secs(60),
+        };
         for i in 0..20_000 {
             assert!(store.check(&format!("k{i}"), quota).allowed);
         }
