@@ -18,5 +18,6 @@ mod limits;
 mod normalize;
 mod oidc;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod routing;

@@ -431,6 +431,11 @@ impl Redis {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
             probe.local_addr().expect("addr").port()
         };
+        Redis::start_on(port).await
+    }
+
+    /// A server on a given port (to bring one back where another was stopped).
+    pub async fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",

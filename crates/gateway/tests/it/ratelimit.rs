@@ -1,0 +1,303 @@
+//! Rate limiting and threat screening on the real binary, in memory and shared through a
+//! real redis-server.
+
+use crate::identity::{ISSUER, baseline_claims, token};
+use crate::util::*;
+use http::Request;
+use http_body_util::Full;
+use portcullis::authn::sign::SigningKey;
+use serde_json::json;
+
+const UA: &str = "portcullis-tests/1.0";
+
+fn limited(upstream: &Upstream, rate_limit: &str, route_limit: &str) -> String {
+    config_with(
+        &upstream.url(),
+        &format!(
+            "rate_limit:\n{rate_limit}routes:\n  - match: {{ prefix: / }}\n    upstream: main\n    auth: none\n{route_limit}"
+        ),
+    )
+}
+
+async fn hit(
+    gw: &Gateway,
+    path: &str,
+    ua: Option<&str>,
+    xff: Option<&str>,
+) -> (u16, http::HeaderMap) {
+    let mut req = Request::get(gw.url(path));
+    if let Some(ua) = ua {
+        req = req.header("user-agent", ua);
+    }
+    if let Some(xff) = xff {
+        req = req.header("x-forwarded-for", xff);
+    }
+    let (status, headers, _) = send(req.body(Full::default()).unwrap()).await.unwrap();
+    (status.as_u16(), headers)
+}
+
+async fn admitted(gw: &Gateway, n: usize, path: &str, ua: Option<&str>) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        if hit(gw, path, ua, None).await.0 == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test]
+async fn route_limit_admits_exactly_the_quota_with_headers() {
+    let upstream = Upstream::start().await;
+    let config = limited(
+        &upstream,
+        "  adaptive: { enabled: false }\n",
+        "    rate_limit: { limit: 5, window: 60s, key: ip }\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let (status, headers) = hit(&gw, "/a", Some(UA), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["ratelimit-policy"], "\"route\";q=5;w=60");
+    assert_eq!(
+        headers["ratelimit"].to_str().unwrap().split(';').nth(1),
+        Some("r=4")
+    );
+    assert_eq!(admitted(&gw, 10, "/a", Some(UA)).await, 4);
+    let (status, headers) = hit(&gw, "/a", Some(UA), None).await;
+    assert_eq!(status, 429);
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(headers["ratelimit-policy"], "\"route\";q=5;w=60");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(upstream.hits(), 5, "refused requests reached the upstream");
+    let event = gw
+        .event_where("rate limit event", |e| e["event_type"] == "rate_limit")
+        .await;
+    assert_eq!(event["reason"], "rate_limit");
+}
+
+#[tokio::test]
+async fn each_threat_factor_lowers_the_effective_limit() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(
+        dir.path().join("bad_ips.txt"),
+        "# known bad\n192.0.2.0/24\n",
+    )
+    .unwrap();
+    // Each case gets its own route (and so its own counter): floor(10 × (1 − score/200)).
+    let mut routes = String::new();
+    for name in ["calm", "noua", "inject"] {
+        routes.push_str(&format!("  - match: {{ prefix: /{name}/ }}\n    upstream: main\n    auth: none\n    rate_limit: {{ limit: 10, window: 60s, key: ip }}\n"));
+    }
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "rate_limit:\n  adaptive: {{ enabled: true, block_score: 90 }}\n  ip_reputation: {{ deny_file: bad_ips.txt }}\nroutes:\n{routes}"
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    assert_eq!(admitted(&gw, 15, "/calm/x", Some(UA)).await, 10, "score 0");
+    assert_eq!(
+        admitted(&gw, 15, "/noua/x", None).await,
+        9,
+        "missing user agent: score 20"
+    );
+    assert_eq!(
+        admitted(&gw, 15, "/inject/x?q=..%2F..%2Fetc%2Fpasswd", Some(UA)).await,
+        8,
+        "suspicious parameter: score 40"
+    );
+    // Over the limit with a score above 50: a suspicious_activity event with the factors.
+    for _ in 0..12 {
+        hit(&gw, "/inject/x?q=%3Cscript%3E", None, None).await;
+    }
+    let event = gw
+        .event_where("suspicious", |e| e["event_type"] == "suspicious_activity")
+        .await;
+    let detail = event["details"]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("user_agent") && detail.contains("suspicious_parameters"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_scores_are_blocked_outright_and_spoofed_forwarding_does_not_help() {
+    let upstream = Upstream::start().await;
+    let config = limited(
+        &upstream,
+        "  adaptive: { enabled: true, block_score: 60 }\n",
+        "    rate_limit: { limit: 3, window: 60s, key: ip }\n",
+    );
+    let gw = Gateway::start(&config).await;
+    // Missing UA (20) + injection (40) = 60: refused before anything else happens.
+    let (status, _) = hit(&gw, "/a?id=1%27%20or%20%271%27%3D%271", None, None).await;
+    assert_eq!(status, 429);
+    gw.event_where("blocked", |e| e["reason"] == "threat_block")
+        .await;
+    // A rotating X-Forwarded-For from an untrusted peer is the same client.
+    let mut ok = 0;
+    for i in 0..10 {
+        if hit(&gw, "/a", Some(UA), Some(&format!("198.51.100.{i}")))
+            .await
+            .0
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 3);
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_lock_the_client_out_before_verification() {
+    let upstream = Upstream::start().await;
+    let (key, _) = SigningKey::generate_es256("k1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        json!({"keys": [key.public_jwk()]}).to_string(),
+    )
+    .unwrap();
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "identity:\n  jwt:\n    - {{ name: t, issuer: {ISSUER}, audiences: [api], jwks_file: jwks.json, algorithms: [ES256] }}\n{ALLOW_ALL}rate_limit:\n  adaptive: {{ enabled: false }}\n  auth_failures: {{ limit: 3, window: 60s, lockout: 5m }}\nroutes:\n  - match: {{ prefix: / }}\n    upstream: main\n"
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let good = token(&key, &baseline_claims());
+    let bearer = |t: &str| {
+        Request::get(gw.url("/x"))
+            .header("user-agent", UA)
+            .header("authorization", format!("Bearer {t}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(bearer(&good)).await.unwrap().0, 200);
+    for _ in 0..4 {
+        assert_eq!(send(bearer("not.a.token")).await.unwrap().0, 401);
+    }
+    let (status, headers, _) = send(bearer(&good)).await.unwrap();
+    assert_eq!(
+        status, 429,
+        "a locked-out client is refused even with a valid token"
+    );
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 200
+    );
+    gw.event_where("lockout", |e| e["reason"] == "auth_lockout")
+        .await;
+    assert_eq!(upstream.hits(), 1);
+}
+
+fn shared_config(upstream: &Upstream, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(dir.path().join("portcullis.yaml"), limited(
+        upstream,
+        &format!("  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 100ms }}\n  adaptive: {{ enabled: false }}\n{extra}"),
+        "    rate_limit: { limit: 40, window: 60s, key: ip }\n",
+    ))
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_exactly_the_limit() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let dir = shared_config(&upstream, "");
+        std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+        gateways.push(Gateway::start_in(dir).await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = gateways[i % 2].url("/a");
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..15 {
+                let req = Request::get(&url)
+                    .header("user-agent", UA)
+                    .body(Full::default())
+                    .unwrap();
+                match send(req).await.unwrap().0.as_u16() {
+                    200 => ok += 1,
+                    429 => {}
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(
+        total, 40,
+        "120 requests against two instances must admit exactly the shared limit"
+    );
+    assert_eq!(upstream.hits(), 40);
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_local_limits_without_5xx_and_recovers() {
+    let mut redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let dir = shared_config(&upstream, "  on_store_error: local\n  local_share: 0.5\n");
+    std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    assert_eq!(admitted(&gw, 10, "/a", Some(UA)).await, 10);
+    let port = redis.port;
+    redis.stop();
+    // Local limits at half the global limit; never a 5xx.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(hit(&gw, "/a", Some(UA), None).await.0);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    gw.event_where("store down", |e| e["reason"] == "rate_limit_store_down")
+        .await;
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await.unwrap();
+    assert!(
+        metrics.contains("portcullis_rate_limit_store_degraded 1"),
+        "{metrics}"
+    );
+    // Redis back (a new, empty server on the same port): shared limits resume by themselves.
+    let _redis = Redis::start_on(port).await;
+    eventually_async("shared limits to resume", || async {
+        hit(&gw, "/a", Some(UA), None).await;
+        gw.events()
+            .iter()
+            .any(|e| e["reason"] == "rate_limit_store_recovered")
+    })
+    .await;
+}
