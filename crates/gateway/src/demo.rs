@@ -127,6 +127,11 @@ identity:
     identity_headers:
       x-user-id: sub
       x-user-scopes: scope
+rate_limit:
+  store: memory
+  default: {{ limit: 100, window: 60s, key: principal_or_ip }}
+  auth_failures: {{ limit: 10, window: 60s, lockout: 1m }}
+  adaptive: {{ enabled: true, block_score: 90 }}
 policy:
   engine: rego
   rego:
@@ -148,6 +153,7 @@ routes:
   - match: {{ prefix: /api/public/ }}
     upstream: items
     auth: none
+    rate_limit: {{ limit: 5, window: 10s, key: ip }}
 "#,
         config = dir.join("portcullis.yaml").display(),
     );
@@ -211,7 +217,8 @@ Try these (each answer carries x-request-id and the security headers):
   curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE"       # 401: step-up, MFA required
   curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE_MFA"   # 204: owner, with MFA
   portcullis audit verify {dir}/decisions.log                # the tamper-evident decision log
-  curl -i {gw}/api/public/status                           # public route
+  curl -i {gw}/api/public/status                           # public route, 5 per 10s: see RateLimit headers
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/public/status; done; echo   # the 6th is 429
   curl -i --path-as-is '{gw}/api/../../etc/passwd'        # 400: climbs above the root, never forwarded
   curl -i '{gw}/api/items/..%2f..%2fadmin'                 # 400: encoded slash
   curl -i {gw}/internal/debug                              # 404: no route, never forwarded
