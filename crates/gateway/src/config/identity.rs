@@ -380,6 +380,14 @@ fn compile_revocation(
                 );
                 return None;
             };
+            if redis.cluster == Some(true) {
+                problems.at(
+                    "identity.revocation.redis.cluster",
+                    &redis.url,
+                    "a Redis Cluster revocation store is not supported yet (use one Redis server)",
+                );
+                return None;
+            }
             // The URL may carry a password, so it must be a reference.
             let url = resolver.secret("identity.revocation.redis.url", &redis.url, problems)?;
             let timeout = redis.timeout.map_or(Duration::from_millis(50), |d| d.0);

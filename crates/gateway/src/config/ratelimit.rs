@@ -188,12 +188,11 @@ pub(super) fn compile(
             }
             Some(redis) => resolver
                 .secret("rate_limit.redis.url", &redis.url, problems)
-                .map(|url| {
-                    (
-                        url,
-                        redis.timeout.map_or(Duration::from_millis(50), |d| d.0),
-                        on_error,
-                    )
+                .map(|url| RedisTarget {
+                    url,
+                    timeout: redis.timeout.map_or(Duration::from_millis(50), |d| d.0),
+                    on_error,
+                    cluster: redis.cluster.unwrap_or(false),
                 }),
         },
         Some(other) => {
@@ -207,8 +206,8 @@ pub(super) fn compile(
             None
         }
     };
-    if let Some((url, _, _)) = &redis
-        && let Err(e) = RedisStore::new(url, Duration::from_millis(50))
+    if let Some(target) = &redis
+        && let Err(e) = target.store()
     {
         problems.add(
             "rate_limit.redis.url",
@@ -222,25 +221,51 @@ pub(super) fn compile(
     )
 }
 
+/// A Redis deployment for rate limits.
+struct RedisTarget {
+    /// One URL, or with `cluster`, comma-separated node URLs.
+    url: String,
+    timeout: Duration,
+    on_error: OnStoreError,
+    cluster: bool,
+}
+
+impl RedisTarget {
+    fn store(&self) -> Result<RedisStore, String> {
+        if self.cluster {
+            let nodes: Vec<String> = self
+                .url
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            RedisStore::cluster(&nodes, self.timeout)
+        } else {
+            RedisStore::new(&self.url, self.timeout)
+        }
+    }
+}
+
 impl Shared {
     /// Limiting state: the GCRA store and the client tracker live as long as their
     /// settings stay the same, so a reload neither forgets counts nor lifts lockouts.
     fn rate_limiting(
         &self,
-        redis: Option<(String, Duration, OnStoreError)>,
+        redis: Option<RedisTarget>,
         settings: RateLimitSettings,
         failures: FailurePolicy,
         max_keys: usize,
     ) -> Arc<RateLimiting> {
         let store_key = match &redis {
-            Some((url, timeout, on_error)) => {
-                format!("redis {url} {timeout:?} {on_error:?} {max_keys}")
-            }
+            Some(t) => format!(
+                "redis {} {:?} {:?} {} {max_keys}",
+                t.url, t.timeout, t.on_error, t.cluster
+            ),
             None => format!("memory {max_keys}"),
         };
         let limiter = self.keep(&self.limiters, store_key, || match redis {
-            Some((url, timeout, on_error)) => match RedisStore::new(&url, timeout) {
-                Ok(store) => Limiter::redis(store, on_error, max_keys, self.events()),
+            Some(target) => match target.store() {
+                Ok(store) => Limiter::redis(store, target.on_error, max_keys, self.events()),
                 Err(_) => Limiter::memory(max_keys, self.events()),
             },
             None => Limiter::memory(max_keys, self.events()),

@@ -166,6 +166,7 @@ pub struct RawRevocation {
 pub struct RawRedis {
     pub url: Text,
     pub timeout: Option<ConfigDuration>,
+    pub cluster: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

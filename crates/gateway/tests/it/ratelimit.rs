@@ -301,3 +301,103 @@ async fn redis_outage_falls_back_to_local_limits_without_5xx_and_recovers() {
     })
     .await;
 }
+
+/// Three masters, started and joined by the test (`redis-cli --cluster create`).
+struct Cluster {
+    nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Redis::start_cluster_node(dir.path()).await);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(status.success(), "cluster create failed");
+        for node in &nodes {
+            let port = node.port.to_string();
+            eventually("the cluster to be ready", || {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port, "cluster", "info"])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            })
+            .await;
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    fn redis_cli(&self, node: usize, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.nodes[node].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_limits_hold_across_slots() {
+    let cluster = Cluster::start().await;
+    let upstream = Upstream::start().await;
+    let mut routes = String::new();
+    for i in 0..8 {
+        routes.push_str(&format!("  - match: {{ prefix: /r{i}/ }}\n    upstream: main\n    auth: none\n    rate_limit: {{ limit: 7, window: 60s, key: ip }}\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    std::fs::write(dir.path().join("redis-url"), urls.join(",")).unwrap();
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "rate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 200ms, cluster: true }}\n  on_store_error: deny\n  adaptive: {{ enabled: false }}\nroutes:\n{routes}"
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    for i in 0..8 {
+        assert_eq!(
+            admitted(&gw, 12, &format!("/r{i}/x"), Some(UA)).await,
+            7,
+            "route {i}"
+        );
+    }
+    assert_eq!(upstream.hits(), 56);
+    let holding: Vec<usize> = (0..3)
+        .filter(|n| cluster.redis_cli(*n, &["dbsize"]) != "0")
+        .collect();
+    assert!(
+        holding.len() >= 2,
+        "the limit keys did not spread over the slots: {holding:?}"
+    );
+    let sha = cluster.redis_cli(
+        holding[0],
+        &["script", "load", portcullis::ratelimit::gcra::LUA],
+    );
+    for node in holding {
+        assert_eq!(
+            cluster.redis_cli(node, &["script", "exists", &sha]),
+            "1",
+            "script missing on node {node}"
+        );
+    }
+}

@@ -434,6 +434,44 @@ impl Redis {
         Redis::start_on(port).await
     }
 
+    /// A Redis Cluster node (its cluster state file in `dir`), not yet joined.
+    pub async fn start_cluster_node(dir: &Path) -> Redis {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
+            probe.local_addr().expect("addr").port()
+        };
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        eventually_async("redis cluster node to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Redis { port, child }
+    }
+
     /// A server on a given port (to bring one back where another was stopped).
     pub async fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")

@@ -87,10 +87,21 @@ impl MemoryStore {
     }
 }
 
-/// GCRA state in Redis.
+enum Backend {
+    Single {
+        client: redis::Client,
+        connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    },
+}
+
+/// GCRA state in Redis: one server, or a Redis Cluster (each limit key carries a hash tag,
+/// so it lives on one slot; the script is loaded on whichever node a key lands on).
 pub struct RedisStore {
-    client: redis::Client,
-    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    backend: Backend,
     script: redis::Script,
     timeout: Duration,
 }
@@ -107,38 +118,76 @@ impl RedisStore {
     /// A store at `url`, connected on first use; each check must answer within `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         Ok(RedisStore {
-            client: redis::Client::open(url).map_err(|e| e.to_string())?,
-            connection: tokio::sync::OnceCell::new(),
+            backend: Backend::Single {
+                client: redis::Client::open(url).map_err(|e| e.to_string())?,
+                connection: tokio::sync::OnceCell::new(),
+            },
             script: redis::Script::new(gcra::LUA),
             timeout,
         })
     }
 
+    /// A store on a Redis Cluster reached through any of `nodes`.
+    pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, String> {
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(RedisStore {
+            backend: Backend::Cluster {
+                client,
+                connection: tokio::sync::OnceCell::new(),
+            },
+            script: redis::Script::new(gcra::LUA),
+            timeout,
+        })
+    }
+
+    async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), String> {
+        let window = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX);
+        let mut invocation = self.script.key(key);
+        invocation.arg(quota.limit).arg(window);
+        match &self.backend {
+            Backend::Single { client, connection } => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(0);
+                let mut connection = connection
+                    .get_or_try_init(|| {
+                        redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .clone();
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Cluster { client, connection } => {
+                let mut connection = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .clone();
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Checks one request; errors (including a slow answer) mean the store is unavailable.
     pub async fn check(&self, key: &str, quota: Quota) -> Result<Verdict, String> {
         let work = async {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(0);
-            let mut connection = self
-                .connection
-                .get_or_try_init(|| {
-                    redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .clone();
-            let window = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX);
             // One hash tag per limit key: in Redis Cluster the key lives on one slot.
-            let (allowed, remaining, retry, reset): (i64, i64, i64, i64) = self
-                .script
-                .key(format!("{{portcullis:rl:{key}}}"))
-                .arg(quota.limit)
-                .arg(window)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (allowed, remaining, retry, reset) = self
+                .invoke(format!("{{portcullis:rl:{key}}}"), quota)
+                .await?;
             let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
             Ok(Verdict {
                 allowed: allowed == 1,
