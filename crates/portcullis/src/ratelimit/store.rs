@@ -87,6 +87,8 @@ impl MemoryStore {
     }
 }
 
+// One value per store for the life of the process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Single {
         client: redis::Client,
