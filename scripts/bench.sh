@@ -14,7 +14,7 @@ DURATION="${1:-10}"
 CONNS="${BENCH_CONNECTIONS:-64}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 
-scripts/install-deps.sh nginx-light wrk haproxy openssl >/dev/null
+scripts/install-deps.sh nginx-light wrk haproxy openssl redis-server >/dev/null
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -p portcullis-gateway >&2
 BIN="$CARGO_TARGET_DIR/release/portcullis"
@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
-SYNC_PORT=18607 ASYNC_PORT=18608
+SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
@@ -178,6 +178,36 @@ CONF
 taskset -c 0 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 HA_PID=$!
 PIDS+=($HA_PID)
+# Rate limiting on every request (a limit no run reaches): memory store against Redis.
+taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+PIDS+=($!)
+printf 'redis://127.0.0.1:%s/' "$REDIS_PORT" > "$WORK/redis-url"
+for store in memory redis; do
+  port=$RL_MEM_PORT
+  [ "$store" = redis ] && port=$RL_REDIS_PORT
+  mkdir -p "$WORK/rl-$store"
+  cat > "$WORK/rl-$store/portcullis.yaml" <<CONF
+listen: { address: 127.0.0.1:$port }
+monitoring: { events: { sink: file, path: events.log } }
+upstreams:
+  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+rate_limit:
+  store: $store
+  redis: { url: "\${file:../redis-url}", timeout: 50ms }
+  adaptive: { enabled: true, block_score: 101 }
+  default: { limit: 1000000000, window: 1s, key: ip }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+    auth: none
+CONF
+done
+taskset -c 0 "$BIN" run --config "$WORK/rl-memory/portcullis.yaml" 2>"$WORK/rl-memory.err" &
+RL_MEM_PID=$!
+PIDS+=($RL_MEM_PID)
+taskset -c 0 "$BIN" run --config "$WORK/rl-redis/portcullis.yaml" 2>"$WORK/rl-redis.err" &
+RL_REDIS_PID=$!
+PIDS+=($RL_REDIS_PID)
 taskset -c 0 "$BIN" run --config "$WORK/portcullis.yaml" 2>"$WORK/portcullis.err" &
 PC_PID=$!
 PIDS+=($PC_PID)
@@ -199,6 +229,8 @@ wait_for() { # URL
 wait_for "http://127.0.0.1:$UP_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$PC_PORT/"
+wait_for "http://127.0.0.1:$RL_MEM_PORT/"
+wait_for "http://127.0.0.1:$RL_REDIS_PORT/"
 for port in $SYNC_PORT $ASYNC_PORT; do
   for _ in $(seq 1 200); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/jwt/items/2")" != 000 ] && break
@@ -257,6 +289,9 @@ SCOPED=(-H "authorization: Bearer $(cat "$WORK/scoped.txt")")
 read -r S_RPS S_P50 S_P99 S_CPU < <(measure "http://127.0.0.1:$SYNC_PORT/jwt/items/2" "$SYNC_PID" "${SCOPED[@]}")
 read -r Y_RPS Y_P50 Y_P99 Y_CPU < <(measure "http://127.0.0.1:$ASYNC_PORT/jwt/items/2" "$ASYNC_PID" "${SCOPED[@]}")
 SYNC_RECORDS=$(wc -l < "$WORK/sync/decisions.log")
+UAH=(-H "user-agent: portcullis-bench/1.0")
+read -r M_RPS M_P50 M_P99 M_CPU < <(measure "http://127.0.0.1:$RL_MEM_PORT/api/items" "$RL_MEM_PID" "${UAH[@]}")
+read -r R_RPS R_P50 R_P99 R_CPU < <(measure "http://127.0.0.1:$RL_REDIS_PORT/api/items" "$RL_REDIS_PID" "${UAH[@]}")
 
 # RSS with 1,000 open keep-alive connections, each having made one request.
 HELD_RSS=$(python3 - "$PC_PORT" "$PC_PID" <<'PY'
@@ -307,6 +342,10 @@ printf '\n%-34s %12s %10s %10s %14s\n' "JWT + Rego + decision log" "requests/s" 
 printf '%-34s %12s %10s %10s %14s\n' "durability: sync" "$S_RPS" "$S_P50" "$S_P99" "$S_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "durability: async" "$Y_RPS" "$Y_P50" "$Y_P99" "$Y_CPU"
 printf 'sync / async: %s (target >= 0.80); %s decision records fsynced in the sync runs\n' "$(ratio "$S_RPS" "$Y_RPS")" "$SYNC_RECORDS"
+printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"
+printf 'redis / memory: %s (target >= 0.70); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
 printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
 printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
 echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"
