@@ -19,7 +19,7 @@ fn rss_kib() -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let quota = Quota { limit: u32::MAX / 2, window: Duration::from_secs(1) };
+    let quota = Quota::new(u32::MAX / 2, Duration::from_secs(1));
     let store = MemoryStore::new(1_000_000);
     let mut baseline: HashMap<String, u64> = HashMap::new();
     baseline.insert("default:/api/items:sub:alice".into(), 0);
@@ -34,9 +34,17 @@ fn bench(c: &mut Criterion) {
 
     let before = rss_kib();
     let big = MemoryStore::new(1_000_000);
-    let quota = Quota { limit: 100, window: Duration::from_secs(3600) };
+    let quota = Quota::new(100, Duration::from_secs(3600));
     for i in 0..1_000_000u32 {
-        big.check(&format!("default:/api/items:ip:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), quota);
+        big.check(
+            &format!(
+                "default:/api/items:ip:10.{}.{}.{}",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            ),
+            quota,
+        );
     }
     let after = rss_kib();
     println!(

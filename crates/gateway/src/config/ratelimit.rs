@@ -25,8 +25,12 @@ pub(super) fn rule(
 ) -> Option<LimitRule> {
     let line = line_of(&raw.referenced);
     let limit = &raw.value;
-    if limit.limit == 0 || limit.window.0.is_zero() {
-        problems.add(path, line, "`limit` and `window` must be greater than 0");
+    if limit.limit == 0 || limit.window.0.is_zero() || limit.burst == Some(0) {
+        problems.add(
+            path,
+            line,
+            "`limit`, `window` and `burst` must be greater than 0",
+        );
         return None;
     }
     let key = match limit.key.as_deref() {
@@ -47,6 +51,7 @@ pub(super) fn rule(
         quota: Quota {
             limit: limit.limit,
             window: limit.window.0,
+            burst: limit.burst,
         },
         key,
     })

@@ -269,6 +269,7 @@ pub struct RawRateLimit {
 pub struct RawLimit {
     pub limit: u32,
     pub window: ConfigDuration,
+    pub burst: Option<u32>,
     pub key: Option<String>,
 }
 

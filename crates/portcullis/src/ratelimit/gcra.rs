@@ -4,21 +4,47 @@
 
 use std::time::Duration;
 
-/// `limit` requests per `window`, all of which may arrive at once (burst = limit).
+/// `limit` requests per `window` on average; up to `burst` of them may arrive at once
+/// (by default `burst = limit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Requests per window.
     pub limit: u32,
     /// The window.
     pub window: Duration,
+    /// Requests admitted at once; `None` means `limit`.
+    pub burst: Option<u32>,
 }
 
 impl Quota {
-    /// This quota lowered for a threat score: `floor(limit × (1 − score/200))`, at least 1.
+    /// `limit` per `window`, burst `limit`.
+    pub fn new(limit: u32, window: Duration) -> Quota {
+        Quota {
+            limit,
+            window,
+            burst: None,
+        }
+    }
+
+    /// This quota lowered for a threat score: `floor(limit × (1 − score/200))`, at least 1
+    /// (a burst shrinks by the same factor).
     pub fn adapted(self, score: u8) -> Quota {
         let factor = 1.0 - f64::from(score.min(100)) / 200.0;
-        let limit = ((f64::from(self.limit) * factor).floor() as u32).max(1);
-        Quota { limit, ..self }
+        let scale = |n: u32| ((f64::from(n) * factor).floor() as u32).max(1);
+        Quota {
+            limit: scale(self.limit),
+            window: self.window,
+            burst: self.burst.map(scale),
+        }
+    }
+
+    fn interval_and_tolerance(&self) -> (u64, u64) {
+        let window = u64::try_from(self.window.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let interval = (window / u64::from(self.limit.max(1))).max(1);
+        let burst = u64::from(self.burst.unwrap_or(self.limit).max(1));
+        (interval, interval.saturating_mul(burst))
     }
 }
 
@@ -39,13 +65,10 @@ pub struct Verdict {
 
 /// One GCRA step in microseconds. Returns the verdict and, if admitted, the new TAT.
 pub fn step(tat: Option<u64>, now: u64, quota: Quota) -> (Verdict, Option<u64>) {
-    let window = u64::try_from(quota.window.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let interval = (window / u64::from(quota.limit.max(1))).max(1);
+    let (interval, tolerance) = quota.interval_and_tolerance();
     let tat = tat.unwrap_or(now).max(now);
     let new_tat = tat.saturating_add(interval);
-    let allow_at = new_tat.saturating_sub(window);
+    let allow_at = new_tat.saturating_sub(tolerance);
     if now < allow_at {
         let verdict = Verdict {
             allowed: false,
@@ -57,7 +80,7 @@ pub fn step(tat: Option<u64>, now: u64, quota: Quota) -> (Verdict, Option<u64>) 
         return (verdict, None);
     }
     let used = new_tat - now;
-    let remaining = u32::try_from(window.saturating_sub(used) / interval).unwrap_or(u32::MAX);
+    let remaining = u32::try_from(tolerance.saturating_sub(used) / interval).unwrap_or(u32::MAX);
     let verdict = Verdict {
         allowed: true,
         quota,
@@ -68,25 +91,28 @@ pub fn step(tat: Option<u64>, now: u64, quota: Quota) -> (Verdict, Option<u64>) 
     (verdict, Some(new_tat))
 }
 
-/// The same step for Redis: `KEYS[1]` holds the TAT; `ARGV` = limit, window (µs). The
-/// server's clock is used, so every gateway instance shares one time line. Returns
-/// `{allowed, remaining, retry_after_us, reset_us}`.
+/// The arguments of [`LUA`] for a quota: emission interval and tolerance, in µs.
+pub fn lua_args(quota: &Quota) -> (u64, u64) {
+    quota.interval_and_tolerance()
+}
+
+/// The same step for Redis: `KEYS[1]` holds the TAT; `ARGV` = interval, tolerance (µs),
+/// from [`lua_args`]. The server's clock is used, so every gateway instance shares one time
+/// line. Returns `{allowed, remaining, retry_after_us, reset_us}`.
 pub const LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local interval = math.floor(window / limit)
-if interval < 1 then interval = 1 end
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval
-local allow_at = new_tat - window
+local allow_at = new_tat - tolerance
 if now < allow_at then
   return {0, 0, allow_at - now, tat - now}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
-return {1, math.floor((window - (new_tat - now)) / interval), 0, new_tat - now}
+return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
 "#;
 
 #[cfg(test)]
@@ -96,10 +122,25 @@ mod tests {
     const SECOND: u64 = 1_000_000;
 
     fn quota(limit: u32, secs: u64) -> Quota {
-        Quota {
-            limit,
-            window: Duration::from_secs(secs),
+        Quota::new(limit, Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn a_smaller_burst_spreads_the_quota() {
+        let q = Quota {
+            burst: Some(2),
+            ..quota(10, 1)
+        };
+        let mut tat = None;
+        let mut admitted = 0;
+        for _ in 0..10 {
+            let (verdict, next) = step(tat, 5 * SECOND, q);
+            if verdict.allowed {
+                admitted += 1;
+                tat = next;
+            }
         }
+        assert_eq!(admitted, 2);
     }
 
     #[test]

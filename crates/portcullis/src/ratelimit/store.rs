@@ -148,9 +148,9 @@ impl RedisStore {
     }
 
     async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), String> {
-        let window = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX);
+        let (interval, tolerance) = gcra::lua_args(&quota);
         let mut invocation = self.script.key(key);
-        invocation.arg(quota.limit).arg(window);
+        invocation.arg(interval).arg(tolerance);
         match &self.backend {
             Backend::Single { client, connection } => {
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -331,10 +331,7 @@ mod tests {
     #[test]
     fn memory_stays_bounded_under_unique_keys() {
         let store = MemoryStore::new(1000);
-        let quota = Quota {
-            limit: 5,
-            window: Duration::from_secs(60),
-        };
+        let quota = Quota::new(5, Duration::from_secs(60));
         for i in 0..20_000 {
             assert!(store.check(&format!("k{i}"), quota).allowed);
         }
