@@ -34,6 +34,8 @@ pub struct FailurePolicy {
 pub struct ThreatSettings {
     /// Addresses and ranges with bad reputation.
     pub deny_list: Vec<IpNet>,
+    /// A Redis set of addresses with bad reputation, shared by all instances.
+    pub redis_set: Option<String>,
     /// Requests per second from one client above which it counts as high frequency.
     pub frequency_per_second: u32,
     /// Brute-force lockout.
@@ -44,6 +46,7 @@ impl Default for ThreatSettings {
     fn default() -> Self {
         ThreatSettings {
             deny_list: Vec::new(),
+            redis_set: None,
             frequency_per_second: 50,
             auth_failures: FailurePolicy {
                 limit: 10,
@@ -180,12 +183,13 @@ const SUSPICIOUS: [&str; 14] = [
     "${jndi:",
 ];
 
-/// Scores one request.
+/// Scores one request; `listed_elsewhere` says whether a shared reputation list names it.
 pub fn score<B>(
     req: &Request<B>,
     ip: IpAddr,
     view: ClientView,
     settings: &ThreatSettings,
+    listed_elsewhere: bool,
 ) -> ThreatScore {
     let mut score = 0u32;
     let mut factors = Vec::new();
@@ -211,7 +215,7 @@ pub fn score<B>(
         score += 40;
         factors.push("suspicious_parameters");
     }
-    if settings.deny_list.iter().any(|net| net.contains(ip)) {
+    if listed_elsewhere || settings.deny_list.iter().any(|net| net.contains(ip)) {
         score += 50;
         factors.push("ip_reputation");
     }
@@ -254,7 +258,8 @@ mod tests {
                 &request("/a", Some("Mozilla/5.0 test")),
                 IpAddr::from([1, 1, 1, 1]),
                 calm,
-                &settings
+                &settings,
+                false
             )
             .score,
             0
@@ -264,7 +269,8 @@ mod tests {
                 &request("/a", None),
                 IpAddr::from([1, 1, 1, 1]),
                 calm,
-                &settings
+                &settings,
+                false
             )
             .score,
             20
@@ -278,7 +284,8 @@ mod tests {
                 &request("/a", Some("Mozilla/5.0 test")),
                 IpAddr::from([1, 1, 1, 1]),
                 busy,
-                &settings
+                &settings,
+                false
             )
             .score,
             30
@@ -288,7 +295,8 @@ mod tests {
                 &request("/a?q=..%2F..%2Fetc", Some("Mozilla/5.0 test")),
                 IpAddr::from([1, 1, 1, 1]),
                 calm,
-                &settings
+                &settings,
+                false
             )
             .score,
             40
@@ -298,7 +306,8 @@ mod tests {
                 &request("/a", Some("Mozilla/5.0 test")),
                 ip,
                 calm,
-                &settings
+                &settings,
+                false
             )
             .score,
             50
@@ -309,7 +318,7 @@ mod tests {
             ..calm
         };
         assert_eq!(
-            score(&request("/a?x=<script>", None), ip, all, &settings).score,
+            score(&request("/a?x=<script>", None), ip, all, &settings, false).score,
             100
         );
     }

@@ -109,12 +109,12 @@ pub(super) fn compile(
     );
     let adaptive = raw.adaptive.as_ref();
     let mut deny_list = Vec::new();
-    if let Some(reputation) = &raw.ip_reputation
-        && let Some(file) = resolver.text(
-            "rate_limit.ip_reputation.deny_file",
-            &reputation.deny_file,
-            problems,
-        )
+    let reputation_file = raw
+        .ip_reputation
+        .as_ref()
+        .and_then(|r| r.deny_file.as_ref());
+    if let Some(deny_file) = reputation_file
+        && let Some(file) = resolver.text("rate_limit.ip_reputation.deny_file", deny_file, problems)
     {
         let full = base_dir.join(file);
         match std::fs::read_to_string(&full) {
@@ -128,7 +128,7 @@ pub(super) fn compile(
                         Ok(net) => deny_list.push(net),
                         Err(e) => problems.at(
                             "rate_limit.ip_reputation.deny_file",
-                            &reputation.deny_file,
+                            deny_file,
                             format!("{}:{}: {e}", full.display(), i + 1),
                         ),
                     }
@@ -136,7 +136,7 @@ pub(super) fn compile(
             }
             Err(e) => problems.at(
                 "rate_limit.ip_reputation.deny_file",
-                &reputation.deny_file,
+                deny_file,
                 format!("cannot read `{}`: {e}", full.display()),
             ),
         }
@@ -148,6 +148,7 @@ pub(super) fn compile(
         block_score: adaptive.and_then(|a| a.block_score).unwrap_or(90),
         threat: ThreatSettings {
             deny_list,
+            redis_set: raw.ip_reputation.as_ref().and_then(|r| r.redis_set.clone()),
             frequency_per_second: adaptive.and_then(|a| a.frequency_per_second).unwrap_or(50),
             auth_failures,
         },
@@ -178,6 +179,17 @@ pub(super) fn compile(
         }
     };
     let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    let wants_shared_set = raw
+        .ip_reputation
+        .as_ref()
+        .is_some_and(|r| r.redis_set.is_some());
+    if wants_shared_set && raw.store.as_ref().map(|t| t.value.as_str()) != Some("redis") {
+        problems.add(
+            "rate_limit.ip_reputation.redis_set",
+            None,
+            "a shared reputation set needs `store: redis`",
+        );
+    }
     let redis = match raw.store.as_ref().map(|t| t.value.as_str()) {
         None | Some("memory") => None,
         Some("redis") => match &raw.redis {

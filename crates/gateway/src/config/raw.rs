@@ -292,5 +292,6 @@ pub struct RawAdaptive {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIpReputation {
-    pub deny_file: Text,
+    pub deny_file: Option<Text>,
+    pub redis_set: Option<String>,
 }

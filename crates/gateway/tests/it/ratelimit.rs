@@ -401,3 +401,38 @@ async fn redis_cluster_limits_hold_across_slots() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+    let mut routes = String::new();
+    for name in ["before", "after"] {
+        routes.push_str(&format!("  - match: {{ prefix: /{name}/ }}\n    upstream: main\n    auth: none\n    rate_limit: {{ limit: 10, window: 60s, key: ip }}\n"));
+    }
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "rate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\" , timeout: 200ms }}\n  ip_reputation: {{ redis_set: \"portcullis:bad_ips\" }}\n  adaptive: {{ enabled: true, block_score: 90 }}\nroutes:\n{routes}"
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    assert_eq!(admitted(&gw, 12, "/before/x", Some(UA)).await, 10);
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "sadd",
+            "portcullis:bad_ips",
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    // Listed: score 50, floor(10 × 0.75) = 7.
+    assert_eq!(admitted(&gw, 12, "/after/x", Some(UA)).await, 7);
+}

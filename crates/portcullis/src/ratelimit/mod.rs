@@ -153,32 +153,38 @@ where
         let Some(ip) = client_ip(&req) else {
             return AuthFuture::direct(self.inner.call(req));
         };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();
-        let view = limits.tracker.observe(ip);
-        let threat = threat::score(&req, ip, view, &limits.settings.threat);
-        if view.locked_for > 0 {
-            let retry = Duration::from_secs(view.locked_for);
-            return AuthFuture::ready(Err(refusal(
-                "auth_lockout",
-                None,
-                "auth_failures",
-                retry,
-                &threat,
-            )));
-        }
-        if threat.score >= limits.settings.block_score {
-            return AuthFuture::ready(Err(refusal(
-                "threat_block",
-                None,
-                "threat",
-                Duration::from_secs(60),
-                &threat,
-            )));
-        }
-        req.extensions_mut().insert(threat);
-        let future = self.inner.call(req);
         AuthFuture::boxed(Box::pin(async move {
-            let result = future.await;
+            let view = limits.tracker.observe(ip);
+            let settings = &limits.settings.threat;
+            let listed = match &settings.redis_set {
+                Some(set) => limits.limiter.listed_in(set, &ip.to_string()).await,
+                None => false,
+            };
+            let threat = threat::score(&req, ip, view, settings, listed);
+            if view.locked_for > 0 {
+                let retry = Duration::from_secs(view.locked_for);
+                return Err(refusal(
+                    "auth_lockout",
+                    None,
+                    "auth_failures",
+                    retry,
+                    &threat,
+                ));
+            }
+            if threat.score >= limits.settings.block_score {
+                return Err(refusal(
+                    "threat_block",
+                    None,
+                    "threat",
+                    Duration::from_secs(60),
+                    &threat,
+                ));
+            }
+            req.extensions_mut().insert(threat);
+            let result = inner.call(req).await;
             match &result {
                 Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => {
                     limits.tracker.auth_failure(ip)

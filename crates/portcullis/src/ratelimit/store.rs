@@ -147,6 +147,41 @@ impl RedisStore {
         })
     }
 
+    /// Whether `member` is in the set `key` (for shared IP reputation).
+    pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, String> {
+        let mut command = redis::cmd("SISMEMBER");
+        command.arg(key).arg(member);
+        let work = async {
+            match &self.backend {
+                Backend::Single { client, connection } => {
+                    let mut connection = connection
+                        .get_or_try_init(|| redis::aio::ConnectionManager::new(client.clone()))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .clone();
+                    command
+                        .query_async::<bool>(&mut connection)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Backend::Cluster { client, connection } => {
+                    let mut connection = connection
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .clone();
+                    command
+                        .query_async::<bool>(&mut connection)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout * 2, work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
     async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), String> {
         let (interval, tolerance) = gcra::lua_args(&quota);
         let mut invocation = self.script.key(key);
@@ -264,6 +299,15 @@ impl Limiter {
             shared: Some(store),
             on_error,
             ..Limiter::memory(max_keys, events)
+        }
+    }
+
+    /// Whether `ip` is in the shared reputation set `set` (false when there is no shared
+    /// store or it cannot answer: reputation only adds to a score).
+    pub async fn listed_in(&self, set: &str, ip: &str) -> bool {
+        match &self.shared {
+            Some(shared) => shared.is_member(set, ip).await.unwrap_or(false),
+            None => false,
         }
     }
 
