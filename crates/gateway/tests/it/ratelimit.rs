@@ -436,3 +436,107 @@ async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
     // Listed: score 50, floor(10 × 0.75) = 7.
     assert_eq!(admitted(&gw, 12, "/after/x", Some(UA)).await, 7);
 }
+
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_exactly_the_limit_per_principal() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let (key, _) = SigningKey::generate_es256("k1").unwrap();
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            json!({"keys": [key.public_jwk()]}).to_string(),
+        )
+        .unwrap();
+        let config = config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - {{ name: t, issuer: {ISSUER}, audiences: [api], jwks_file: jwks.json, algorithms: [ES256] }}\n{ALLOW_ALL}rate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 200ms }}\n  adaptive: {{ enabled: false }}\nroutes:\n  - match: {{ prefix: / }}\n    upstream: main\n    rate_limit: {{ limit: 12, window: 60s, key: principal }}\n"
+            ),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        gateways.push(Gateway::start_in(dir).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, sub) in ["alice", "bob"].iter().enumerate() {
+        let mut claims = baseline_claims();
+        claims.insert("sub".into(), json!(sub));
+        let token = token(&key, &claims);
+        for j in 0..4 {
+            let url = gateways[(i + j) % 2].url("/a");
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0;
+                for _ in 0..10 {
+                    let req = Request::get(&url)
+                        .header("user-agent", UA)
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Full::default())
+                        .unwrap();
+                    if send(req).await.unwrap().0 == 200 {
+                        ok += 1;
+                    }
+                }
+                (i, ok)
+            }));
+        }
+    }
+    let mut per_principal = [0, 0];
+    for task in tasks {
+        let (i, ok) = task.await.unwrap();
+        per_principal[i] += ok;
+    }
+    assert_eq!(
+        per_principal,
+        [12, 12],
+        "each principal gets exactly its limit across both instances"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_slower_than_the_timeout_counts_as_an_outage() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let dir = shared_config(&upstream, "  on_store_error: local\n");
+    std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    assert_eq!(hit(&gw, "/a", Some(UA), None).await.0, 200);
+    // Redis stalls for 2 s (DEBUG SLEEP blocks the server): answers come far past 100 ms.
+    let port = redis.port.to_string();
+    let sleeper = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "debug", "sleep", "2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Keep asking until a request meets the stall (the sleep starts when redis-cli connects).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let started = std::time::Instant::now();
+        let (status, _) = hit(&gw, "/a", Some(UA), None).await;
+        assert!(
+            status == 200 || status == 429,
+            "a slow store must not turn into an error: {status}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "waited {:?} for a slow store",
+            started.elapsed()
+        );
+        if gw
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "rate_limit_store_down")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stall was never noticed"
+        );
+    }
+    let _ = sleeper.wait_with_output();
+}

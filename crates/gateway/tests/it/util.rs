@@ -485,6 +485,8 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            // Tests stall the server with DEBUG SLEEP to play a slow store.
+            .args(["--enable-debug-command", "local"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
