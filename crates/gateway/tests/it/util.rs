@@ -440,40 +440,28 @@ impl Redis {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
             probe.local_addr().expect("addr").port()
         };
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args([
+        let state = format!("nodes-{port}.conf");
+        let dir = dir.to_string_lossy().into_owned();
+        Redis::spawn(
+            port,
+            &[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
-                &format!("nodes-{port}.conf"),
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        eventually_async("redis cluster node to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        Redis { port, child }
+                &state,
+                "--dir",
+                &dir,
+            ],
+        )
+        .await
     }
 
     /// A server on a given port (to bring one back where another was stopped).
     pub async fn start_on(port: u16) -> Redis {
+        Redis::spawn(port, &[]).await
+    }
+
+    async fn spawn(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -487,6 +475,7 @@ impl Redis {
             ])
             // Tests stall the server with DEBUG SLEEP to play a slow store.
             .args(["--enable-debug-command", "local"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

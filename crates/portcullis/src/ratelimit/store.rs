@@ -147,35 +147,42 @@ impl RedisStore {
         })
     }
 
+    /// A connection to whichever deployment this store uses (made once, then shared).
+    async fn connection(&self) -> Result<Connection, String> {
+        match &self.backend {
+            Backend::Single { client, connection } => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(0);
+                let manager = connection
+                    .get_or_try_init(|| {
+                        redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Connection::Single(manager.clone()))
+            }
+            Backend::Cluster { client, connection } => {
+                let cluster = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Connection::Cluster(cluster.clone()))
+            }
+        }
+    }
+
     /// Whether `member` is in the set `key` (for shared IP reputation).
     pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, String> {
-        let mut command = redis::cmd("SISMEMBER");
-        command.arg(key).arg(member);
         let work = async {
-            match &self.backend {
-                Backend::Single { client, connection } => {
-                    let mut connection = connection
-                        .get_or_try_init(|| redis::aio::ConnectionManager::new(client.clone()))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .clone();
-                    command
-                        .query_async::<bool>(&mut connection)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Backend::Cluster { client, connection } => {
-                    let mut connection = connection
-                        .get_or_try_init(|| client.get_async_connection())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .clone();
-                    command
-                        .query_async::<bool>(&mut connection)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            }
+            let mut connection = self.connection().await?;
+            redis::cmd("SISMEMBER")
+                .arg(key)
+                .arg(member)
+                .query_async::<bool>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
         };
         tokio::time::timeout(self.timeout * 2, work)
             .await
@@ -184,38 +191,14 @@ impl RedisStore {
 
     async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), String> {
         let (interval, tolerance) = gcra::lua_args(&quota);
-        let mut invocation = self.script.key(key);
-        invocation.arg(interval).arg(tolerance);
-        match &self.backend {
-            Backend::Single { client, connection } => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(0);
-                let mut connection = connection
-                    .get_or_try_init(|| {
-                        redis::aio::ConnectionManager::new_with_config(client.clone(), config)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .clone();
-                invocation
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Backend::Cluster { client, connection } => {
-                let mut connection = connection
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .clone();
-                invocation
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        }
+        let mut connection = self.connection().await?;
+        self.script
+            .key(key)
+            .arg(interval)
+            .arg(tolerance)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Checks one request; errors (including a slow answer) mean the store is unavailable.
@@ -237,6 +220,45 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout * 2, work).await {
             Ok(result) => result,
             Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+/// A connection to one Redis server or to a Cluster, usable wherever redis-rs takes a
+/// connection.
+#[derive(Clone)]
+enum Connection {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
         }
     }
 }
