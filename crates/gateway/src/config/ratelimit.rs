@@ -76,6 +76,7 @@ pub(super) fn compile(
             shared.rate_limiting(
                 None,
                 RateLimitSettings {
+                    screen: false,
                     default: None,
                     adaptive: false,
                     block_score: u8::MAX,
@@ -143,6 +144,7 @@ pub(super) fn compile(
         files.push(full);
     }
     let settings = RateLimitSettings {
+        screen: true,
         default,
         adaptive: adaptive.and_then(|a| a.enabled).unwrap_or(true),
         block_score: adaptive.and_then(|a| a.block_score).unwrap_or(90),

@@ -51,6 +51,8 @@ pub trait RouteLimit {
 /// Settings of the limiting layers.
 #[derive(Debug)]
 pub struct RateLimitSettings {
+    /// Whether requests are screened at all (scored, tracked, locked out).
+    pub screen: bool,
     /// The limit every route has.
     pub default: Option<LimitRule>,
     /// Whether threat scores lower limits.
@@ -150,7 +152,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(ip) = client_ip(&req) else {
+        let ip = client_ip(&req).filter(|_| self.limits.settings.screen);
+        let Some(ip) = ip else {
             return AuthFuture::direct(self.inner.call(req));
         };
         let clone = self.inner.clone();
