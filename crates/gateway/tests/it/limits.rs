@@ -186,3 +186,66 @@ async fn connections_over_the_limit_wait_until_one_closes() {
         .unwrap();
     assert_eq!(raw_status(&answer), 200, "{answer}");
 }
+
+/// Opens a raw HTTP/2 (prior knowledge) connection with the `h2` client.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    (client, driver)
+}
+
+#[tokio::test]
+async fn http2_streams_are_capped_and_a_rapid_reset_flood_closes_the_connection() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&limited(
+        &upstream,
+        "  http2: { max_concurrent_streams: 7, max_pending_resets: 10 }\n",
+    ))
+    .await;
+    // The advertised stream limit is the configured one.
+    let (client, driver) = h2_connect(gw.addr).await;
+    let mut client = client.ready().await.unwrap();
+    // One full exchange, so the server's SETTINGS have certainly been applied.
+    let request = http::Request::get(format!("http://{}/a", gw.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 7);
+    // Rapid Reset: open streams and cancel them at once, far more than allowed.
+    let mut refused = false;
+    for _ in 0..500 {
+        let request = http::Request::get(format!("http://{}/slow?ms=2000", gw.addr))
+            .body(())
+            .unwrap();
+        match client.send_request(request, true) {
+            Ok((response, _)) => drop(response),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+        match client.clone().ready().await {
+            Ok(ready) => client = ready,
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let closed = tokio::time::timeout(DEADLINE, driver)
+        .await
+        .expect("the flooded connection stayed open");
+    assert!(
+        refused || closed.map(|r| r.is_err()).unwrap_or(true),
+        "the flood was not cut off"
+    );
+    // Other clients are still served.
+    assert_eq!(get(&gw.url("/a")).await.unwrap().0, 200);
+}
