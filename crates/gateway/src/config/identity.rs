@@ -244,7 +244,10 @@ pub(super) fn compile(
     }
     Identity {
         revocations,
-        configured: authenticator.is_configured(),
+        // Declared, even if an entry has problems of its own (reported there): routes are
+        // not to be blamed for them too.
+        configured: authenticator.is_configured()
+            || raw.is_some_and(|r| !r.jwt.is_empty() || r.introspection.is_some()),
         authenticator: Arc::new(authenticator),
         forward: Arc::new(forward),
         max_lifetime,

@@ -61,6 +61,11 @@ pub(super) fn compile(
                 })
                 .collect();
             let query = resolver.text("policy.rego.query", &rego.query, problems)?;
+            // A file that could not be read is already reported; compiling without it
+            // would only add a misleading second problem.
+            if modules.len() != rego.files.len() || data.len() != rego.data.len() {
+                return None;
+            }
             match RegoPolicy::new(&modules, &data, &query) {
                 Ok(policy) => PolicyEngine::Rego(Box::new(policy)),
                 Err(e) => {
@@ -131,6 +136,9 @@ pub(super) fn compile(
                 None => None,
                 Some(file) => Some(files.json("policy.cedar.entities", file, problems)?),
             };
+            if sources.len() != cedar.files.len() {
+                return None;
+            }
             match CedarPolicy::new(&sources, entities.as_ref()) {
                 Ok(policy) => PolicyEngine::Cedar(Box::new(policy)),
                 Err(e) => {
