@@ -1,7 +1,7 @@
 //! Authorization on the real binary: the demo policy embedded and on a real OPA engine,
 //! failing closed, step-up, the decision log under a crash, and policy reloads.
 
-use crate::identity::{ISSUER, baseline_claims, token};
+use crate::identity::{ISSUER, baseline_claims, jwks, token};
 use crate::util::*;
 use bytes::Bytes;
 use http::Request;
@@ -85,13 +85,7 @@ impl Opa {
 
 /// A gateway with the demo routes, the given `policy:` section and a JWT issuer.
 async fn gateway(upstream: &Upstream, key: &SigningKey, policy: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-    std::fs::write(
-        dir.path().join("jwks.json"),
-        json!({"keys": [key.public_jwk()]}).to_string(),
-    )
-    .unwrap();
+    let dir = test_dir(&[("jwks.json", &jwks(key))]);
     std::fs::copy(
         format!("{POLICIES}/authz.rego"),
         dir.path().join("authz.rego"),

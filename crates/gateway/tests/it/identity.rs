@@ -16,15 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const ISSUER: &str = "https://idp.test";
 
+/// The JWKS document holding `key`'s public half.
+pub fn jwks(key: &SigningKey) -> String {
+    json!({"keys": [key.public_jwk()]}).to_string()
+}
+
 /// A gateway protecting `/api/` with one issuer whose keys are in a file.
 pub async fn protected(upstream: &Upstream, key: &SigningKey, extra_identity: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-    std::fs::write(
-        dir.path().join("jwks.json"),
-        json!({"keys": [key.public_jwk()]}).to_string(),
-    )
-    .unwrap();
+    let dir = test_dir(&[("jwks.json", &jwks(key))]);
     let config = config_with(
         &upstream.url(),
         &format!(
@@ -500,8 +499,7 @@ async fn readiness_waits_for_the_first_key_set() {
             "identity:\n  jwt:\n    - name: down\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_uri: http://{addr}/jwks\n      algorithms: [ES256]\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
     // Start without waiting for readiness, which never comes.
     let gw = Gateway::start_unready(dir).await;
@@ -573,8 +571,7 @@ fn token_command_mints_tokens_the_gateway_accepts() {
         jwk["kid"] = json!("k1");
         let public_only = SigningKey::from_text(&jwk.to_string(), Some("k1"), Algorithm::Rs256);
         assert!(public_only.is_err(), "a public JWK must not load as a signing key");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        let dir = test_dir(&[]);
         std::fs::write(dir.path().join("jwks.json"), json!({"keys": [jwk]}).to_string()).unwrap();
         let config = config_with(
             &upstream.url(),
@@ -611,14 +608,7 @@ async fn redis_revocations_apply_on_every_instance_and_fail_closed() {
     let upstream = Upstream::start().await;
     let (key, _) = SigningKey::generate_es256("k1").unwrap();
     let start = |key: &SigningKey| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-        std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
-        std::fs::write(
-            dir.path().join("jwks.json"),
-            json!({"keys": [key.public_jwk()]}).to_string(),
-        )
-        .unwrap();
+        let dir = test_dir(&[("redis-url", &redis.url()), ("jwks.json", &jwks(key))]);
         let config = config_with(
             &upstream.url(),
             &format!(

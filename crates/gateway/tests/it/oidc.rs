@@ -144,6 +144,7 @@ async fn real_idp_tokens_rotation_and_outage() {
         403,
         "a read token must not write"
     );
+    assert_eq!(upstream.hits(), 1, "the refused write reached the upstream");
     let write = idp.token("items:read items:write").await;
     assert_eq!(call(&gw, "POST", &write).await, 200);
     // Differential: an independent JWT library accepts the same IdP token.
@@ -230,8 +231,7 @@ async fn opaque_tokens_through_real_introspection() {
             issuer = idp.issuer
         ),
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     std::fs::write(dir.path().join("client-secret"), "test-secret\n").unwrap();
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
     let gw = Gateway::start_in(dir).await;

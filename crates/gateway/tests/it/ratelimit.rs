@@ -1,7 +1,7 @@
 //! Rate limiting and threat screening on the real binary, in memory and shared through a
 //! real redis-server.
 
-use crate::identity::{ISSUER, baseline_claims, token};
+use crate::identity::{ISSUER, baseline_claims, jwks, token};
 use crate::util::*;
 use http::Request;
 use http_body_util::Full;
@@ -85,8 +85,7 @@ async fn route_limit_admits_exactly_the_quota_with_headers() {
 #[tokio::test]
 async fn each_threat_factor_lowers_the_effective_limit() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     std::fs::write(
         dir.path().join("bad_ips.txt"),
         "# known bad\n192.0.2.0/24\n",
@@ -115,6 +114,11 @@ async fn each_threat_factor_lowers_the_effective_limit() {
         admitted(&gw, 15, "/inject/x?q=..%2F..%2Fetc%2Fpasswd", Some(UA)).await,
         8,
         "suspicious parameter: score 40"
+    );
+    assert_eq!(
+        upstream.hits(),
+        10 + 9 + 8,
+        "a refused request reached the upstream"
     );
     // Over the limit with a score above 50: a suspicious_activity event with the factors.
     for _ in 0..12 {
@@ -163,13 +167,7 @@ async fn hostile_scores_are_blocked_outright_and_spoofed_forwarding_does_not_hel
 async fn repeated_auth_failures_lock_the_client_out_before_verification() {
     let upstream = Upstream::start().await;
     let (key, _) = SigningKey::generate_es256("k1").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-    std::fs::write(
-        dir.path().join("jwks.json"),
-        json!({"keys": [key.public_jwk()]}).to_string(),
-    )
-    .unwrap();
+    let dir = test_dir(&[("jwks.json", &jwks(&key))]);
     let config = config_with(
         &upstream.url(),
         &format!(
@@ -209,8 +207,7 @@ async fn repeated_auth_failures_lock_the_client_out_before_verification() {
 }
 
 fn shared_config(upstream: &Upstream, extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     std::fs::write(dir.path().join("portcullis.yaml"), limited(
         upstream,
         &format!("  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 100ms }}\n  adaptive: {{ enabled: false }}\n{extra}"),
@@ -362,8 +359,7 @@ async fn redis_cluster_limits_hold_across_slots() {
     for i in 0..8 {
         routes.push_str(&format!("  - match: {{ prefix: /r{i}/ }}\n    upstream: main\n    auth: none\n    rate_limit: {{ limit: 7, window: 60s, key: ip }}\n"));
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     std::fs::write(dir.path().join("redis-url"), urls.join(",")).unwrap();
     let config = config_with(
@@ -406,8 +402,7 @@ async fn redis_cluster_limits_hold_across_slots() {
 async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
     let redis = Redis::start().await;
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let dir = test_dir(&[]);
     std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
     let mut routes = String::new();
     for name in ["before", "after"] {
@@ -444,14 +439,7 @@ async fn two_instances_sharing_redis_admit_exactly_the_limit_per_principal() {
     let (key, _) = SigningKey::generate_es256("k1").unwrap();
     let mut gateways = Vec::new();
     for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-        std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
-        std::fs::write(
-            dir.path().join("jwks.json"),
-            json!({"keys": [key.public_jwk()]}).to_string(),
-        )
-        .unwrap();
+        let dir = test_dir(&[("redis-url", &redis.url()), ("jwks.json", &jwks(&key))]);
         let config = config_with(
             &upstream.url(),
             &format!(

@@ -359,6 +359,17 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A fresh directory holding the admin token and `files` (`(name, content)`), ready for
+/// `Gateway::start_in` once `portcullis.yaml` is written into it.
+pub fn test_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("admin token");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("test file");
+    }
+    dir
+}
+
 pub type Answer = (StatusCode, HeaderMap, String);
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
