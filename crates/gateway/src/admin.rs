@@ -21,6 +21,7 @@ pub async fn serve(
     let protected = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/events", get(events))
+        .route("/admin/inventory", get(inventory))
         .route("/admin/revocations", post(revoke))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -104,6 +105,17 @@ struct Revocation {
     jti: Option<String>,
     exp: Option<f64>,
     sub: Option<String>,
+}
+
+/// Observed endpoints: documented operations with their counts, then shadow endpoints.
+async fn inventory(State(gateway): State<Arc<Gateway>>) -> Response {
+    let current = gateway.current();
+    let inventory = &current.config.inventory;
+    axum::Json(serde_json::json!({
+        "endpoints": inventory.entries(),
+        "shadow_overflow": inventory.shadow_overflow(),
+    }))
+    .into_response()
 }
 
 async fn revoke(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {

@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 /// The example policy and its data, the same files as `examples/policies/`.
 const DEMO_POLICY: &str = include_str!("../../../examples/policies/authz.rego");
 const DEMO_DATA: &str = include_str!("../../../examples/policies/data.json");
+/// The demo API's OpenAPI document, the same file as `examples/openapi/items.yaml`.
+const DEMO_OPENAPI: &str = include_str!("../../../examples/openapi/items.yaml");
 
 /// The demo identity provider's issuer and the demo API's audience.
 const ISSUER: &str = "https://idp.portcullis.demo";
@@ -95,7 +97,11 @@ fn write_demo_files(
     write_private(&dir.join("admin-token"), &token)?;
     write_private(&dir.join("dev-key.pem"), pem)?;
     // The example policy: owners change their own items, admins anything.
-    for (name, text) in [("authz.rego", DEMO_POLICY), ("data.json", DEMO_DATA)] {
+    for (name, text) in [
+        ("authz.rego", DEMO_POLICY),
+        ("data.json", DEMO_DATA),
+        ("openapi.yaml", DEMO_OPENAPI),
+    ] {
         std::fs::write(dir.join(name), text)
             .map_err(|e| anyhow::anyhow!("cannot write the demo {name}: {e}"))?;
     }
@@ -141,6 +147,11 @@ policy:
   decision_log:
     path: decisions.log
     durability: sync
+validation:
+  openapi: openapi.yaml
+  unknown_operations: reject
+  max_json_depth: 16
+  responses: log
 routes:
   - match: {{ path: /api/items, methods: [GET, POST] }}
     upstream: items
@@ -221,10 +232,17 @@ Try these (each answer carries x-request-id and the security headers):
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/public/status; done; echo   # the 6th is 429
   curl -i --path-as-is '{gw}/api/../../etc/passwd'        # 400: climbs above the root, never forwarded
   curl -i '{gw}/api/items/..%2f..%2fadmin'                 # 400: encoded slash
+  curl -i -X POST {gw}/api/items -H "authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"name":"x","owner":"bob"}}'   # 400: owner is read-only (mass assignment)
+  curl -i -X POST {gw}/api/items -H "authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"name":"x","admin":true}}'   # 400: undocumented property
+  curl -i -X POST {gw}/api/items -H "authorization: Bearer $ALICE" -H 'content-type: text/plain' -d 'name=x'   # 415: content type not declared
+  curl -i '{gw}/api/items?limit=5&limit=500' -H "authorization: Bearer $ALICE"   # 400: parameter pollution
+  curl -i '{gw}/api/items?debug=1' -H "authorization: Bearer $ALICE"   # 400: undocumented query parameter
+  curl -i {gw}/api/items/abc -H "authorization: Bearer $ALICE"    # 400: id must be an integer
   curl -i {gw}/internal/debug                              # 404: no route, never forwarded
   curl -i -X PATCH {gw}/api/items/1                        # 405 with Allow
   curl -s {admin}/metrics | grep portcullis_requests
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/events
+  curl -s -H 'authorization: Bearer {token}' {admin}/admin/inventory   # calls per documented operation
   curl -s -X POST -H 'authorization: Bearer {token}' {admin}/admin/reload
 
 Security events follow below as JSON lines. Ctrl-C stops.

@@ -155,6 +155,12 @@ mod serve {
             eprintln!("portcullis: admin on http://{admin}");
         }
         if let Some(bound) = bound {
+            // Whoever waits for the addresses (the demo's banner) is about to send requests:
+            // let the first key sets load, so those requests are not refused for want of keys.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !gateway.is_ready() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let _ = bound.send(Bound {
                 listen,
                 admin: admin_addr,

@@ -10,6 +10,7 @@ use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
 use portcullis::respond::{Respond, RespondLayer};
 use portcullis::route::{RouteLayer, Router};
 use portcullis::timeout::{RequestTimeout, RequestTimeoutLayer};
+use portcullis::validate::{OperationLayer, OperationMatcher, Operations, Validate, ValidateLayer};
 use std::sync::Arc;
 use tower::ServiceBuilder;
 
@@ -18,10 +19,12 @@ pub type Pipeline = Respond<
     RequestTimeout<
         Normalize<
             Router<
-                Screen<
-                    Authenticate<
-                        RateLimit<Authorize<Proxy, RouteTarget>, RouteTarget>,
-                        RouteTarget,
+                OperationMatcher<
+                    Screen<
+                        Authenticate<
+                            RateLimit<Authorize<Validate<Proxy>, RouteTarget>, RouteTarget>,
+                            RouteTarget,
+                        >,
                     >,
                 >,
                 RouteTarget,
@@ -33,6 +36,11 @@ pub type Pipeline = Respond<
 /// Builds the pipeline for one configuration generation.
 pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClient) -> Pipeline {
     let trusted = Arc::new(config.normalize.trusted_proxies.clone());
+    let operations = Operations::new(
+        config.contract.clone(),
+        config.inventory.clone(),
+        events.clone(),
+    );
     ServiceBuilder::new()
         // Ids every request; turns each refusal into one problem answer and one event;
         // puts the security headers on every response.
@@ -43,6 +51,9 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
         .layer(NormalizeLayer::new(config.normalize.clone()))
         // No route, no forwarding: 404 / 405 before anything reaches an upstream.
         .layer(RouteLayer::new(config.routes.clone()))
+        // Which documented operation this is: an undocumented one is refused (404) or
+        // recorded as a shadow endpoint.
+        .layer(OperationLayer::new(operations.clone()))
         // Before any token is verified: lockouts after repeated auth failures, the threat
         // score, and outright refusal of hostile-looking requests.
         .layer(ScreenLayer::new(config.rate_limiting.clone()))
@@ -57,5 +68,8 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
         // What they may do: step-up for MFA-protected methods, then a policy decision on
         // every request (never cached), recorded before anything leaves.
         .layer(AuthorizeLayer::new(config.authorizer.clone()))
+        // Only now, for a caller allowed to call it, the API's contract: parameters,
+        // content type, strict JSON and its schema (and the response, when asked).
+        .layer(ValidateLayer::new(operations))
         .service(Proxy::new(client, trusted))
 }

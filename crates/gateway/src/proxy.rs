@@ -15,6 +15,7 @@ use portcullis::net::TrustedProxies;
 use portcullis::normalize::{BodyTrip, GuardedBody, strip_hop_by_hop};
 use portcullis::route::RouteMatch;
 use portcullis::scope::PeerAddr;
+use portcullis::validate::Validated;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The request body type the proxy forwards.
-pub type ProxyBody = GuardedBody<Incoming>;
+pub type ProxyBody = Validated<GuardedBody<Incoming>>;
 
 /// The pooled upstream client, shared by every pipeline so reloads keep warm connections.
 /// Behind an `Arc` because the client itself is several reference counts to clone.

@@ -136,9 +136,62 @@ pub enum Denial {
         /// The scopes the route requires for this method.
         required: Vec<String>,
     },
+    /// The request breaks the API's contract (parameters, JSON, schema).
+    #[error("invalid request ({reason})")]
+    Invalid {
+        /// The first error's code, e.g. `unknown_property`, `duplicate_key`.
+        reason: &'static str,
+        /// Every error found (bounded), sent to the client.
+        errors: Vec<crate::validate::FieldError>,
+    },
+    /// The body's content type is missing, malformed or not declared for the operation.
+    #[error("unsupported media type ({reason}): {detail}")]
+    UnsupportedMediaType {
+        /// E.g. `content_type_undeclared`, `content_type_charset`, `unexpected_body`.
+        reason: &'static str,
+        /// Human-readable detail for the operator.
+        detail: String,
+    },
+    /// The API document describes no operation for this method and path.
+    #[error("no documented operation matches")]
+    UnknownOperation,
+    /// The upstream's response broke the API's contract (with response checks blocking).
+    #[error("response violates the contract ({reason}): {detail}")]
+    ResponseRejected {
+        /// E.g. `response_undeclared_status`, `response_schema`.
+        reason: &'static str,
+        /// What was wrong, for the operator.
+        detail: String,
+    },
 }
 
 impl Denial {
+    /// A contract violation with these errors (at least one).
+    ///
+    /// The event's reason classifies the first error: parameter pollution and undeclared
+    /// parameters keep their own names, as do the JSON guard's findings, unknown and
+    /// read-only properties; other schema findings are `invalid_parameter` or
+    /// `schema_violation`.
+    pub fn invalid(errors: Vec<crate::validate::FieldError>) -> Denial {
+        let reason = match errors.first() {
+            None => "schema_violation",
+            Some(e) => match e.code {
+                "duplicate_parameter"
+                | "unknown_parameter"
+                | "duplicate_key"
+                | "too_deep"
+                | "string_too_long"
+                | "invalid_json"
+                | "unknown_property"
+                | "read_only" => e.code,
+                "required" if e.field.is_empty() => "missing_body",
+                _ if e.field.starts_with(['/']) || e.field.is_empty() => "schema_violation",
+                _ => "invalid_parameter",
+            },
+        };
+        Denial::Invalid { reason, errors }
+    }
+
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -157,6 +210,10 @@ impl Denial {
             | Denial::PolicyEngineError { .. } => StatusCode::FORBIDDEN,
             Denial::StepUpRequired { .. } => StatusCode::UNAUTHORIZED,
             Denial::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Denial::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Denial::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Denial::UnknownOperation => StatusCode::NOT_FOUND,
+            Denial::ResponseRejected { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -178,6 +235,10 @@ impl Denial {
             | Denial::PolicyEngineError { .. } => "Forbidden",
             Denial::StepUpRequired { .. } => "Unauthorized",
             Denial::RateLimited { .. } => "Too Many Requests",
+            Denial::Invalid { .. } => "Bad Request",
+            Denial::UnsupportedMediaType { .. } => "Unsupported Media Type",
+            Denial::UnknownOperation => "Not Found",
+            Denial::ResponseRejected { .. } => "Bad Gateway",
         }
     }
 
@@ -201,6 +262,12 @@ impl Denial {
             | Denial::PolicyEngineError { .. } => "https://portcullis.dev/problems/forbidden",
             Denial::StepUpRequired { .. } => "https://portcullis.dev/problems/step-up-required",
             Denial::RateLimited { .. } => "https://portcullis.dev/problems/too-many-requests",
+            Denial::Invalid { .. } => "https://portcullis.dev/problems/invalid-request",
+            Denial::UnsupportedMediaType { .. } => {
+                "https://portcullis.dev/problems/unsupported-media-type"
+            }
+            Denial::UnknownOperation => "https://portcullis.dev/problems/not-found",
+            Denial::ResponseRejected { .. } => "https://portcullis.dev/problems/bad-gateway",
         }
     }
 
@@ -213,7 +280,11 @@ impl Denial {
             | Denial::BodyTimeout
             | Denial::BodyTooLarge { .. }
             | Denial::UriTooLong { .. }
-            | Denial::HeadersTooLarge { .. } => EventType::ValidationFailure,
+            | Denial::HeadersTooLarge { .. }
+            | Denial::Invalid { .. }
+            | Denial::UnsupportedMediaType { .. }
+            | Denial::UnknownOperation
+            | Denial::ResponseRejected { .. } => EventType::ValidationFailure,
             Denial::UpstreamUnreachable { .. }
             | Denial::UpstreamTimeout { .. }
             | Denial::RequestTimeout => EventType::UpstreamError,
@@ -255,7 +326,11 @@ impl Denial {
             | Denial::BodyTimeout
             | Denial::BodyTooLarge { .. }
             | Denial::UriTooLong { .. }
-            | Denial::HeadersTooLarge { .. } => Severity::Low,
+            | Denial::HeadersTooLarge { .. }
+            | Denial::UnknownOperation => Severity::Low,
+            Denial::Invalid { .. } | Denial::UnsupportedMediaType { .. } => Severity::Medium,
+            // A response the contract does not allow may expose data.
+            Denial::ResponseRejected { .. } => Severity::High,
         }
     }
 
@@ -278,6 +353,10 @@ impl Denial {
             Denial::PolicyEngineError { .. } => "policy_engine_error",
             Denial::StepUpRequired { .. } => "step_up_required",
             Denial::RateLimited { reason, .. } => reason,
+            Denial::Invalid { reason, .. }
+            | Denial::UnsupportedMediaType { reason, .. }
+            | Denial::ResponseRejected { reason, .. } => reason,
+            Denial::UnknownOperation => "unknown_operation",
         }
     }
 
@@ -288,7 +367,10 @@ impl Denial {
             | Denial::UpstreamUnreachable { detail, .. }
             | Denial::Unauthenticated { detail, .. }
             | Denial::Forbidden { detail, .. }
-            | Denial::PolicyEngineError { detail, .. } => detail.clone(),
+            | Denial::PolicyEngineError { detail, .. }
+            | Denial::UnsupportedMediaType { detail, .. }
+            | Denial::ResponseRejected { detail, .. } => detail.clone(),
+            Denial::Invalid { errors, .. } => crate::validate::describe(errors),
             Denial::InsufficientScope { required } => {
                 format!("requires scopes: {}", required.join(" "))
             }
@@ -343,6 +425,9 @@ impl Denial {
         {
             fields.insert("required_action".into(), required_action.clone().into());
             fields.insert("resource_type".into(), resource_type.clone().into());
+        }
+        if let (Denial::Invalid { errors, .. }, Some(fields)) = (self, problem.as_object_mut()) {
+            fields.insert("errors".into(), serde_json::json!(errors));
         }
         let mut response = Response::new(body::full(problem.to_string()));
         *response.status_mut() = self.status();

@@ -26,6 +26,7 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod denial;
+pub mod discovery;
 pub mod event;
 pub mod framing;
 pub mod headers;
@@ -40,6 +41,7 @@ pub mod scope;
 pub mod threat;
 pub mod time;
 pub mod timeout;
+pub mod validate;
 
 pub use denial::Denial;
 

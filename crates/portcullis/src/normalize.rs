@@ -402,6 +402,11 @@ impl BodyTrip {
         }
     }
 
+    /// The byte limit the guard enforces.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// The refusal the body guard made, if it made one.
     pub fn tripped(&self) -> Option<Denial> {
         match self.state.load(Ordering::Acquire) {

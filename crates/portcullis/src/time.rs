@@ -10,6 +10,14 @@ pub fn now_rfc3339() -> String {
     format_unix_millis(since_epoch.as_millis())
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// Formats milliseconds since the Unix epoch as an RFC 3339 UTC timestamp.
 pub fn format_unix_millis(millis: u128) -> String {
     let secs = (millis / 1000) as i64;

@@ -33,6 +33,8 @@ pub struct Shared {
     logs: Mutex<HashMap<PathBuf, Arc<DecisionLog>>>,
     pub(super) limiters: Mutex<HashMap<String, Arc<Limiter>>>,
     pub(super) trackers: Mutex<HashMap<String, Arc<ClientTracker>>>,
+    /// Observed endpoints; outlives reloads so counts are kept.
+    pub inventory: Arc<portcullis::discovery::Inventory>,
 }
 
 impl Default for Shared {
@@ -47,6 +49,7 @@ impl Default for Shared {
             logs: Mutex::default(),
             limiters: Mutex::default(),
             trackers: Mutex::default(),
+            inventory: Arc::default(),
         }
     }
 }

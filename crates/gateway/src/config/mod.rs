@@ -7,6 +7,7 @@ mod policy;
 mod ratelimit;
 pub mod raw;
 mod secret;
+mod validation;
 
 pub use identity::Shared;
 
@@ -220,6 +221,10 @@ pub struct GatewayConfig {
     pub warnings: Vec<Problem>,
     /// Rate limiting and threat screening.
     pub rate_limiting: Arc<portcullis::ratelimit::RateLimiting>,
+    /// The API contract enforced, when `validation` is configured.
+    pub contract: Option<Arc<portcullis::validate::ApiContract>>,
+    /// Observed endpoints (shared by every generation).
+    pub inventory: Arc<portcullis::discovery::Inventory>,
     /// Counts for the `check` summary.
     pub route_count: usize,
     /// Counts for the `check` summary.
@@ -329,13 +334,7 @@ fn compile(
     problems: &mut Problems,
 ) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported("validation", &raw.validation, "the validation section");
     problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
-    problems.unsupported(
-        "limits.max_json_string_bytes",
-        &raw.limits.max_json_string_bytes,
-        "max_json_string_bytes",
-    );
     problems.unsupported("monitoring.alerts", &raw.monitoring.alerts, "alerting");
 
     let listen = socket_addr("listen.address", &raw.listen.address, &resolver, problems);
@@ -432,6 +431,23 @@ fn compile(
         trusted_proxies: TrustedProxies::new(trusted),
     };
     let request_timeout = dur(limits.request_timeout, 30);
+    let max_json_string_bytes = positive(
+        problems,
+        "limits.max_json_string_bytes",
+        limits.max_json_string_bytes.as_ref(),
+        65536,
+    );
+    let (contract, contract_files) = match &raw.validation {
+        Some(section) => validation::compile(
+            section,
+            max_json_string_bytes,
+            base_dir,
+            &resolver,
+            shared,
+            problems,
+        ),
+        None => (None, Vec::new()),
+    };
 
     let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &raw.upstreams {
@@ -565,7 +581,10 @@ fn compile(
             .unwrap_or_default()
             .into_iter()
             .chain(limit_files)
+            .chain(contract_files)
             .collect(),
+        contract,
+        inventory: shared.inventory.clone(),
         rate_limiting,
         authorizer: policy.map(|p| p.authorizer),
         warnings,

@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub identity: Option<RawIdentity>,
     pub policy: Option<RawPolicy>,
     pub rate_limit: Option<RawRateLimit>,
-    pub validation: Unsupported,
+    pub validation: Option<RawValidation>,
     pub headers: Option<BTreeMap<String, Spanned<HeaderSetting>>>,
     #[serde(default)]
     pub monitoring: RawMonitoring,
@@ -50,7 +50,7 @@ pub struct RawLimits {
     pub max_uri_bytes: Option<Spanned<usize>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub max_token_bytes: Option<Spanned<usize>>,
-    pub max_json_string_bytes: Unsupported,
+    pub max_json_string_bytes: Option<Spanned<usize>>,
     pub header_read_timeout: Option<ConfigDuration>,
     pub body_read_timeout: Option<ConfigDuration>,
     pub request_timeout: Option<ConfigDuration>,
@@ -65,6 +65,18 @@ pub struct RawHttp2 {
     pub max_concurrent_streams: Option<u32>,
     pub max_header_list_bytes: Option<u32>,
     pub max_pending_resets: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidation {
+    pub openapi: Text,
+    pub unknown_operations: Option<Text>,
+    pub max_json_depth: Option<Spanned<usize>>,
+    pub responses: Option<Text>,
+    pub max_response_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub relaxed_operations: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,10 +80,10 @@ routes:
 
 #[test]
 fn unsupported_sections_are_refused_not_ignored() {
-    let yaml = format!("{MINIMAL}validation:\n  openapi: api.yaml\n");
+    let yaml = format!("{MINIMAL}monitoring:\n  alerts:\n    min_severity: high\n");
     let errors = compile(&yaml).err().unwrap_or_default().join("\n");
     assert!(
-        errors.contains("validation") && errors.contains("not supported yet"),
+        errors.contains("monitoring.alerts") && errors.contains("not supported yet"),
         "{errors}"
     );
 }

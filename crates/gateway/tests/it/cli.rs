@@ -159,14 +159,27 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
             .to_string()
     };
     let (alice, alice_mfa, bob) = (token("ALICE"), token("ALICE_MFA"), token("BOB"));
-    let authed = |url: String, method: &str, token: &str| {
-        Request::builder()
+    let with_body = |url: String, method: &str, token: &str, body: &'static str| {
+        let request = Request::builder()
             .method(method)
             .uri(url)
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(b"{\"name\":\"widget\"}")))
+            .header("authorization", format!("Bearer {token}"));
+        let request = if body.is_empty() {
+            request
+        } else {
+            request.header("content-type", "application/json")
+        };
+        request
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap()
+    };
+    let authed = |url: String, method: &str, token: &str| {
+        let body = if matches!(method, "POST" | "PUT") {
+            "{\"name\":\"widget\"}"
+        } else {
+            ""
+        };
+        with_body(url, method, token, body)
     };
     let (status, headers, body) = send(authed(format!("{gw}/api/items"), "GET", &alice))
         .await
@@ -183,6 +196,18 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
         "alice",
         "identity header from the verified token"
     );
+    // The demo API's document is enforced: the owner is read-only (mass assignment).
+    let mass_assignment = r#"{"name":"widget","owner":"bob"}"#;
+    let (status, _, body) = send(with_body(
+        format!("{gw}/api/items"),
+        "POST",
+        &alice,
+        mass_assignment,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["errors"][0]["code"], "read_only");
     let (status, _, _) = send(authed(format!("{gw}/api/items"), "POST", &bob))
         .await
         .unwrap();

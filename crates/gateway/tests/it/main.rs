@@ -21,3 +21,4 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod routing;
+mod validation;

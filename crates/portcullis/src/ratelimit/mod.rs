@@ -192,7 +192,11 @@ where
                 Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => {
                     limits.tracker.auth_failure(ip)
                 }
-                Err(Denial::Malformed { .. }) => limits.tracker.validation_failure(ip),
+                Err(
+                    Denial::Malformed { .. }
+                    | Denial::Invalid { .. }
+                    | Denial::UnsupportedMediaType { .. },
+                ) => limits.tracker.validation_failure(ip),
                 _ => {}
             }
             result

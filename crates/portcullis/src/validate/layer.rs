@@ -1,0 +1,638 @@
+//! [`OperationLayer`] (operation matching, at routing) and [`ValidateLayer`] (parameters,
+//! content type, body and, optionally, responses, after authorization).
+
+use super::contract::{ApiContract, Operation, OperationMatch, best_match};
+use super::media::parse_content_type;
+use super::params::{self, Sent};
+use super::{FieldError, ResponseMode, UnknownOperations};
+use crate::body::{self, Body};
+use crate::denial::{Denial, DenialOr};
+use crate::discovery::Inventory;
+use crate::event::{EventBus, EventType, Severity};
+use crate::json::{JsonError, JsonLimits, parse_strict};
+use crate::normalize::BodyTrip;
+use crate::respond::request_event;
+use crate::scope::RequestScope;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// What both layers share: the compiled document (none: nothing is enforced), the
+/// endpoint inventory and the event bus.
+#[derive(Debug, Clone)]
+pub struct Operations {
+    contract: Option<Arc<ApiContract>>,
+    inventory: Arc<Inventory>,
+    events: Arc<EventBus>,
+}
+
+impl Operations {
+    /// Enforcement of `contract` (or none), counting into `inventory`.
+    pub fn new(
+        contract: Option<Arc<ApiContract>>,
+        inventory: Arc<Inventory>,
+        events: Arc<EventBus>,
+    ) -> Self {
+        Operations {
+            contract,
+            inventory,
+            events,
+        }
+    }
+}
+
+/// Matches each routed request to its documented operation.
+#[derive(Debug, Clone)]
+pub struct OperationLayer {
+    operations: Operations,
+}
+
+impl OperationLayer {
+    /// A layer matching against `operations`.
+    pub fn new(operations: Operations) -> Self {
+        OperationLayer { operations }
+    }
+}
+
+impl<S> Layer<S> for OperationLayer {
+    type Service = OperationMatcher<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OperationMatcher {
+            inner,
+            operations: self.operations.clone(),
+        }
+    }
+}
+
+/// The service produced by [`OperationLayer`].
+#[derive(Debug, Clone)]
+pub struct OperationMatcher<S> {
+    inner: S,
+    operations: Operations,
+}
+
+impl<S, B> Service<Request<B>> for OperationMatcher<S>
+where
+    S: Service<Request<B>, Error = Denial>,
+{
+    type Response = S::Response;
+    type Error = Denial;
+    type Future = DenialOr<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(contract) = &self.operations.contract else {
+            return DenialOr::inner(self.inner.call(req));
+        };
+        match contract.find(req.method(), req.uri().path()) {
+            Some(matched) => {
+                matched.operation.stats.hit();
+                req.extensions_mut().insert(matched);
+            }
+            None => match contract.settings.unknown_operations {
+                UnknownOperations::Reject => return DenialOr::denied(Denial::UnknownOperation),
+                UnknownOperations::Log => {
+                    let first = self
+                        .operations
+                        .inventory
+                        .shadow(req.method(), req.uri().path());
+                    if first && let Some(scope) = req.extensions().get::<Arc<RequestScope>>() {
+                        let mut event = request_event(
+                            EventType::Anomaly,
+                            Severity::Medium,
+                            "shadow_endpoint",
+                            scope,
+                        );
+                        event.details = serde_json::json!({
+                            "detail": "first call to an endpoint the API document does not describe",
+                            "path": crate::respond::truncated(req.uri().path(), 256),
+                        });
+                        self.operations.events.emit(event);
+                    }
+                }
+            },
+        }
+        DenialOr::inner(self.inner.call(req))
+    }
+}
+
+/// Checks requests (and optionally responses) against their matched operation.
+#[derive(Debug, Clone)]
+pub struct ValidateLayer {
+    operations: Operations,
+}
+
+impl ValidateLayer {
+    /// A layer enforcing `operations`.
+    pub fn new(operations: Operations) -> Self {
+        ValidateLayer { operations }
+    }
+}
+
+impl<S> Layer<S> for ValidateLayer {
+    type Service = Validate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Validate {
+            inner,
+            operations: self.operations.clone(),
+        }
+    }
+}
+
+/// The service produced by [`ValidateLayer`].
+#[derive(Debug, Clone)]
+pub struct Validate<S> {
+    inner: S,
+    operations: Operations,
+}
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Denial>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future of [`Validate`]: direct when nothing must be read first, boxed when the
+    /// body or the response is checked.
+    #[project = ValidateFutureProj]
+    #[allow(missing_docs)] // the variants' fields are private in all but name
+    pub enum ValidateFuture<F> {
+        /// Refused at once, or passed straight on.
+        Direct {
+            #[pin]
+            future: DenialOr<F>,
+        },
+        /// Reads and checks the body, or the response.
+        Checked {
+            future: BoxedResponse,
+        },
+    }
+}
+
+impl<F> Future for ValidateFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Denial>>,
+{
+    type Output = Result<Response<Body>, Denial>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ValidateFutureProj::Direct { future } => future.poll(cx),
+            ValidateFutureProj::Checked { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What must happen to the body before forwarding.
+enum BodyPlan {
+    /// Forward as it streams (no body, or a declared non-JSON type).
+    Stream,
+    /// Read it whole and check it as JSON (against the schema of the n-th media type,
+    /// when it has one).
+    Json(usize),
+}
+
+impl<S, B> Service<Request<B>> for Validate<S>
+where
+    S: Service<Request<Validated<B>>, Response = Response<Body>, Error = Denial>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Denial;
+    type Future = ValidateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (Some(contract), Some(matched)) = (
+            &self.operations.contract,
+            req.extensions().get::<OperationMatch>().cloned(),
+        ) else {
+            let future = self.inner.call(req.map(Validated::streaming));
+            return ValidateFuture::Direct {
+                future: DenialOr::inner(future),
+            };
+        };
+        let denied = |denial| ValidateFuture::Direct {
+            future: DenialOr::denied(denial),
+        };
+        let op = matched.operation.clone();
+        let mut errors = Vec::new();
+        let sent = Sent {
+            query: req.uri().query(),
+            headers: req.headers(),
+            path: &matched.path_params,
+        };
+        params::check(&op.params, op.strict, &sent, &mut errors);
+        if !errors.is_empty() {
+            return denied(Denial::invalid(errors));
+        }
+        let plan = match plan_body(&op, req.headers(), req.body().is_end_stream()) {
+            Ok(plan) => plan,
+            Err(denial) => return denied(denial),
+        };
+        let check_responses = contract.settings.responses != ResponseMode::Off;
+        if matches!(plan, BodyPlan::Stream) && !check_responses {
+            let future = self.inner.call(req.map(Validated::streaming));
+            return ValidateFuture::Direct {
+                future: DenialOr::inner(future),
+            };
+        }
+        // The clone that was made ready serves this request (tower's readiness contract).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let contract = contract.clone();
+        let events = self.operations.events.clone();
+        ValidateFuture::Checked {
+            future: Box::pin(async move {
+                let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
+                let is_head = req.method() == Method::HEAD;
+                let req = match plan {
+                    BodyPlan::Stream => req.map(Validated::streaming),
+                    BodyPlan::Json(media) => {
+                        check_json_body(req, &op, media, contract.settings.json).await?
+                    }
+                };
+                let response = inner.call(req).await?;
+                if !check_responses || is_head {
+                    return Ok(response);
+                }
+                let max = contract.settings.max_response_bytes;
+                match check_response(&op, response, max).await? {
+                    (response, None) => Ok(response),
+                    (response, Some(violation)) => match contract.settings.responses {
+                        ResponseMode::Block => Err(violation),
+                        _ => {
+                            if let Some(scope) = &scope {
+                                let mut event = request_event(
+                                    violation.event_type(),
+                                    violation.severity(),
+                                    violation.reason(),
+                                    scope,
+                                );
+                                event.details = serde_json::json!({
+                                    "status": response.status().as_u16(),
+                                    "detail": violation.detail(),
+                                    "action": "logged",
+                                });
+                                events.emit(event);
+                            }
+                            Ok(response)
+                        }
+                    },
+                }
+            }),
+        }
+    }
+}
+
+/// Decides how the body is handled: refuses a body the operation does not declare, an
+/// undeclared or ambiguous content type, and a missing required body.
+fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPlan, Denial> {
+    let Some(spec) = &op.body else {
+        if empty {
+            return Ok(BodyPlan::Stream);
+        }
+        return Err(Denial::UnsupportedMediaType {
+            reason: "unexpected_body",
+            detail: format!("operation {} declares no request body", op.id),
+        });
+    };
+    if empty {
+        if spec.required {
+            return Err(Denial::invalid(vec![FieldError::new(
+                String::new(),
+                "required",
+                "a request body is required".into(),
+            )]));
+        }
+        return Ok(BodyPlan::Stream);
+    }
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Denial::UnsupportedMediaType {
+            reason: "content_type_missing_or_repeated",
+            detail: "a body needs exactly one Content-Type".into(),
+        });
+    };
+    let media = value
+        .to_str()
+        .map_err(|_| "content_type_syntax")
+        .and_then(|text| parse_content_type(text).map_err(|e| e.as_str()))
+        .map_err(|reason| Denial::UnsupportedMediaType {
+            reason,
+            detail: "the Content-Type is malformed or names a charset other than UTF-8".into(),
+        })?;
+    let Some(declared) = best_match(&spec.media, &media) else {
+        return Err(Denial::UnsupportedMediaType {
+            reason: "content_type_undeclared",
+            detail: format!(
+                "{}/{} is not declared for operation {}",
+                media.kind, media.subtype, op.id
+            ),
+        });
+    };
+    if media.is_json() {
+        let index = spec
+            .media
+            .iter()
+            .position(|m| std::ptr::eq(m, declared))
+            .unwrap_or(usize::MAX);
+        return Ok(BodyPlan::Json(index));
+    }
+    Ok(BodyPlan::Stream)
+}
+
+/// Reads the whole body (bounded), checks it as strict JSON and against the schema, and
+/// hands it on as bytes.
+async fn check_json_body<B>(
+    req: Request<B>,
+    op: &Operation,
+    media: usize,
+    limits: JsonLimits,
+) -> Result<Request<Validated<B>>, Denial>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let max = limits_body_bytes(&parts.extensions);
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let tripped = parts
+                .extensions
+                .get::<BodyTrip>()
+                .and_then(BodyTrip::tripped);
+            return Err(tripped.unwrap_or_else(|| {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    Denial::BodyTooLarge { limit: max as u64 }
+                } else {
+                    Denial::Malformed {
+                        reason: "body_read_error",
+                        detail: error.to_string(),
+                        close: true,
+                    }
+                }
+            }));
+        }
+    };
+    let value = parse_strict(&bytes, limits).map_err(|e| {
+        let message = match e {
+            JsonError::DuplicateKey => "has a duplicate object key",
+            JsonError::TooDeep => "is nested too deeply",
+            JsonError::StringTooLong => "has a string over the size limit",
+            JsonError::Syntax(_) => "is not valid UTF-8 JSON",
+        };
+        Denial::invalid(vec![FieldError::new(
+            String::new(),
+            e.code(),
+            message.into(),
+        )])
+    })?;
+    let schema = op
+        .body
+        .as_ref()
+        .and_then(|b| b.media.get(media))
+        .and_then(|m| m.schema.as_ref());
+    if let Some(schema) = schema
+        && !schema.is_valid(&value)
+    {
+        return Err(Denial::invalid(schema.errors(&value, "")));
+    }
+    Ok(Request::from_parts(parts, Validated::buffered(bytes)))
+}
+
+/// The body bound: the guard's limit when the gateway set one, otherwise 1 MiB.
+fn limits_body_bytes(extensions: &http::Extensions) -> usize {
+    extensions.get::<BodyTrip>().map_or(1024 * 1024, |t| {
+        usize::try_from(t.limit()).unwrap_or(usize::MAX)
+    })
+}
+
+/// Checks a response against the operation: a declared status, a declared content type
+/// and, for JSON with a schema, the body. Returns the response (intact) and the violation,
+/// if any.
+async fn check_response(
+    op: &Operation,
+    response: Response<Body>,
+    max: usize,
+) -> Result<(Response<Body>, Option<Denial>), Denial> {
+    let status = response.status().as_u16();
+    let violation = |reason, detail: String| Some(Denial::ResponseRejected { reason, detail });
+    let Some(spec) = op.response(status) else {
+        let detail = format!("status {status} is not documented for operation {}", op.id);
+        return Ok((response, violation("response_undeclared_status", detail)));
+    };
+    if spec.media.is_empty() || response.body().is_end_stream() {
+        return Ok((response, None));
+    }
+    let media = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| parse_content_type(t).ok());
+    let declared = media.as_ref().and_then(|m| best_match(&spec.media, m));
+    let Some(declared) = declared else {
+        let detail = format!(
+            "the content type is not documented for operation {} status {status}",
+            op.id
+        );
+        return Ok((
+            response,
+            violation("response_undeclared_content_type", detail),
+        ));
+    };
+    let Some(schema) = &declared.schema else {
+        return Ok((response, None));
+    };
+    let (parts, mut body) = response.into_parts();
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0usize;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Denial::UpstreamUnreachable {
+            upstream: op.id.to_string(),
+            detail: format!("response body: {e}"),
+        })?;
+        match frame.into_data() {
+            Ok(data) => {
+                total = total.saturating_add(data.len());
+                chunks.push_back(data);
+                if total > max {
+                    let replay = body::boxed(Replay {
+                        chunks,
+                        trailers: None,
+                        rest: Some(body),
+                    });
+                    let detail = format!("response over {max} bytes could not be checked");
+                    return Ok((
+                        Response::from_parts(parts, replay),
+                        violation("response_too_large", detail),
+                    ));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    let mut bytes = Vec::with_capacity(total);
+    for chunk in &chunks {
+        bytes.extend_from_slice(chunk);
+    }
+    let limits = JsonLimits {
+        max_depth: 256,
+        max_string_bytes: max,
+    };
+    let found = match parse_strict(&bytes, limits) {
+        Err(e) => violation("response_invalid_json", format!("response body: {e}")),
+        Ok(value) if !schema.is_valid(&value) => {
+            let errors = schema.errors(&value, "");
+            violation("response_schema", describe(&errors))
+        }
+        Ok(_) => None,
+    };
+    let replay = body::boxed(Replay {
+        chunks: VecDeque::from([Bytes::from(bytes)]),
+        trailers,
+        rest: None,
+    });
+    Ok((Response::from_parts(parts, replay), found))
+}
+
+/// `field code` pairs, for the operator.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                if e.field.is_empty() {
+                    "(body)"
+                } else {
+                    &e.field
+                },
+                e.code
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A body already partly (or wholly) read: the read chunks, then the rest.
+struct Replay {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    rest: Option<Body>,
+}
+
+impl HttpBody for Replay {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request body after validation: the original stream, or the bytes that were read
+    /// and checked.
+    #[project = ValidatedProj]
+    #[allow(missing_docs)] // the variants' fields are private in all but name
+    pub enum Validated<B> {
+        /// Not read by the gateway.
+        Streaming {
+            #[pin]
+            body: B,
+        },
+        /// Read whole and checked.
+        Buffered {
+            bytes: Option<Bytes>,
+        },
+    }
+}
+
+impl<B> Validated<B> {
+    /// A body passed on as it streams.
+    pub fn streaming(body: B) -> Self {
+        Validated::Streaming { body }
+    }
+
+    /// A body that was read whole.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Validated::Buffered {
+            bytes: (!bytes.is_empty()).then_some(bytes),
+        }
+    }
+}
+
+impl<B> HttpBody for Validated<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            ValidatedProj::Streaming { body } => body.poll_frame(cx).map_err(Into::into),
+            ValidatedProj::Buffered { bytes } => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Validated::Streaming { body } => body.is_end_stream(),
+            Validated::Buffered { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Validated::Streaming { body } => body.size_hint(),
+            Validated::Buffered { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

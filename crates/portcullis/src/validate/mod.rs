@@ -1,0 +1,97 @@
+//! Contract enforcement from an OpenAPI 3.0 or 3.1 document: the request must be an
+//! operation the document describes, with declared parameters of the declared types, a
+//! declared content type and a body that satisfies its schema, before the upstream sees a
+//! byte. Optionally, responses are held to the document too.
+//!
+//! Two layers: [`OperationLayer`] matches the operation right after routing (an unknown
+//! operation is refused or recorded as a shadow endpoint), and [`ValidateLayer`] checks the
+//! request after authorization, so that a caller who may not call the API learns nothing
+//! of its shape.
+
+mod contract;
+mod document;
+mod layer;
+mod media;
+mod params;
+mod schema;
+
+pub use contract::{ApiContract, Operation, OperationMatch};
+pub use document::LoadProblem;
+pub use layer::{
+    OperationLayer, OperationMatcher, Operations, Validate, ValidateFuture, ValidateLayer,
+    Validated, describe,
+};
+
+use crate::json::JsonLimits;
+use serde::Serialize;
+
+/// What happens to a request no documented operation matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOperations {
+    /// Refused with 404, never forwarded.
+    Reject,
+    /// Forwarded, and recorded as a shadow endpoint.
+    Log,
+}
+
+/// Whether responses are checked against the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// Not checked.
+    Off,
+    /// Checked; a violation raises an event and the response is delivered.
+    Log,
+    /// Checked; a violation is replaced by a 502 problem.
+    Block,
+}
+
+/// How strictly the document is enforced.
+#[derive(Debug, Clone)]
+pub struct ContractSettings {
+    /// What happens to undocumented operations.
+    pub unknown_operations: UnknownOperations,
+    /// Whether responses are checked.
+    pub responses: ResponseMode,
+    /// Operations (by `operationId`, or `METHOD /template`) where undocumented body
+    /// properties and query parameters are let through; everywhere else they are refused.
+    pub relaxed: Vec<String>,
+    /// Bounds on JSON bodies, checked before any value is built.
+    pub json: JsonLimits,
+    /// Largest response body held in memory to check it; a larger one is a violation.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ContractSettings {
+    fn default() -> Self {
+        ContractSettings {
+            unknown_operations: UnknownOperations::Reject,
+            responses: ResponseMode::Off,
+            relaxed: Vec::new(),
+            json: JsonLimits::default(),
+            max_response_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// One way a request breaks the contract, as the client sees it (SPEC §3): where, a short
+/// code, and a generic message that never repeats the value sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// A JSON pointer into the body, or `query.name`, `header.name`, `path.name`,
+    /// `cookie.name`.
+    pub field: String,
+    /// What is wrong, e.g. `required`, `type`, `unknown_property`.
+    pub message: String,
+    /// A machine-readable code.
+    pub code: &'static str,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: String, code: &'static str, message: String) -> Self {
+        FieldError {
+            field,
+            message,
+            code,
+        }
+    }
+}
