@@ -38,9 +38,9 @@ if [ ! -d "$peers/node_modules/oidc-provider" ] || [ "$peers/package-lock.json" 
   (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
-# Python packages of the test peers (the real OPA engine), pinned by requirements.txt and
+# Python packages of the test peers (the real OPA engine, the schemathesis fuzzer), pinned by requirements.txt and
 # installed beside them, not into the system.
-if [ ! -d "$peers/python/opa_bindings" ] || [ "$peers/requirements.txt" -nt "$peers/python" ]; then
+if [ ! -d "$peers/python/opa_bindings" ] || [ ! -d "$peers/python/schemathesis" ] || [ "$peers/requirements.txt" -nt "$peers/python" ]; then
   echo "installing test peers (pip into tests/peers/python)" >&2
   python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
     --target "$peers/python" --upgrade -r "$peers/requirements.txt"

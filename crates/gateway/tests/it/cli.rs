@@ -118,46 +118,10 @@ fn every_command_has_help() {
 
 #[tokio::test]
 async fn demo_serves_the_items_api_and_prints_working_commands() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut banner = Vec::new();
-    let found = eventually("the demo banner", || {
-        while let Ok(line) = rx.try_recv() {
-            banner.push(line);
-        }
-        banner
-            .iter()
-            .any(|l| l.contains("Ctrl-C"))
-            .then(|| banner.clone())
-    })
-    .await;
-    let field = |name: &str| {
-        found
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
-            .unwrap_or_else(|| panic!("no {name} in banner: {found:?}"))
-    };
-    let gw = field("gateway");
-    let admin = field("admin");
-    let token = |name: &str| {
-        found
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} token in banner: {found:?}"))
-            .to_string()
-    };
+    let demo = Demo::start().await;
+    let (gw, admin) = (demo.field("gateway"), demo.field("admin"));
+    let found = &demo.banner;
+    let token = |name: &str| demo.token(name);
     let (alice, alice_mfa, bob) = (token("ALICE"), token("ALICE_MFA"), token("BOB"));
     let with_body = |url: String, method: &str, token: &str, body: &'static str| {
         let request = Request::builder()
@@ -246,8 +210,6 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
             .any(|l| l.contains("curl -i") && l.contains(&gw)),
         "{found:?}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]

@@ -510,3 +510,65 @@ impl Redis {
         let _ = self.child.wait();
     }
 }
+
+/// `portcullis demo` on ephemeral ports, its banner read; killed on drop.
+pub struct Demo {
+    pub banner: Vec<String>,
+    child: std::process::Child,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    pub async fn start() -> Demo {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = Vec::new();
+        let banner = eventually("the demo banner", || {
+            while let Ok(line) = rx.try_recv() {
+                lines.push(line);
+            }
+            lines
+                .iter()
+                .any(|l| l.contains("Ctrl-C"))
+                .then(|| lines.clone())
+        })
+        .await;
+        Demo { banner, child }
+    }
+
+    /// The first word after `name` at the start of a banner line (`gateway`, `upstream`...).
+    pub fn field(&self, name: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {name} in banner: {:?}", self.banner))
+    }
+
+    /// A token the banner prints as `NAME=...`.
+    pub fn token(&self, name: &str) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} token in banner: {:?}", self.banner))
+            .to_string()
+    }
+}

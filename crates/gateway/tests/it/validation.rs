@@ -436,3 +436,85 @@ async fn editing_the_document_reloads_the_contract() {
     .await;
     assert_eq!(upstream.hits(), 1);
 }
+
+/// schemathesis (pinned in tests/peers/requirements.txt) fuzzes the demo API through a
+/// gateway enforcing the demo's document: conforming and deliberately non-conforming
+/// requests. No answer may be a 5xx, every non-conforming request must be refused, and
+/// refused by the gateway (tests/peers/fuzz_checks.py), never by the upstream.
+#[tokio::test]
+async fn a_property_based_fuzzer_gets_no_non_conforming_request_past_the_gateway() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
+    assert!(
+        std::path::Path::new(peers)
+            .join("python/schemathesis")
+            .exists(),
+        "the schemathesis test peer is not installed: run scripts/install-deps.sh (scripts/test.sh does)"
+    );
+    let demo = Demo::start().await;
+    let items_api = demo.field("upstream");
+    let document = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/openapi/items.yaml"
+    );
+    let dir = test_dir(&[]);
+    std::fs::copy(document, dir.path().join("openapi.yaml")).unwrap();
+    let config = config_with(
+        &items_api,
+        "validation:\n  openapi: openapi.yaml\nroutes:\n  - match: { prefix: /api/ }\n    upstream: main\n    auth: none\n",
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let output = tokio::task::spawn_blocking({
+        let base = gw.url("/api");
+        let document = gw.config_path().with_file_name("openapi.yaml");
+        move || {
+            std::process::Command::new("timeout")
+                .arg("300")
+                .args(["python3", "-m", "schemathesis.cli", "run"])
+                .arg(document)
+                .args(["--url", &base])
+                .args([
+                    "--checks",
+                    "not_a_server_error,negative_data_rejection,refused_by_the_gateway",
+                ])
+                .args(["--phases", "examples,coverage,fuzzing"])
+                .args([
+                    "--max-examples",
+                    "40",
+                    "--seed",
+                    "20261130",
+                    "--workers",
+                    "1",
+                ])
+                .env("PYTHONPATH", format!("{peers}/python:{peers}"))
+                .env("SCHEMATHESIS_HOOKS", "fuzz_checks")
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{stdout}\n{stderr}"
+    );
+    let generated: usize = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" generated, ")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no case count in:\n{stdout}"));
+    assert!(generated >= 200, "only {generated} cases:\n{stdout}");
+    // The gateway did refuse requests (the fuzzer's negative cases), with events.
+    let refusals = gw
+        .events()
+        .into_iter()
+        .filter(|e| e["event_type"] == "validation_failure")
+        .count();
+    assert!(refusals >= 50, "only {refusals} validation refusals");
+}
