@@ -4,8 +4,7 @@ use crate::util::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn portcullis(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
