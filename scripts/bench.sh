@@ -30,6 +30,7 @@ trap cleanup EXIT
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
+VAL_PORT=18612
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
@@ -202,6 +203,31 @@ routes:
     auth: none
 CONF
 done
+# Contract enforcement: GET (parameters only) against POST of a 1 KB JSON body checked
+# against a 20-property schema (the criterion bench's document and body).
+mkdir -p "$WORK/val"
+cp crates/portcullis/benches/data/twenty-properties.json crates/portcullis/benches/data/twenty-properties-body.json "$WORK/val/"
+cat > "$WORK/val/portcullis.yaml" <<CONF
+listen: { address: 127.0.0.1:$VAL_PORT }
+monitoring: { events: { sink: file, path: events.log } }
+upstreams:
+  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+validation: { openapi: twenty-properties.json }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+    auth: none
+CONF
+cat > "$WORK/post.lua" <<'LUA'
+local f = assert(io.open(os.getenv("BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+LUA
+taskset -c 0 "$BIN" run --config "$WORK/val/portcullis.yaml" 2>"$WORK/val.err" &
+VAL_PID=$!
+PIDS+=($VAL_PID)
 taskset -c 0 "$BIN" run --config "$WORK/rl-memory/portcullis.yaml" 2>"$WORK/rl-memory.err" &
 RL_MEM_PID=$!
 PIDS+=($RL_MEM_PID)
@@ -231,6 +257,11 @@ wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$PC_PORT/"
 wait_for "http://127.0.0.1:$RL_MEM_PORT/"
 wait_for "http://127.0.0.1:$RL_REDIS_PORT/"
+wait_for "http://127.0.0.1:$VAL_PORT/items?limit=10"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary "@$WORK/val/twenty-properties-body.json" "http://127.0.0.1:$VAL_PORT/items")
+[ "$code" = 200 ] || { echo "bench: the validating gateway refused the conforming body ($code)" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -d '{"is_admin":true}' "http://127.0.0.1:$VAL_PORT/items")
+[ "$code" = 400 ] || { echo "bench: the validating gateway accepted a non-conforming body ($code)" >&2; exit 1; }
 for port in $SYNC_PORT $ASYNC_PORT; do
   for _ in $(seq 1 200); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/jwt/items/2")" != 000 ] && break
@@ -292,6 +323,9 @@ SYNC_RECORDS=$(wc -l < "$WORK/sync/decisions.log")
 UAH=(-H "user-agent: portcullis-bench/1.0")
 read -r M_RPS M_P50 M_P99 M_CPU < <(measure "http://127.0.0.1:$RL_MEM_PORT/api/items" "$RL_MEM_PID" "${UAH[@]}")
 read -r R_RPS R_P50 R_P99 R_CPU < <(measure "http://127.0.0.1:$RL_REDIS_PORT/api/items" "$RL_REDIS_PID" "${UAH[@]}")
+read -r VG_RPS VG_P50 VG_P99 VG_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items?limit=10" "$VAL_PID")
+export BODY="$WORK/val/twenty-properties-body.json"
+read -r VP_RPS VP_P50 VP_P99 VP_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items" "$VAL_PID" -s "$WORK/post.lua")
 
 # RSS with 1,000 open keep-alive connections, each having made one request.
 HELD_RSS=$(python3 - "$PC_PORT" "$PC_PID" <<'PY'
@@ -346,6 +380,10 @@ printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s
 printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"
 printf 'redis / memory: %s (target >= 0.70); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
+printf '\n%-34s %12s %10s %10s %14s\n' "OpenAPI validation" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "GET, query parameter" "$VG_RPS" "$VG_P50" "$VG_P99" "$VG_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "POST, 1 KB body, 20 properties" "$VP_RPS" "$VP_P50" "$VP_P99" "$VP_CPU"
+printf 'POST / GET: %s (target >= 0.85); GET with validation vs plain proxy: %s\n' "$(ratio "$VP_RPS" "$VG_RPS")" "$(ratio "$VG_RPS" "$P_RPS")"
 printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
 printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
 echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"

@@ -184,11 +184,16 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let inner = self.nested()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key_seed(Key(inner))? {
-            if object.contains_key(&key) {
-                return Err(self.fail(JsonError::DuplicateKey));
-            }
             let value = map.next_value_seed(inner)?;
-            object.insert(key, value);
+            // One lookup serves both the duplicate check and the insertion.
+            match object.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                serde_json::map::Entry::Occupied(_) => {
+                    return Err(self.fail(JsonError::DuplicateKey));
+                }
+            }
         }
         Ok(Value::Object(object))
     }

@@ -1,12 +1,14 @@
 //! The operation index built from an OpenAPI document: every operation with its compiled
 //! parameter, body and response checks, found by method and path template.
 
-use super::ContractSettings;
 use super::document::{Documents, LoadProblem, Place};
 use super::media::MediaType;
 use super::params::{Location, Parameter};
 use super::schema::{Converter, Dialect, Direction, Schema};
+use super::{ContractSettings, FieldError};
+use crate::denial::Denial;
 use crate::discovery::{EndpointStats, Inventory};
+use crate::json::{JsonError, JsonLimits, parse_strict};
 use http::Method;
 use serde_json::Value;
 use std::path::Path;
@@ -30,13 +32,14 @@ pub(crate) struct MediaSpec {
     pub schema: Option<Schema>,
 }
 
-/// Picks the most specific declared range matching `actual`.
-pub(crate) fn best_match<'a>(specs: &'a [MediaSpec], actual: &MediaType) -> Option<&'a MediaSpec> {
+/// The index of the most specific declared range matching `actual`.
+pub(crate) fn best_match(specs: &[MediaSpec], actual: &MediaType) -> Option<usize> {
     specs
         .iter()
-        .filter_map(|s| s.range.matches(actual).map(|rank| (rank, s)))
+        .enumerate()
+        .filter_map(|(i, s)| s.range.matches(actual).map(|rank| (rank, i)))
         .max_by_key(|(rank, _)| *rank)
-        .map(|(_, s)| s)
+        .map(|(_, i)| i)
 }
 
 /// A request body declaration.
@@ -86,6 +89,63 @@ impl Operation {
         find(StatusPattern::Exact(status))
             .or_else(|| find(StatusPattern::Range(status / 100)))
             .or_else(|| find(StatusPattern::Default))
+    }
+}
+
+impl Operation {
+    /// Checks a JSON request body sent with `content_type`, as [`super::ValidateLayer`]
+    /// does once it has read the body: the media type, the JSON guard, then the schema.
+    pub fn check_json(
+        &self,
+        content_type: &str,
+        body: &[u8],
+        limits: JsonLimits,
+    ) -> Result<(), Denial> {
+        let media = super::media::parse_content_type(content_type).map_err(|e| {
+            Denial::UnsupportedMediaType {
+                reason: e.as_str(),
+                detail: "the Content-Type is malformed".into(),
+            }
+        })?;
+        let specs = self.body.as_ref().map_or(&[][..], |b| b.media.as_slice());
+        let index = best_match(specs, &media).ok_or_else(|| Denial::UnsupportedMediaType {
+            reason: "content_type_undeclared",
+            detail: format!("not declared for operation {}", self.id),
+        })?;
+        self.check_json_media(index, body, limits)
+    }
+
+    /// The JSON guard, then the schema of the `media`-th declared media type (if any).
+    pub(crate) fn check_json_media(
+        &self,
+        media: usize,
+        body: &[u8],
+        limits: JsonLimits,
+    ) -> Result<(), Denial> {
+        let value = parse_strict(body, limits).map_err(|e| {
+            let message = match e {
+                JsonError::DuplicateKey => "has a duplicate object key",
+                JsonError::TooDeep => "is nested too deeply",
+                JsonError::StringTooLong => "has a string over the size limit",
+                JsonError::Syntax(_) => "is not valid UTF-8 JSON",
+            };
+            Denial::invalid(vec![FieldError::new(
+                String::new(),
+                e.code(),
+                message.into(),
+            )])
+        })?;
+        let schema = self
+            .body
+            .as_ref()
+            .and_then(|b| b.media.get(media))
+            .and_then(|m| m.schema.as_ref());
+        match schema {
+            Some(schema) if !schema.is_valid(&value) => {
+                Err(Denial::invalid(schema.errors(&value, "")))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

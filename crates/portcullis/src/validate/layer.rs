@@ -9,7 +9,7 @@ use crate::body::{self, Body};
 use crate::denial::{Denial, DenialOr};
 use crate::discovery::Inventory;
 use crate::event::{EventBus, EventType, Severity};
-use crate::json::{JsonError, JsonLimits, parse_strict};
+use crate::json::{JsonLimits, parse_strict};
 use crate::normalize::BodyTrip;
 use crate::respond::request_event;
 use crate::scope::RequestScope;
@@ -339,7 +339,7 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
             reason,
             detail: "the Content-Type is malformed or names a charset other than UTF-8".into(),
         })?;
-    let Some(declared) = best_match(&spec.media, &media) else {
+    let Some(index) = best_match(&spec.media, &media) else {
         return Err(Denial::UnsupportedMediaType {
             reason: "content_type_undeclared",
             detail: format!(
@@ -349,11 +349,6 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
         });
     };
     if media.is_json() {
-        let index = spec
-            .media
-            .iter()
-            .position(|m| std::ptr::eq(m, declared))
-            .unwrap_or(usize::MAX);
         return Ok(BodyPlan::Json(index));
     }
     Ok(BodyPlan::Stream)
@@ -393,29 +388,7 @@ where
             }));
         }
     };
-    let value = parse_strict(&bytes, limits).map_err(|e| {
-        let message = match e {
-            JsonError::DuplicateKey => "has a duplicate object key",
-            JsonError::TooDeep => "is nested too deeply",
-            JsonError::StringTooLong => "has a string over the size limit",
-            JsonError::Syntax(_) => "is not valid UTF-8 JSON",
-        };
-        Denial::invalid(vec![FieldError::new(
-            String::new(),
-            e.code(),
-            message.into(),
-        )])
-    })?;
-    let schema = op
-        .body
-        .as_ref()
-        .and_then(|b| b.media.get(media))
-        .and_then(|m| m.schema.as_ref());
-    if let Some(schema) = schema
-        && !schema.is_valid(&value)
-    {
-        return Err(Denial::invalid(schema.errors(&value, "")));
-    }
+    op.check_json_media(media, &bytes, limits)?;
     Ok(Request::from_parts(parts, Validated::buffered(bytes)))
 }
 
@@ -448,7 +421,10 @@ async fn check_response(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|t| parse_content_type(t).ok());
-    let declared = media.as_ref().and_then(|m| best_match(&spec.media, m));
+    let declared = media
+        .as_ref()
+        .and_then(|m| best_match(&spec.media, m))
+        .and_then(|i| spec.media.get(i));
     let Some(declared) = declared else {
         let detail = format!(
             "the content type is not documented for operation {} status {status}",

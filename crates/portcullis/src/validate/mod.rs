@@ -7,6 +7,42 @@
 //! operation is refused or recorded as a shadow endpoint), and [`ValidateLayer`] checks the
 //! request after authorization, so that a caller who may not call the API learns nothing
 //! of its shape.
+//!
+//! ```no_run
+//! use portcullis::discovery::Inventory;
+//! use portcullis::event::EventBus;
+//! use portcullis::body::Body;
+//! use portcullis::validate::{
+//!     ApiContract, ContractSettings, OperationLayer, Operations, ValidateLayer, Validated,
+//! };
+//! use std::sync::Arc;
+//!
+//! let inventory = Arc::new(Inventory::default());
+//! let contract = ApiContract::load(
+//!     "api/openapi.yaml".as_ref(),
+//!     ContractSettings::default(),
+//!     &inventory,
+//! )
+//! .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))?;
+//! let operations = Operations::new(
+//!     Some(Arc::new(contract)),
+//!     inventory,
+//!     Arc::new(EventBus::discard()),
+//! );
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(OperationLayer::new(operations.clone()))
+//!     // ... authentication and authorization here ...
+//!     .layer(ValidateLayer::new(operations))
+//!     .service_fn(|_req: http::Request<Validated<Body>>| async {
+//!         Ok::<_, portcullis::Denial>(http::Response::new(portcullis::body::empty()))
+//!     });
+//! # let _ = service;
+//! # Ok::<(), String>(())
+//! ```
+//!
+//! The service behind [`ValidateLayer`] receives a [`Validated`] body: the original stream,
+//! or the bytes that were read and checked. Wrap the whole stack in
+//! [`crate::respond::RespondLayer`] to turn refusals into problem answers and events.
 
 mod contract;
 mod document;

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 /// Most nodes a document may expand to once its references are inlined (a bound on
 /// documents built to explode).
-const MAX_NODES: usize = 500_000;
+const MAX_NODES: usize = 200_000;
 /// Most errors reported for one value.
 const MAX_ERRORS: usize = 10;
 
@@ -118,15 +118,11 @@ impl<'d> Converter<'d> {
                 format!("the document's schemas expand to more than {MAX_NODES} nodes"),
             ));
         }
-        let value = self
-            .docs
-            .get(place)
-            .cloned()
-            .ok_or_else(|| self.docs.problem(place, "nothing is at this place"))?;
-        let map = match value {
-            Value::Bool(b) => return Ok((Value::Bool(b), false)),
-            Value::Object(map) => map,
-            _ => return Err(self.docs.problem(place, "a schema must be an object")),
+        let map = match self.docs.get(place) {
+            None => return Err(self.docs.problem(place, "nothing is at this place")),
+            Some(Value::Bool(b)) => return Ok((Value::Bool(*b), false)),
+            Some(Value::Object(map)) => shallow(map),
+            Some(_) => return Err(self.docs.problem(place, "a schema must be an object")),
         };
         if let Some(reference) = map.get("$ref") {
             let Value::String(reference) = reference else {
@@ -322,6 +318,42 @@ impl<'d> Converter<'d> {
             .and_then(Value::as_bool)
             .unwrap_or(false))
     }
+}
+
+/// A copy of a schema object in which subschemas are placeholders (only their keys, or
+/// their count, are kept): the rewrite visits them by place, so copying them here would make
+/// the work quadratic in the nesting depth.
+fn shallow(map: &Map<String, Value>) -> Map<String, Value> {
+    map.iter()
+        .map(|(key, value)| {
+            let copy = match (key.as_str(), value) {
+                (
+                    "properties" | "patternProperties" | "dependentSchemas",
+                    Value::Object(entries),
+                ) => Value::Object(entries.keys().map(|k| (k.clone(), Value::Null)).collect()),
+                ("allOf" | "anyOf" | "oneOf" | "prefixItems", Value::Array(items)) => {
+                    Value::Array(vec![Value::Null; items.len()])
+                }
+                (
+                    "additionalProperties"
+                    | "unevaluatedProperties"
+                    | "items"
+                    | "additionalItems"
+                    | "unevaluatedItems"
+                    | "contains"
+                    | "propertyNames"
+                    | "not"
+                    | "if"
+                    | "then"
+                    | "else",
+                    _,
+                ) => Value::Null,
+                (k, _) if is_annotation(k) || k.starts_with("x-") => Value::Null,
+                _ => value.clone(),
+            };
+            (key.clone(), copy)
+        })
+        .collect()
 }
 
 fn def_name(rewrite: &mut Rewrite, key: &(Place, Context)) -> String {
@@ -537,5 +569,149 @@ fn type_name(kind: &jsonschema::error::TypeKind) -> String {
             let names: Vec<String> = set.iter().map(|t| t.to_string()).collect();
             names.join(" or ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn convert(doc: Value, pointer: &str, direction: Direction, dialect: Dialect) -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("doc.json");
+        std::fs::write(&path, doc.to_string()).unwrap();
+        let (mut docs, root) = Documents::open(&path).unwrap();
+        let place = Place {
+            pointer: pointer.into(),
+            ..root
+        };
+        Converter::new(&mut docs, dialect)
+            .convert(&place, direction, true)
+            .unwrap()
+    }
+
+    fn valid(schema: &Value, direction: Direction, value: Value) -> bool {
+        Schema::compile(schema, direction).unwrap().is_valid(&value)
+    }
+
+    #[test]
+    fn strictness_sits_where_composition_still_works() {
+        let doc = json!({"s": {
+            "Base": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "Both": {"allOf": [{"$ref": "#/s/Base"}, {"properties": {"b": {"type": "integer"}}}]},
+            "Free": {"type": "object"},
+            "Open": {"type": "object", "properties": {"a": {}}, "additionalProperties": true}
+        }});
+        let both = convert(
+            doc.clone(),
+            "/s/Both",
+            Direction::Request,
+            Dialect::OpenApi30,
+        );
+        assert!(valid(&both, Direction::Request, json!({"a": "x", "b": 1})));
+        assert!(!valid(&both, Direction::Request, json!({"a": "x", "c": 1})));
+        let free = convert(
+            doc.clone(),
+            "/s/Free",
+            Direction::Request,
+            Dialect::OpenApi30,
+        );
+        assert!(
+            valid(&free, Direction::Request, json!({"anything": 1})),
+            "a free-form object stays free"
+        );
+        let open = convert(doc, "/s/Open", Direction::Request, Dialect::OpenApi30);
+        assert!(
+            valid(&open, Direction::Request, json!({"a": 1, "z": 2})),
+            "an explicit choice is kept"
+        );
+    }
+
+    #[test]
+    fn read_only_and_write_only_follow_the_direction_through_references() {
+        let doc = json!({"s": {
+            "Id": {"type": "integer", "readOnly": true},
+            "User": {"type": "object", "required": ["id", "name"], "properties": {
+                "id": {"$ref": "#/s/Id"},
+                "name": {"type": "string"},
+                "password": {"type": "string", "writeOnly": true}}}
+        }});
+        let request = convert(
+            doc.clone(),
+            "/s/User",
+            Direction::Request,
+            Dialect::OpenApi30,
+        );
+        assert!(
+            valid(
+                &request,
+                Direction::Request,
+                json!({"name": "a", "password": "p"})
+            ),
+            "required readOnly is for responses"
+        );
+        assert!(!valid(
+            &request,
+            Direction::Request,
+            json!({"name": "a", "id": 1})
+        ));
+        let response = convert(doc, "/s/User", Direction::Response, Dialect::OpenApi30);
+        assert!(valid(
+            &response,
+            Direction::Response,
+            json!({"id": 1, "name": "a"})
+        ));
+        assert!(!valid(
+            &response,
+            Direction::Response,
+            json!({"id": 1, "name": "a", "password": "p"})
+        ));
+    }
+
+    #[test]
+    fn dialect_30_translations_recursion_and_unknown_formats() {
+        let doc = json!({"s": {
+            "N": {"type": "object", "properties": {
+                "v": {"type": "integer", "format": "int32", "nullable": true, "minimum": 0, "exclusiveMinimum": true},
+                "kids": {"type": "array", "items": {"$ref": "#/s/N"}}}}
+        }});
+        let schema = convert(doc, "/s/N", Direction::Request, Dialect::OpenApi30);
+        assert!(valid(
+            &schema,
+            Direction::Request,
+            json!({"v": null, "kids": [{"v": 1, "kids": [{}]}]})
+        ));
+        assert!(!valid(&schema, Direction::Request, json!({"v": 0})));
+        assert!(!valid(
+            &schema,
+            Direction::Request,
+            json!({"kids": [{"kids": [{"x": 1}]}]})
+        ));
+    }
+
+    #[test]
+    fn documents_that_expand_without_bound_are_refused() {
+        // Each level references the previous one twice: 2^40 nodes if inlined naively.
+        let mut defs = serde_json::Map::new();
+        defs.insert("L0".into(), json!({"type": "string"}));
+        for i in 1..40 {
+            let prev = format!("#/s/L{}", i - 1);
+            defs.insert(
+                format!("L{i}"),
+                json!({"type": "object", "properties": {"a": {"$ref": prev}, "b": {"$ref": prev}}}),
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("doc.json");
+        std::fs::write(&path, json!({"s": defs}).to_string()).unwrap();
+        let (mut docs, root) = Documents::open(&path).unwrap();
+        let place = Place {
+            pointer: "/s/L39".into(),
+            ..root
+        };
+        let result =
+            Converter::new(&mut docs, Dialect::OpenApi31).convert(&place, Direction::Request, true);
+        assert!(result.unwrap_err().message.contains("expand to more than"));
     }
 }
