@@ -88,8 +88,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                     warning.message
                 );
             }
+            let operations = config
+                .contract
+                .as_ref()
+                .map(|c| format!(", {} documented operations", c.operations().count()))
+                .unwrap_or_default();
             println!(
-                "{}: configuration is valid ({} routes, {} upstreams)",
+                "{}: configuration is valid ({} routes, {} upstreams{operations})",
                 path.display(),
                 config.route_count,
                 config.upstream_count

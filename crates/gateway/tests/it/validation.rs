@@ -395,7 +395,20 @@ fn check_names_the_file_and_place_of_document_problems() {
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    // A valid document passes, and an unknown relaxed operation is reported.
+    // A valid document passes, and counts its operations.
+    let dir = contract_dir(&[]);
+    let valid = config.replace("  relaxed_operations: [noSuchOperation]\n", "");
+    std::fs::write(dir.path().join("portcullis.yaml"), &valid).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("10 documented operations"), "{stdout}");
+
+    // An unknown relaxed operation is reported.
     let dir = contract_dir(&[]);
     std::fs::write(dir.path().join("portcullis.yaml"), &config).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
