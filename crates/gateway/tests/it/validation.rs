@@ -52,6 +52,14 @@ fn contract_dir(extra_files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// A gateway over `upstream` with the case matrix's document and the given YAML.
+async fn with_contract(upstream: &Upstream, yaml: &str) -> Gateway {
+    let dir = contract_dir(&[]);
+    let config = config_with(&upstream.url(), yaml);
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    Gateway::start_in(dir).await
+}
+
 const VALIDATION: &str = "validation:
   openapi: api.yaml
   max_json_depth: 8
@@ -64,10 +72,7 @@ limits:
 #[tokio::test]
 async fn request_cases() {
     let upstream = Upstream::start().await;
-    let dir = contract_dir(&[]);
-    let config = config_with(&upstream.url(), &format!("{VALIDATION}{CATCH_ALL}"));
-    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
-    let gw = Gateway::start_in(dir).await;
+    let gw = with_contract(&upstream, &format!("{VALIDATION}{CATCH_ALL}")).await;
     let text = std::fs::read_to_string(format!("{CASES}/requests.yaml")).unwrap();
     let cases: Vec<Case> = serde_saphyr::from_str(&text).unwrap();
     assert!(cases.len() >= 50, "{} cases", cases.len());
@@ -144,10 +149,7 @@ async fn request_cases() {
 #[tokio::test]
 async fn an_oversized_body_is_refused_without_reading_the_rest() {
     let upstream = Upstream::start().await;
-    let dir = contract_dir(&[]);
-    let config = config_with(&upstream.url(), &format!("{VALIDATION}{CATCH_ALL}"));
-    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
-    let gw = Gateway::start_in(dir).await;
+    let gw = with_contract(&upstream, &format!("{VALIDATION}{CATCH_ALL}")).await;
     // Chunked, so no Content-Length gives the size away: 8 KiB arrive, the rest never
     // does, and the answer must come anyway.
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -235,13 +237,11 @@ policy:
 #[tokio::test]
 async fn shadow_endpoints_are_forwarded_recorded_and_listed() {
     let upstream = Upstream::start().await;
-    let dir = contract_dir(&[]);
-    let config = config_with(
-        &upstream.url(),
+    let gw = with_contract(
+        &upstream,
         &format!("validation:\n  openapi: api.yaml\n  unknown_operations: log\n{CATCH_ALL}"),
-    );
-    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
-    let gw = Gateway::start_in(dir).await;
+    )
+    .await;
     for _ in 0..2 {
         let (status, _, _) = get(&gw.url("/v1/internal/export")).await.unwrap();
         assert_eq!(status, 200);
@@ -427,13 +427,11 @@ fn check_names_the_file_and_place_of_document_problems() {
 #[tokio::test]
 async fn editing_the_document_reloads_the_contract() {
     let upstream = Upstream::start().await;
-    let dir = contract_dir(&[]);
-    let config = config_with(
-        &upstream.url(),
+    let gw = with_contract(
+        &upstream,
         &format!("validation:\n  openapi: api.yaml\n{CATCH_ALL}"),
-    );
-    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
-    let gw = Gateway::start_in(dir).await;
+    )
+    .await;
     let (status, _, _) = get(&gw.url("/v1/reports")).await.unwrap();
     assert_eq!(status, 404);
     // A shared schema file changes too: the contract follows every file it was read from.

@@ -270,6 +270,14 @@ impl ApiContract {
     }
 }
 
+/// The keys of the object at `place` (none when it is absent or not an object).
+fn object_keys(docs: &Documents, place: &Place) -> Vec<String> {
+    match docs.get(place) {
+        Some(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The path of the first `servers` entry (relative, or the path of an absolute URL),
 /// without a trailing slash.
 fn base_path(docs: &Documents, root: &Place) -> Result<String, LoadProblem> {
@@ -490,10 +498,7 @@ impl Builder<'_> {
         place: &Place,
         strict: bool,
     ) -> Vec<ResponseSpec> {
-        let keys: Vec<String> = match converter.docs().get(place) {
-            Some(Value::Object(map)) => map.keys().cloned().collect(),
-            _ => return Vec::new(),
-        };
+        let keys = object_keys(converter.docs(), place);
         let mut out = Vec::new();
         for key in keys {
             let at = place.child(&key);
@@ -549,10 +554,7 @@ impl Builder<'_> {
         direction: Direction,
         strict: bool,
     ) -> Vec<MediaSpec> {
-        let keys: Vec<String> = match converter.docs().get(place) {
-            Some(Value::Object(map)) => map.keys().cloned().collect(),
-            _ => return Vec::new(),
-        };
+        let keys = object_keys(converter.docs(), place);
         let mut out = Vec::new();
         for key in keys {
             let at = place.child(&key);
