@@ -406,7 +406,7 @@ fn check_names_the_file_and_place_of_document_problems() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("10 documented operations"), "{stdout}");
+    assert!(stdout.contains("11 documented operations"), "{stdout}");
 
     // An unknown relaxed operation is reported.
     let dir = contract_dir(&[]);

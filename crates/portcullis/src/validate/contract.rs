@@ -3,7 +3,7 @@
 
 use super::document::{Documents, LoadProblem, Place};
 use super::media::MediaType;
-use super::params::{Location, Parameter};
+use super::params::{FormFields, Location, Parameter};
 use super::schema::{Converter, Dialect, Direction, Schema};
 use super::{ContractSettings, FieldError};
 use crate::denial::Denial;
@@ -25,11 +25,13 @@ const METHODS: [(&str, Method); 8] = [
     ("trace", Method::TRACE),
 ];
 
-/// A declared media type and, for JSON, the schema its bodies must satisfy.
+/// A declared media type and, for JSON and forms, the schema its bodies must satisfy.
 #[derive(Debug)]
 pub(crate) struct MediaSpec {
     pub range: MediaType,
     pub schema: Option<Schema>,
+    /// For forms: how each documented field's text becomes a value.
+    pub form: Option<FormFields>,
 }
 
 /// The index of the most specific declared range matching `actual`.
@@ -93,8 +95,9 @@ impl Operation {
 }
 
 impl Operation {
-    /// Checks a JSON request body sent with `content_type`, as [`super::ValidateLayer`]
-    /// does once it has read the body: the media type, the JSON guard, then the schema.
+    /// Checks a JSON (or form) request body sent with `content_type`, as
+    /// [`super::ValidateLayer`] does once it has read the body: the media type, the JSON
+    /// guard (or the form's fields), then the schema.
     pub fn check_json(
         &self,
         content_type: &str,
@@ -112,16 +115,27 @@ impl Operation {
             reason: "content_type_undeclared",
             detail: format!("not declared for operation {}", self.id),
         })?;
-        self.check_json_media(index, body, limits)
+        self.check_buffered_body(index, body, limits)
     }
 
-    /// The JSON guard, then the schema of the `media`-th declared media type (if any).
-    pub(crate) fn check_json_media(
+    /// The JSON guard (or, for a form, its fields), then the schema of the `media`-th
+    /// declared media type (if any).
+    pub(crate) fn check_buffered_body(
         &self,
         media: usize,
         body: &[u8],
         limits: JsonLimits,
     ) -> Result<(), Denial> {
+        let spec = self.body.as_ref().and_then(|b| b.media.get(media));
+        if let Some(form) = spec.and_then(|m| m.form.as_ref()) {
+            let value = form.read(body).map_err(Denial::invalid)?;
+            return match spec.and_then(|m| m.schema.as_ref()) {
+                Some(schema) if !schema.is_valid(&value) => {
+                    Err(Denial::invalid(schema.errors(&value, "")))
+                }
+                _ => Ok(()),
+            };
+        }
         let value = parse_strict(body, limits).map_err(|e| {
             let message = match e {
                 JsonError::DuplicateKey => "has a duplicate object key",
@@ -564,7 +578,8 @@ impl Builder<'_> {
             };
             let schema_place = at.child("schema");
             let has_schema = converter.docs().get(&schema_place).is_some();
-            let schema = if range.is_json() && has_schema {
+            let checked = range.is_json() || (range.is_form() && direction == Direction::Request);
+            let (schema, form) = if checked && has_schema {
                 let converted = converter.convert(&schema_place, direction, strict);
                 let Some(json) = self.try_or(converted) else {
                     continue;
@@ -573,11 +588,16 @@ impl Builder<'_> {
                 else {
                     continue;
                 };
-                Some(compiled)
+                let form = range.is_form().then(|| FormFields::of(&json));
+                (Some(compiled), form)
             } else {
-                None
+                (None, None)
             };
-            out.push(MediaSpec { range, schema });
+            out.push(MediaSpec {
+                range,
+                schema,
+                form,
+            });
         }
         out
     }

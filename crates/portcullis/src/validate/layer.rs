@@ -196,9 +196,9 @@ where
 enum BodyPlan {
     /// Forward as it streams (no body, or a declared non-JSON type).
     Stream,
-    /// Read it whole and check it as JSON (against the schema of the n-th media type,
-    /// when it has one).
-    Json(usize),
+    /// Read it whole and check it as JSON, or as a form with a schema (against the schema
+    /// of the n-th media type, when it has one).
+    Buffered(usize),
 }
 
 impl<S, B> Service<Request<B>> for Validate<S>
@@ -265,7 +265,7 @@ where
                 let is_head = req.method() == Method::HEAD;
                 let req = match plan {
                     BodyPlan::Stream => req.map(Validated::streaming),
-                    BodyPlan::Json(media) => {
+                    BodyPlan::Buffered(media) => {
                         check_json_body(req, &op, media, contract.settings.json).await?
                     }
                 };
@@ -348,8 +348,9 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
             ),
         });
     };
-    if media.is_json() {
-        return Ok(BodyPlan::Json(index));
+    let has_form_schema = spec.media.get(index).is_some_and(|m| m.form.is_some());
+    if media.is_json() || (media.is_form() && has_form_schema) {
+        return Ok(BodyPlan::Buffered(index));
     }
     Ok(BodyPlan::Stream)
 }
@@ -388,7 +389,7 @@ where
             }));
         }
     };
-    op.check_json_media(media, &bytes, limits)?;
+    op.check_buffered_body(media, &bytes, limits)?;
     Ok(Request::from_parts(parts, Validated::buffered(bytes)))
 }
 

@@ -15,6 +15,11 @@ impl MediaType {
         self.kind == "application" && (self.subtype == "json" || self.subtype.ends_with("+json"))
     }
 
+    /// Whether the body is an HTML form (`application/x-www-form-urlencoded`).
+    pub fn is_form(&self) -> bool {
+        self.kind == "application" && self.subtype == "x-www-form-urlencoded"
+    }
+
     /// How specifically `self`, as a declared range, matches `actual`: `None` when it does
     /// not; higher is more specific.
     pub fn matches(&self, actual: &MediaType) -> Option<u8> {

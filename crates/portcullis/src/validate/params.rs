@@ -329,6 +329,103 @@ pub(crate) fn check(
     }
 }
 
+/// How the fields of an `application/x-www-form-urlencoded` body become a JSON object for
+/// its schema: each documented property's text is coerced to its type; an undocumented field
+/// stays a string (and the schema's strictness decides).
+#[derive(Debug, Default)]
+pub(crate) struct FormFields {
+    fields: Vec<(String, Shape)>,
+}
+
+impl FormFields {
+    /// The fields a (rewritten) object schema documents.
+    pub fn of(schema: &Value) -> FormFields {
+        let fields = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|props| {
+                props
+                    .iter()
+                    .map(|(name, prop)| {
+                        let is_array = prop.get("type").is_some_and(|t| {
+                            t == "array"
+                                || t.as_array()
+                                    .is_some_and(|ts| ts.iter().any(|t| t == "array"))
+                        });
+                        let shape = if is_array {
+                            Shape::Repeated(prop.get("items").map_or(Scalar::String, Scalar::of))
+                        } else {
+                            Shape::Scalar(Scalar::of(prop))
+                        };
+                        (name.clone(), shape)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        FormFields { fields }
+    }
+
+    /// The body as an object, or the fields that cannot be one (bad encoding, a field sent
+    /// twice that is not an array, text that is not of the field's type).
+    pub fn read(&self, body: &[u8]) -> Result<Value, Vec<FieldError>> {
+        let text = std::str::from_utf8(body).map_err(|_| {
+            vec![FieldError::new(
+                String::new(),
+                "encoding",
+                "is not valid UTF-8".into(),
+            )]
+        })?;
+        let pairs = parse_query(text).map_err(|()| {
+            vec![FieldError::new(
+                String::new(),
+                "encoding",
+                "is not valid percent-encoded UTF-8".into(),
+            )]
+        })?;
+        let mut object = serde_json::Map::new();
+        let mut errors = Vec::new();
+        for (name, value) in &pairs {
+            let field = format!("/{}", super::document::escape_token(bounded(name)));
+            let shape = self
+                .fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(Shape::Scalar(Scalar::String), |(_, s)| *s);
+            let (scalar, repeated) = match shape {
+                Shape::Repeated(item) | Shape::Delimited(item, _) => (item, true),
+                Shape::Scalar(scalar) => (scalar, false),
+            };
+            let Some(coerced) = scalar.coerce(value) else {
+                errors.push(FieldError::new(
+                    field,
+                    "type",
+                    format!("must be of type {}", scalar.name()),
+                ));
+                continue;
+            };
+            match (object.get_mut(name.as_str()), repeated) {
+                (Some(Value::Array(items)), true) => items.push(coerced),
+                (Some(_), _) => errors.push(FieldError::new(
+                    field,
+                    "duplicate_parameter",
+                    "must be sent once".into(),
+                )),
+                (None, true) => {
+                    object.insert(name.clone(), Value::Array(vec![coerced]));
+                }
+                (None, false) => {
+                    object.insert(name.clone(), coerced);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Value::Object(object))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 /// Splits and decodes an `application/x-www-form-urlencoded` query.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, ()> {
     let decode = |text: &str| -> Result<String, ()> {
