@@ -257,48 +257,70 @@ where
         // The clone that was made ready serves this request (tower's readiness contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = contract.settings.json;
+        if !check_responses {
+            // Kept apart from the response checks so that this future stays small: it is
+            // built and moved to the heap on every checked request.
+            return ValidateFuture::Checked {
+                future: Box::pin(async move {
+                    let req = read_body(req, &op, plan, limits).await?;
+                    inner.call(req).await
+                }),
+            };
+        }
         let contract = contract.clone();
         let events = self.operations.events.clone();
         ValidateFuture::Checked {
             future: Box::pin(async move {
                 let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
                 let is_head = req.method() == Method::HEAD;
-                let req = match plan {
-                    BodyPlan::Stream => req.map(Validated::streaming),
-                    BodyPlan::Buffered(media) => {
-                        check_json_body(req, &op, media, contract.settings.json).await?
-                    }
-                };
+                let req = read_body(req, &op, plan, limits).await?;
                 let response = inner.call(req).await?;
-                if !check_responses || is_head {
+                if is_head {
                     return Ok(response);
                 }
                 let max = contract.settings.max_response_bytes;
-                match check_response(&op, response, max).await? {
-                    (response, None) => Ok(response),
-                    (response, Some(violation)) => match contract.settings.responses {
-                        ResponseMode::Block => Err(violation),
-                        _ => {
-                            if let Some(scope) = &scope {
-                                let mut event = request_event(
-                                    violation.event_type(),
-                                    violation.severity(),
-                                    violation.reason(),
-                                    scope,
-                                );
-                                event.details = serde_json::json!({
-                                    "status": response.status().as_u16(),
-                                    "detail": violation.detail(),
-                                    "action": "logged",
-                                });
-                                events.emit(event);
-                            }
-                            Ok(response)
-                        }
-                    },
+                let (response, violation) = check_response(&op, response, max).await?;
+                let Some(violation) = violation else {
+                    return Ok(response);
+                };
+                if contract.settings.responses == ResponseMode::Block {
+                    return Err(violation);
                 }
+                if let Some(scope) = &scope {
+                    let mut event = request_event(
+                        violation.event_type(),
+                        violation.severity(),
+                        violation.reason(),
+                        scope,
+                    );
+                    event.details = serde_json::json!({
+                        "status": response.status().as_u16(),
+                        "detail": violation.detail(),
+                        "action": "logged",
+                    });
+                    events.emit(event);
+                }
+                Ok(response)
             }),
         }
+    }
+}
+
+/// Hands the body on as it streams, or reads and checks it first.
+async fn read_body<B>(
+    req: Request<B>,
+    op: &Operation,
+    plan: BodyPlan,
+    limits: JsonLimits,
+) -> Result<Request<Validated<B>>, Denial>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    match plan {
+        BodyPlan::Stream => Ok(req.map(Validated::streaming)),
+        BodyPlan::Buffered(media) => check_json_body(req, op, media, limits).await,
     }
 }
 
