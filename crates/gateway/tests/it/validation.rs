@@ -360,6 +360,15 @@ async fn responses_that_break_the_contract_are_logged_or_blocked() {
     }
 }
 
+/// `portcullis check` on the configuration in `dir`.
+fn check(dir: &tempfile::TempDir) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_names_the_file_and_place_of_document_problems() {
     let dir = test_dir(&[
@@ -376,11 +385,7 @@ fn check_names_the_file_and_place_of_document_problems() {
         ),
     );
     std::fs::write(dir.path().join("portcullis.yaml"), &config).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
+    let output = check(&dir);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     for expected in [
@@ -399,11 +404,7 @@ fn check_names_the_file_and_place_of_document_problems() {
     let dir = contract_dir(&[]);
     let valid = config.replace("  relaxed_operations: [noSuchOperation]\n", "");
     std::fs::write(dir.path().join("portcullis.yaml"), &valid).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
+    let output = check(&dir);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("11 documented operations"), "{stdout}");
@@ -411,11 +412,7 @@ fn check_names_the_file_and_place_of_document_problems() {
     // An unknown relaxed operation is reported.
     let dir = contract_dir(&[]);
     std::fs::write(dir.path().join("portcullis.yaml"), &config).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
+    let output = check(&dir);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

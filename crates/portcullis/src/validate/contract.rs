@@ -60,6 +60,23 @@ pub(crate) enum StatusPattern {
     Default,
 }
 
+impl StatusPattern {
+    /// `200`, `2XX` or `default`.
+    fn parse(key: &str) -> Option<StatusPattern> {
+        match key {
+            "default" => Some(StatusPattern::Default),
+            k if k.len() == 3 && k.ends_with("XX") => match k.get(..1)?.parse().ok()? {
+                d @ 1..=5 => Some(StatusPattern::Range(d)),
+                _ => None,
+            },
+            k => match k.parse::<u16>().ok()? {
+                code @ 100..=599 => Some(StatusPattern::Exact(code)),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A response declaration.
 #[derive(Debug)]
 pub(crate) struct ResponseSpec {
@@ -516,32 +533,13 @@ impl Builder<'_> {
         let mut out = Vec::new();
         for key in keys {
             let at = place.child(&key);
-            let status = match key.as_str() {
-                "default" => StatusPattern::Default,
-                k if k.len() == 3 && k.ends_with("XX") => {
-                    match k.get(..1).and_then(|d| d.parse().ok()) {
-                        Some(d @ 1..=5) => StatusPattern::Range(d),
-                        _ => {
-                            self.problem(
-                                converter.docs(),
-                                &at,
-                                "is not a status code, range or `default`",
-                            );
-                            continue;
-                        }
-                    }
-                }
-                k => match k.parse::<u16>() {
-                    Ok(code @ 100..=599) => StatusPattern::Exact(code),
-                    _ => {
-                        self.problem(
-                            converter.docs(),
-                            &at,
-                            "is not a status code, range or `default`",
-                        );
-                        continue;
-                    }
-                },
+            let Some(status) = StatusPattern::parse(&key) else {
+                self.problem(
+                    converter.docs(),
+                    &at,
+                    "is not a status code, range or `default`",
+                );
+                continue;
             };
             let Some(response) = self.try_or(converter.docs().resolve(&at)) else {
                 continue;
