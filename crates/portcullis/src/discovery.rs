@@ -69,11 +69,7 @@ impl Inventory {
 
     /// Records a call to an undocumented endpoint; true the first time it is seen.
     pub fn shadow(&self, method: &Method, path: &str) -> bool {
-        let mut end = path.len().min(MAX_SHADOW_PATH);
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        let path = path.get(..end).unwrap_or_default();
+        let path = crate::respond::truncated(path, MAX_SHADOW_PATH);
         let mut map = self.shadow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(stats) = map.get(&(method.clone(), Arc::from(path))) {
             stats.hit();

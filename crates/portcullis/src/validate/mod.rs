@@ -122,12 +122,36 @@ pub struct FieldError {
     pub code: &'static str,
 }
 
+/// Longest `field` sent back: it can hold names the client chose.
+const MAX_FIELD_BYTES: usize = 128;
+
 impl FieldError {
     pub(crate) fn new(field: String, code: &'static str, message: String) -> Self {
+        let field = match field.len() > MAX_FIELD_BYTES {
+            true => crate::respond::truncated(&field, MAX_FIELD_BYTES).to_string(),
+            false => field,
+        };
         FieldError {
             field,
             message,
             code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_chosen_field_names_are_cut_short() {
+        let long = format!("/{}", "é".repeat(200));
+        let error = FieldError::new(
+            long,
+            "unknown_property",
+            "is not a documented property".into(),
+        );
+        assert!(error.field.len() <= MAX_FIELD_BYTES);
+        assert!(error.field.starts_with("/é"));
     }
 }

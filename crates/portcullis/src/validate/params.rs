@@ -320,7 +320,7 @@ pub(crate) fn check(
             if !declared && !reported.contains(&name.as_str()) && reported.len() < 10 {
                 reported.push(name);
                 errors.push(FieldError::new(
-                    format!("query.{}", bounded(name)),
+                    format!("query.{}", name),
                     "unknown_parameter",
                     "is not a documented parameter".into(),
                 ));
@@ -385,7 +385,7 @@ impl FormFields {
         let mut object = serde_json::Map::new();
         let mut errors = Vec::new();
         for (name, value) in &pairs {
-            let field = format!("/{}", super::document::escape_token(bounded(name)));
+            let field = format!("/{}", super::document::escape_token(name));
             let shape = self
                 .fields
                 .iter()
@@ -457,15 +457,6 @@ fn cookies(headers: &HeaderMap) -> Vec<(&str, &str)> {
             Some((name.trim(), value.trim().trim_matches('"')))
         })
         .collect()
-}
-
-/// Client-chosen names echoed in an error are cut short.
-fn bounded(text: &str) -> &str {
-    let mut end = text.len().min(64);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default()
 }
 
 #[cfg(test)]
