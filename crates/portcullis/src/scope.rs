@@ -14,6 +14,7 @@ pub struct RequestScope {
     client_ip: OnceLock<IpAddr>,
     endpoint: OnceLock<Arc<str>>,
     route: OnceLock<Arc<str>>,
+    operation: OnceLock<Arc<str>>,
     user_id: OnceLock<String>,
 }
 
@@ -26,6 +27,7 @@ impl RequestScope {
             client_ip: OnceLock::new(),
             endpoint: OnceLock::new(),
             route: OnceLock::new(),
+            operation: OnceLock::new(),
             user_id: OnceLock::new(),
         }
     }
@@ -50,9 +52,16 @@ impl RequestScope {
         let _ = self.client_ip.set(ip);
     }
 
-    /// The route template, or the normalised path when no route matched.
+    /// The documented operation's path template when the API document describes the
+    /// request, else the route template, or the normalised path when no route matched.
     pub fn endpoint(&self) -> Option<&Arc<str>> {
-        self.endpoint.get()
+        self.operation.get().or_else(|| self.endpoint.get())
+    }
+
+    /// Records the documented operation's path template (first write wins); it names the
+    /// endpoint from then on, being more precise than a prefix route.
+    pub fn set_operation(&self, template: Arc<str>) {
+        let _ = self.operation.set(template);
     }
 
     /// Records the endpoint (first write wins).

@@ -27,6 +27,7 @@ struct Case {
     #[serde(default)]
     errors: Vec<ExpectedError>,
     never_echo: Option<String>,
+    endpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -137,6 +138,9 @@ async fn request_cases() {
         );
         if case.status == 400 {
             assert_eq!(event["event_type"], "validation_failure", "{name}");
+        }
+        if let Some(endpoint) = &case.endpoint {
+            assert_eq!(event["endpoint"], endpoint.as_str(), "{name}");
         }
     }
     assert_eq!(

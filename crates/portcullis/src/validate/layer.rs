@@ -98,6 +98,9 @@ where
         match contract.find(req.method(), req.uri().path()) {
             Some(matched) => {
                 matched.operation.stats.hit();
+                if let Some(scope) = req.extensions().get::<Arc<RequestScope>>() {
+                    scope.set_operation(matched.operation.template.clone());
+                }
                 req.extensions_mut().insert(matched);
             }
             None => match contract.settings.unknown_operations {
