@@ -122,6 +122,9 @@ pub struct FieldError {
     pub code: &'static str,
 }
 
+/// Most errors reported for one request (the first ones found).
+pub(crate) const MAX_ERRORS: usize = 10;
+
 /// Longest `field` sent back: it can hold names the client chose.
 const MAX_FIELD_BYTES: usize = 128;
 

@@ -317,7 +317,8 @@ pub(crate) fn check(
             let declared = params
                 .iter()
                 .any(|p| p.location == Location::Query && p.name == *name);
-            if !declared && !reported.contains(&name.as_str()) && reported.len() < 10 {
+            if !declared && !reported.contains(&name.as_str()) && reported.len() < super::MAX_ERRORS
+            {
                 reported.push(name);
                 errors.push(FieldError::new(
                     format!("query.{}", name),
@@ -385,6 +386,9 @@ impl FormFields {
         let mut object = serde_json::Map::new();
         let mut errors = Vec::new();
         for (name, value) in &pairs {
+            if errors.len() >= super::MAX_ERRORS {
+                break;
+            }
             let field = format!("/{}", super::document::escape_token(name));
             let shape = self
                 .fields

@@ -9,8 +9,8 @@
 //! - *direction*: a `readOnly` property may not appear in a request (mass assignment), nor
 //!   a `writeOnly` one in a response.
 
-use super::FieldError;
 use super::document::{Documents, LoadProblem, Place};
+use super::{FieldError, MAX_ERRORS};
 use jsonschema::{Draft, PatternOptions, ValidationError, Validator};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -18,8 +18,6 @@ use std::collections::{HashMap, HashSet};
 /// Most nodes a document may expand to once its references are inlined (a bound on
 /// documents built to explode).
 const MAX_NODES: usize = 200_000;
-/// Most errors reported for one value.
-const MAX_ERRORS: usize = 10;
 
 /// Which way the data flows: decides whether `readOnly` or `writeOnly` properties are
 /// forbidden.
@@ -487,7 +485,7 @@ impl Schema {
             }
             Kind::AdditionalProperties { unexpected }
             | Kind::UnevaluatedProperties { unexpected } => {
-                for name in unexpected {
+                for name in unexpected.iter().take(MAX_ERRORS) {
                     out.push(FieldError::new(
                         field(name),
                         "unknown_property",
