@@ -479,6 +479,7 @@ async fn a_property_based_fuzzer_gets_no_non_conforming_request_past_the_gateway
     let output = tokio::task::spawn_blocking({
         let base = gw.url("/api");
         let document = gw.config_path().with_file_name("openapi.yaml");
+        let workdir = gw.config_path().with_file_name("");
         move || {
             std::process::Command::new("timeout")
                 .arg("300")
@@ -498,6 +499,8 @@ async fn a_property_based_fuzzer_gets_no_non_conforming_request_past_the_gateway
                     "--workers",
                     "1",
                 ])
+                // schemathesis keeps a cache in its working directory: not in the repository.
+                .current_dir(&workdir)
                 .env("PYTHONPATH", format!("{peers}/python:{peers}"))
                 .env("SCHEMATHESIS_HOOKS", "fuzz_checks")
                 .env("NO_COLOR", "1")
