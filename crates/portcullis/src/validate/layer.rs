@@ -222,10 +222,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Taken, not cloned: nothing after this layer needs the match.
         let (Some(contract), Some(matched)) = (
             &self.operations.contract,
-            req.extensions().get::<OperationMatch>().cloned(),
+            req.extensions_mut().remove::<OperationMatch>(),
         ) else {
             let future = self.inner.call(req.map(Validated::streaming));
             return ValidateFuture::Direct {
@@ -235,7 +236,7 @@ where
         let denied = |denial| ValidateFuture::Direct {
             future: DenialOr::denied(denial),
         };
-        let op = matched.operation.clone();
+        let op = matched.operation;
         let mut errors = Vec::new();
         let sent = Sent {
             query: req.uri().query(),

@@ -252,7 +252,10 @@ pub(crate) fn check(
     sent: &Sent<'_>,
     errors: &mut Vec<FieldError>,
 ) {
-    let query = match sent.query.map(parse_query).transpose() {
+    let wants = |location| params.iter().any(|p| p.location == location);
+    // Read only what some parameter (or strictness) needs: most operations declare few.
+    let query = sent.query.filter(|_| strict || wants(Location::Query));
+    let query = match query.map(parse_query).transpose() {
         Ok(query) => query.unwrap_or_default(),
         Err(()) => {
             errors.push(FieldError::new(
@@ -263,7 +266,11 @@ pub(crate) fn check(
             return;
         }
     };
-    let cookies = cookies(sent.headers);
+    let cookies = if wants(Location::Cookie) {
+        cookies(sent.headers)
+    } else {
+        Vec::new()
+    };
     let mut decoded_path = Vec::with_capacity(sent.path.len());
     for (name, raw) in sent.path {
         match percent_encoding::percent_decode_str(raw).decode_utf8() {
