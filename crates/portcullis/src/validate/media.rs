@@ -66,8 +66,9 @@ impl ContentTypeError {
 
 /// Parses a request's `Content-Type` value.
 pub(crate) fn parse_content_type(text: &str) -> Result<MediaType, ContentTypeError> {
-    let mut parts = text.split(';');
-    let essence = parts.next().unwrap_or_default().trim_matches([' ', '\t']);
+    let split = text.find(';').unwrap_or(text.len());
+    let (essence, rest) = text.split_at(split);
+    let essence = essence.trim_matches([' ', '\t']);
     let (kind, subtype) = essence.split_once('/').ok_or(ContentTypeError::Syntax)?;
     if !is_token(kind) || !is_token(subtype) {
         return Err(ContentTypeError::Syntax);
@@ -77,7 +78,6 @@ pub(crate) fn parse_content_type(text: &str) -> Result<MediaType, ContentTypeErr
         subtype: subtype.to_ascii_lowercase(),
     };
     let mut seen: Vec<String> = Vec::new();
-    let rest = text.get(essence.len()..).unwrap_or_default();
     for (name, value) in parameters(rest)? {
         let name = name.to_ascii_lowercase();
         if seen.contains(&name) {
@@ -181,6 +181,11 @@ mod tests {
                 .is_json()
         );
         assert!(parse_content_type("text/plain; charset=latin1").is_ok());
+        assert!(
+            parse_content_type(" application/json ; charset=utf-8")
+                .unwrap()
+                .is_json()
+        );
         let any = MediaType::range("*/*").unwrap();
         let text = MediaType::range("text/*").unwrap();
         let plain = parse_content_type("text/plain").unwrap();
