@@ -159,7 +159,15 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
         "alice",
         "identity header from the verified token"
     );
-    // The demo API's document is enforced: the owner is read-only (mass assignment).
+    // The demo API's document is enforced: the owner is read-only (mass assignment), and
+    // the refused item never reaches the items API.
+    let count = || async {
+        let (_, _, body) = send(authed(format!("{gw}/api/items"), "GET", &alice))
+            .await
+            .unwrap();
+        json(&body).as_array().unwrap().len()
+    };
+    let before = count().await;
     let mass_assignment = r#"{"name":"widget","owner":"bob"}"#;
     let (status, _, body) = send(with_body(
         format!("{gw}/api/items"),
@@ -171,6 +179,7 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
     .unwrap();
     assert_eq!(status, 400, "{body}");
     assert_eq!(json(&body)["errors"][0]["code"], "read_only");
+    assert_eq!(count().await, before, "the refused item was created");
     let (status, _, _) = send(authed(format!("{gw}/api/items"), "POST", &bob))
         .await
         .unwrap();

@@ -115,7 +115,7 @@ impl Operation {
     /// Checks a JSON (or form) request body sent with `content_type`, as
     /// [`super::ValidateLayer`] does once it has read the body: the media type, the JSON
     /// guard (or the form's fields), then the schema.
-    pub fn check_json(
+    pub fn check_body(
         &self,
         content_type: &str,
         body: &[u8],

@@ -195,18 +195,16 @@ fn parse_document(text: &str) -> Result<Value, String> {
         };
         return parse_strict(text.as_bytes(), limits).map_err(|e| e.to_string());
     }
-    let value: Value = serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?;
-    Ok(value)
-}
-
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take_while(|l| !l.starts_with('|') && !l.starts_with("-->"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    // The parser's first line says where and what; the rest is a source excerpt.
+    serde_saphyr::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    })
 }
 
 /// Escapes one JSON-pointer reference token (RFC 6901).
@@ -222,7 +220,8 @@ mod tests {
     fn yaml_numeric_keys_become_strings_and_duplicates_are_refused() {
         let value = parse_document("responses:\n  200:\n    description: ok\n").unwrap();
         assert!(value.pointer("/responses/200").is_some());
-        assert!(parse_document("a: 1\na: 2\n").is_err());
+        let duplicate = parse_document("a: 1\na: 2\n").unwrap_err();
+        assert!(duplicate.contains("uplicate") && !duplicate.contains('\n'), "{duplicate}");
         assert!(parse_document("{\"a\":1,\"a\":2}").is_err());
     }
 

@@ -324,7 +324,7 @@ where
 {
     match plan {
         BodyPlan::Stream => Ok(req.map(Validated::streaming)),
-        BodyPlan::Buffered(media) => check_json_body(req, op, media, limits).await,
+        BodyPlan::Buffered(media) => buffer_and_check(req, op, media, limits).await,
     }
 }
 
@@ -381,9 +381,9 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
     Ok(BodyPlan::Stream)
 }
 
-/// Reads the whole body (bounded), checks it as strict JSON and against the schema, and
-/// hands it on as bytes.
-async fn check_json_body<B>(
+/// Reads the whole body (bounded), checks it (strict JSON or form fields, then the schema),
+/// and hands it on as bytes.
+async fn buffer_and_check<B>(
     req: Request<B>,
     op: &Operation,
     media: usize,
