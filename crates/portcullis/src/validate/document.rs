@@ -221,7 +221,10 @@ mod tests {
         let value = parse_document("responses:\n  200:\n    description: ok\n").unwrap();
         assert!(value.pointer("/responses/200").is_some());
         let duplicate = parse_document("a: 1\na: 2\n").unwrap_err();
-        assert!(duplicate.contains("uplicate") && !duplicate.contains('\n'), "{duplicate}");
+        assert!(
+            duplicate.contains("uplicate") && !duplicate.contains('\n'),
+            "{duplicate}"
+        );
         assert!(parse_document("{\"a\":1,\"a\":2}").is_err());
     }
 
