@@ -57,6 +57,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         issuers,
         &logs,
         &gateway.shared.limiters(),
+        &generation.config.certificates,
     );
     (
         [(

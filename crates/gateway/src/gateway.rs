@@ -4,7 +4,6 @@
 use crate::config::{self, GatewayConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
-use crate::proxy::{self, UpstreamClient};
 use arc_swap::ArcSwap;
 use portcullis::event::{EventBus, EventType, SecurityEvent, Severity};
 use std::path::PathBuf;
@@ -28,7 +27,6 @@ pub struct Gateway {
     pub events: Arc<EventBus>,
     /// Metrics.
     pub metrics: Metrics,
-    client: UpstreamClient,
     /// State that outlives configuration generations (revocations, key sets).
     pub shared: config::Shared,
     last_text: tokio::sync::Mutex<String>,
@@ -69,14 +67,13 @@ impl Gateway {
         }
         start_key_refreshers(&config);
         let text = fingerprint(&text, &config);
-        let client = proxy::client();
-        let pipeline = pipeline::build(&config, events.clone(), client.clone());
+        config.activate();
+        let pipeline = pipeline::build(&config, events.clone());
         Ok(Arc::new(Gateway {
             config_path,
             current: ArcSwap::from_pointee(Generation { config, pipeline }),
             events,
             metrics: Metrics::new(),
-            client,
             shared,
             last_text: tokio::sync::Mutex::new(text),
             ready: AtomicBool::new(false),
@@ -122,7 +119,8 @@ impl Gateway {
                 let text = fingerprint(&text, &config);
                 let old = self.current();
                 let restart_needed = restart_needed(&old.config, &config);
-                let pipeline = pipeline::build(&config, self.events.clone(), self.client.clone());
+                let pipeline = pipeline::build(&config, self.events.clone());
+                config.activate();
                 self.current
                     .store(Arc::new(Generation { config, pipeline }));
                 *last_text = text;
@@ -186,6 +184,11 @@ fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str>
     let mut fields = Vec::new();
     if old.listen != new.listen {
         fields.push("listen.address");
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        // The listener keeps speaking what it started with; certificates, client CAs and
+        // versions do change on reload.
+        fields.push("listen.tls");
     }
     if old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address) {
         fields.push("admin.address");

@@ -11,6 +11,7 @@ mod pipeline;
 mod proxy;
 mod reload;
 mod server;
+mod tls;
 mod token;
 
 use clap::Parser;
@@ -155,7 +156,12 @@ mod serve {
         reload::on_sighup(gateway.clone())?;
         let _watch = reload::on_file_change(gateway.clone(), &config_path)?;
         gateway.set_ready();
-        eprintln!("portcullis: listening on http://{listen}");
+        let scheme = if generation.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        eprintln!("portcullis: listening on {scheme}://{listen}");
         if let Some(admin) = admin_addr {
             eprintln!("portcullis: admin on http://{admin}");
         }

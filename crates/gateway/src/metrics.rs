@@ -38,6 +38,16 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    cert: String,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +65,8 @@ pub struct Metrics {
     decisions_dropped: Gauge,
     store_degraded: Gauge,
     store_switches: Gauge,
+    tls_failures: Family<ReasonLabel, Counter>,
+    cert_expiry: Family<CertLabel, Gauge>,
     no_route: Arc<str>,
 }
 
@@ -112,6 +124,18 @@ impl Metrics {
             "Security event lines dropped because the writer fell behind",
             events_dropped.clone(),
         );
+        let tls_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed on the listener, by reason",
+            tls_failures.clone(),
+        );
+        let cert_expiry = Family::<CertLabel, Gauge>::default();
+        registry.register(
+            "tls_cert_expiry_seconds",
+            "Seconds until each configured certificate expires (negative: expired)",
+            cert_expiry.clone(),
+        );
         let jwks_age = Family::<IssuerLabel, Gauge>::default();
         let jwks_refreshes = Family::<IssuerLabel, Gauge>::default();
         let jwks_failures = Family::<IssuerLabel, Gauge>::default();
@@ -158,6 +182,8 @@ impl Metrics {
             registry,
             store_degraded,
             store_switches,
+            tls_failures,
+            cert_expiry,
             decisions_written,
             decisions_dropped,
             jwks_age,
@@ -213,6 +239,13 @@ impl Metrics {
         self.open_connections.dec();
     }
 
+    /// A TLS handshake on the listener failed.
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Records a reload attempt.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
@@ -226,6 +259,7 @@ impl Metrics {
         issuers: &[portcullis::authn::Issuer],
         logs: &[Arc<portcullis::authz::decision_log::DecisionLog>],
         limiters: &[Arc<portcullis::ratelimit::store::Limiter>],
+        certificates: &[crate::config::WatchedCert],
     ) -> String {
         let degraded = limiters.iter().any(|l| l.is_degraded());
         self.store_degraded.set(i64::from(degraded));
@@ -241,7 +275,16 @@ impl Metrics {
         self.events_dropped
             .set(i64::try_from(events_dropped).unwrap_or(i64::MAX));
         let now = portcullis::authn::now_secs() as i64;
-        for issuer in issuers.iter().filter(|i| i.keys.uri().is_some()) {
+        // Only the current configuration's certificates: a replaced one must not linger.
+        self.cert_expiry.clear();
+        for cert in certificates {
+            self.cert_expiry
+                .get_or_create(&CertLabel {
+                    cert: cert.label.clone(),
+                })
+                .set(cert.not_after.saturating_sub(now));
+        }
+        for issuer in issuers.iter().filter(|i| i.keys.source().is_some()) {
             let label = IssuerLabel {
                 issuer: issuer.name.clone(),
             };

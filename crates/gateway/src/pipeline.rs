@@ -1,7 +1,7 @@
 //! The request pipeline, built in request order from a compiled configuration.
 
 use crate::config::{GatewayConfig, RouteTarget};
-use crate::proxy::{Proxy, UpstreamClient};
+use crate::proxy::Proxy;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::event::EventBus;
@@ -34,7 +34,7 @@ pub type Pipeline = Respond<
 >;
 
 /// Builds the pipeline for one configuration generation.
-pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClient) -> Pipeline {
+pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
     let trusted = Arc::new(config.normalize.trusted_proxies.clone());
     let operations = Operations::new(
         config.contract.clone(),
@@ -71,5 +71,5 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>, client: UpstreamClie
         // Only now, for a caller allowed to call it, the API's contract: parameters,
         // content type, strict JSON and its schema (and the response, when asked).
         .layer(ValidateLayer::new(operations))
-        .service(Proxy::new(client, trusted))
+        .service(Proxy::new(trusted))
 }

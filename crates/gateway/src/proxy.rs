@@ -1,20 +1,21 @@
 //! Forwarding to upstreams: a pooled keep-alive client, the upstream URI, forwarding
 //! headers, per-upstream timeouts, and transport failures turned into [`Denial`]s.
 
-use crate::config::RouteTarget;
+use crate::config::{HostRule, RouteTarget, UpstreamTls};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis::Denial;
 use portcullis::body::{self, Body};
 use portcullis::net::TrustedProxies;
 use portcullis::normalize::{BodyTrip, GuardedBody, strip_hop_by_hop};
+use portcullis::outbound::{ClientCertificate, Trust, error_chain, pooled_client};
 use portcullis::route::RouteMatch;
-use portcullis::scope::PeerAddr;
+use portcullis::scope::{PeerAddr, Transport};
 use portcullis::validate::Validated;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,37 +26,68 @@ use std::time::Duration;
 /// The request body type the proxy forwards.
 pub type ProxyBody = Validated<GuardedBody<Incoming>>;
 
-/// The pooled upstream client, shared by every pipeline so reloads keep warm connections.
+/// A pooled upstream client, shared by every pipeline so reloads keep warm connections.
 /// Behind an `Arc` because the client itself is several reference counts to clone.
-pub type UpstreamClient = Arc<Client<HttpConnector, ProxyBody>>;
+pub type UpstreamClient = Arc<Client<HttpsConnector<HttpConnector>, ProxyBody>>;
 
-/// Builds the upstream client.
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.enforce_http(true);
-    Arc::new(
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector),
-    )
+/// A pooled client and the holder of the client certificate it presents.
+#[derive(Debug, Clone)]
+pub struct PooledUpstream {
+    /// The client.
+    pub client: UpstreamClient,
+    /// The gateway's own certificate for upstream mTLS, replaced on reload.
+    pub client_cert: Option<Arc<ClientCertificate>>,
+}
+
+/// The pooled client for upstreams with this trust and these TLS settings: created once
+/// and kept across reloads, so that unchanged settings keep their warm connections.
+pub fn pooled_upstream(
+    shared: &crate::config::Shared,
+    trust: &Trust,
+    tls: Option<&UpstreamTls>,
+) -> Result<PooledUpstream, String> {
+    let server_name = tls.and_then(|t| t.server_name.clone());
+    let cert = tls.and_then(|t| t.client_cert.as_ref());
+    let key = format!(
+        "{:?} {:?} {:?}",
+        trust.fingerprint(),
+        server_name,
+        cert.map(|(_, c, k)| (c, k))
+    );
+    let mut pool = shared
+        .upstream_clients
+        .lock()
+        .map_err(|_| "upstream client registry poisoned".to_string())?;
+    if let Some(existing) = pool.get(&key) {
+        return Ok(existing.clone());
+    }
+    let client_cert = cert.map(|(pair, _, _)| ClientCertificate::new(pair.clone()));
+    let config = trust
+        .client_config(client_cert.clone())
+        .map_err(|e| e.to_string())?;
+    let pooled = PooledUpstream {
+        client: Arc::new(pooled_client(
+            config,
+            server_name,
+            true,
+            Duration::from_secs(5),
+        )),
+        client_cert,
+    };
+    pool.insert(key, pooled.clone());
+    Ok(pooled)
 }
 
 /// The innermost service: forwards a routed, normalised request to its upstream.
 #[derive(Clone)]
 pub struct Proxy {
-    client: UpstreamClient,
     trusted: Arc<TrustedProxies>,
 }
 
 impl Proxy {
-    /// A proxy using `client`, believing forwarding headers only from `trusted` peers.
-    pub fn new(client: UpstreamClient, trusted: Arc<TrustedProxies>) -> Self {
-        Proxy { client, trusted }
+    /// A proxy believing forwarding headers only from `trusted` peers.
+    pub fn new(trusted: Arc<TrustedProxies>) -> Self {
+        Proxy { trusted }
     }
 }
 
@@ -71,10 +103,9 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let client = self.client.clone();
         let prepared = prepare(req, &self.trusted);
         Box::pin(async move {
-            let (req, upstream, timeout, trip) = prepared?;
+            let (req, client, upstream, timeout, trip) = prepared?;
             let sent = tokio::time::timeout(timeout, client.request(req)).await;
             let response = match sent {
                 Err(_) => return Err(Denial::UpstreamTimeout { upstream }),
@@ -96,7 +127,13 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
     }
 }
 
-type Prepared = (Request<ProxyBody>, String, Duration, BodyTrip);
+type Prepared = (
+    Request<ProxyBody>,
+    UpstreamClient,
+    String,
+    Duration,
+    BodyTrip,
+);
 
 fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prepared, Denial> {
     let Some(matched) = req.extensions_mut().remove::<RouteMatch<RouteTarget>>() else {
@@ -118,7 +155,12 @@ fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prep
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let original_authority = req.uri().authority().cloned();
+    // The client's Host: its header, or for HTTP/2 the `:authority` it sent.
+    let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
@@ -137,27 +179,43 @@ fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prep
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let tls = req.extensions().get::<Transport>().is_some_and(|t| t.tls);
+    let host = match &upstream.host {
+        HostRule::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
+        HostRule::Preserve => client_host,
+        HostRule::Literal(name) => Some(name.clone()),
+    };
     let headers = req.headers_mut();
-    if !headers.contains_key(header::HOST)
-        && let Some(authority) = original_authority
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(header::HOST, value);
-    }
+    match host {
+        Some(host) => headers.insert(header::HOST, host),
+        None => headers.remove(header::HOST),
+    };
     if let Some(peer) = peer {
-        set_forwarding_headers(headers, peer, trusted.trusts(peer));
+        set_forwarding_headers(headers, peer, trusted.trusts(peer), tls);
     }
-    Ok((req, upstream.name.clone(), upstream.timeout, trip))
+    Ok((
+        req,
+        upstream.client.clone(),
+        upstream.name.clone(),
+        upstream.timeout,
+        trip,
+    ))
 }
 
 /// `X-Forwarded-For` / `Forwarded`: a trusted proxy's chain is extended with the peer;
 /// anything an untrusted client sent is replaced, so it cannot plant a fake origin.
-fn set_forwarding_headers(headers: &mut HeaderMap, peer: std::net::IpAddr, trusted_peer: bool) {
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    trusted_peer: bool,
+    tls: bool,
+) {
     let peer_text = peer.to_string();
+    let proto = if tls { "https" } else { "http" };
     let forwarded_node = if peer.is_ipv6() {
-        format!("for=\"[{peer_text}]\";proto=http")
+        format!("for=\"[{peer_text}]\";proto={proto}")
     } else {
-        format!("for={peer_text};proto=http")
+        format!("for={peer_text};proto={proto}")
     };
     let joined = |headers: &HeaderMap, name: &str, add: &str| -> String {
         let existing: Vec<&str> = headers
@@ -185,18 +243,6 @@ fn set_forwarding_headers(headers: &mut HeaderMap, peer: std::net::IpAddr, trust
         }
     }
     if !trusted_peer || !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
-}
-
-/// The error and its causes on one line, for the operator's event.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -1,17 +1,19 @@
-//! The data-plane listener: accepts connections (bounded by `max_connections`), serves
-//! HTTP/1.1 and HTTP/2 (prior knowledge) on one port with explicit abuse limits, and shuts
-//! down gracefully.
+//! The data-plane listener: accepts connections (bounded by `max_connections`), terminates
+//! TLS when configured (mTLS identities read once per connection), serves HTTP/1.1 and
+//! HTTP/2 on one port with explicit abuse limits, and shuts down gracefully.
 
 use crate::gateway::Gateway;
+use crate::tls::{self, Handshake};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use portcullis::authn::mtls::ClientIdentity;
 use portcullis::body::Body;
 use portcullis::framing::{FramingScanner, FramingViolation};
 use portcullis::respond::Outcome;
-use portcullis::scope::PeerAddr;
+use portcullis::scope::{PeerAddr, Transport};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,11 +24,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::rustls::ServerConfig;
 use tower::ServiceExt;
 
 /// The HTTP/2 connection preface; a client that stops part-way through it is as slow as
 /// one that never sends a head, and is cut off the same way.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Binds a listener, failing with a sentence that names the address.
 pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -44,6 +47,9 @@ pub async fn serve(
     grace: Duration,
 ) {
     let max_connections = gateway.current().config.server.max_connections;
+    // Whether the port speaks TLS is fixed at start; its settings follow each reload.
+    let started_tls = gateway.current().config.tls.clone();
+    let reports = Arc::new(tls::FailureReports::default());
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     loop {
@@ -69,9 +75,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let watcher = graceful.watcher();
+        let tls_config = started_tls.as_ref().map(|first| {
+            gateway
+                .current()
+                .config
+                .tls
+                .clone()
+                .unwrap_or_else(|| first.clone())
+        });
+        let reports = reports.clone();
         tokio::spawn(async move {
             gateway.metrics.connection_opened();
-            serve_connection(&gateway, stream, peer, watcher).await;
+            match tls_config {
+                None => serve_plain(&gateway, stream, peer, watcher).await,
+                Some(config) => {
+                    serve_tls(&gateway, config, stream, peer, &reports, watcher).await;
+                }
+            }
             gateway.metrics.connection_closed();
             drop(permit);
         });
@@ -85,16 +105,73 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+async fn serve_plain(
     gateway: &Arc<Gateway>,
     stream: TcpStream,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let limits = gateway.current().config.server.clone();
-    let Some(is_h2) = request_started(&stream, limits.header_read_timeout).await else {
+    let limit = gateway.current().config.server.header_read_timeout;
+    let Some(is_h2) = request_started(&stream, limit).await else {
         return;
     };
+    let connection = Connection {
+        peer,
+        tls: false,
+        identity: None,
+    };
+    serve_http(gateway, stream, is_h2, connection, watcher).await;
+}
+
+/// The TLS handshake, then HTTP. The handshake and the first bytes of the request share one
+/// deadline, `header_read_timeout`: a slow or silent client is cut off either way.
+async fn serve_tls(
+    gateway: &Arc<Gateway>,
+    config: Arc<ServerConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    reports: &tls::FailureReports,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let limit = gateway.current().config.server.header_read_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let (stream, identity) = match tls::handshake(config, stream, deadline).await {
+        Handshake::Done { stream, identity } => (stream, identity),
+        Handshake::Failed { reason, detail } => {
+            gateway.metrics.tls_handshake_failure(reason);
+            reports.report(&gateway.events, peer.ip(), reason, &detail);
+            return;
+        }
+    };
+    let Some((stream, is_h2)) = tls::request_started(stream, deadline).await else {
+        return;
+    };
+    let connection = Connection {
+        peer,
+        tls: true,
+        identity: identity.map(Arc::new),
+    };
+    serve_http(gateway, stream, is_h2, connection, watcher).await;
+}
+
+/// What one connection proved, given to each of its requests.
+#[derive(Clone)]
+struct Connection {
+    peer: SocketAddr,
+    tls: bool,
+    identity: Option<Arc<ClientIdentity>>,
+}
+
+async fn serve_http<I>(
+    gateway: &Arc<Gateway>,
+    stream: I,
+    is_h2: bool,
+    connection: Connection,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = gateway.current().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -127,7 +204,7 @@ async fn serve_connection(
         {
             req.extensions_mut().insert(FramingViolation(reason));
         }
-        handle(gateway.clone(), peer, req)
+        handle(gateway.clone(), connection.clone(), req)
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(connection.into_owned()).await;
@@ -135,14 +212,14 @@ async fn serve_connection(
 
 pin_project_lite::pin_project! {
     /// A client stream whose incoming HTTP/1 bytes are also fed to a [`FramingScanner`].
-    struct ScannedStream {
+    struct ScannedStream<I> {
         #[pin]
-        inner: TcpStream,
+        inner: I,
         scanner: Option<Arc<Mutex<FramingScanner>>>,
     }
 }
 
-impl AsyncRead for ScannedStream {
+impl<I: AsyncRead> AsyncRead for ScannedStream<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -160,7 +237,7 @@ impl AsyncRead for ScannedStream {
     }
 }
 
-impl AsyncWrite for ScannedStream {
+impl<I: AsyncWrite> AsyncWrite for ScannedStream<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -217,13 +294,28 @@ async fn request_started(stream: &TcpStream, limit: Duration) -> Option<bool> {
 
 async fn handle(
     gateway: Arc<Gateway>,
-    peer: SocketAddr,
+    connection: Connection,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    req.extensions_mut().insert(PeerAddr(peer));
     // The request keeps this generation to the end, whatever reloads happen meanwhile.
     let generation = gateway.current();
+    let https = connection.tls
+        || (generation
+            .config
+            .normalize
+            .trusted_proxies
+            .trusts(connection.peer.ip())
+            && proxy_says_https(req.headers()));
+    let extensions = req.extensions_mut();
+    extensions.insert(PeerAddr(connection.peer));
+    extensions.insert(Transport {
+        tls: connection.tls,
+        https,
+    });
+    if let Some(identity) = connection.identity {
+        extensions.insert(identity);
+    }
     let response = generation.pipeline.clone().oneshot(req).await?;
     let outcome = response.extensions().get::<Outcome>();
     gateway.metrics.request(
@@ -233,4 +325,31 @@ async fn handle(
         started.elapsed(),
     );
     Ok(response)
+}
+
+/// Whether a (trusted) proxy in front says its client used https: `X-Forwarded-Proto:
+/// https`, or `proto=https` in the last `Forwarded` element.
+fn proxy_says_https(headers: &http::HeaderMap) -> bool {
+    let forwarded_proto = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(|v| v.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(|element| {
+            element.split(';').any(|pair| {
+                pair.trim().split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("proto")
+                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        });
+    forwarded_proto.or(forwarded).unwrap_or(false)
 }

@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
         params: &params,
         client_ip: None,
         headers: &headers,
+        mtls_identity: None,
     };
     let input = policy_input(&route, Some(&alice), false, &facts());
     assert!(rego.decide(&input).unwrap().allow && cedar.decide(&input).unwrap().allow);

@@ -42,12 +42,18 @@ impl SecurityHeaders {
         SecurityHeaders { set, remove }
     }
 
-    /// Applies the headers to a response's header map.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Applies the headers to a response's header map. `Strict-Transport-Security` is set
+    /// only when the client used `https`: RFC 6797 §7.2 tells browsers to ignore it over
+    /// plain HTTP, and an operator reading it there would be misled.
+    pub fn apply(&self, headers: &mut HeaderMap, https: bool) {
         for name in &self.remove {
             headers.remove(name);
         }
         for (name, value) in &self.set {
+            if name == http::header::STRICT_TRANSPORT_SECURITY && !https {
+                headers.remove(name);
+                continue;
+            }
             headers.insert(name.clone(), value.clone());
         }
     }

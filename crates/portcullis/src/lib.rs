@@ -33,6 +33,7 @@ pub mod headers;
 pub mod json;
 pub mod net;
 pub mod normalize;
+pub mod outbound;
 pub mod ratelimit;
 pub mod request_id;
 pub mod respond;

@@ -87,6 +87,10 @@ where
         let scope = Arc::new(RequestScope::new(id.clone(), req.method().clone()));
         // Kept for the event of a refusal made before routing (cheap: the URI shares bytes).
         let uri = req.uri().clone();
+        let https = req
+            .extensions()
+            .get::<crate::scope::Transport>()
+            .is_some_and(|t| t.https);
         req.extensions_mut().insert(id);
         req.extensions_mut().insert(scope.clone());
         let future = self.inner.call(req);
@@ -100,7 +104,7 @@ where
                     (denial.to_response(scope.id()), Some(denial.reason()))
                 }
             };
-            headers.apply(response.headers_mut());
+            headers.apply(response.headers_mut(), https);
             if let Some(value) = id_value {
                 response.headers_mut().insert(REQUEST_ID.clone(), value);
             }

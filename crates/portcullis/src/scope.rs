@@ -98,3 +98,13 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 /// The client's address after trusted-proxy resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
+
+/// How the client reached the gateway, put in the request extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transport {
+    /// This connection is TLS.
+    pub tls: bool,
+    /// The client used https: over this connection, or (as a trusted proxy in front says)
+    /// over the connection to that proxy. HSTS is sent only then.
+    pub https: bool,
+}

@@ -5,16 +5,16 @@ use super::secret::Resolver;
 use super::{Problems, line_of};
 use http::{HeaderName, Uri};
 use portcullis::authn::introspection::{IntrospectionSettings, Introspector};
-use portcullis::authn::jwks::{KeyStore, RemoteSettings};
+use portcullis::authn::jwks::{KeySource, KeyStore, RemoteSettings};
 use portcullis::authn::keys::{Algorithm, KeySet};
 use portcullis::authn::revocation::{RedisRevocations, Revocations};
 use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
 use portcullis::authz::decision_log::{DecisionLog, DecisionLogSettings};
 use portcullis::event::EventBus;
+use portcullis::outbound::{HttpClient, Trust};
 use portcullis::ratelimit::store::Limiter;
 use portcullis::threat::ClientTracker;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,12 @@ pub struct Shared {
     pub(super) trackers: Mutex<HashMap<String, Arc<ClientTracker>>>,
     /// Observed endpoints; outlives reloads so counts are kept.
     pub inventory: Arc<portcullis::discovery::Inventory>,
+    /// Session tickets and the session cache of the listener.
+    pub(super) tls: super::tls::TlsState,
+    /// The outbound client per trust, so reloads keep its pooled connections.
+    http_clients: Mutex<HashMap<[u8; 32], HttpClient>>,
+    /// Upstream clients per trust and TLS settings, likewise.
+    pub(crate) upstream_clients: Mutex<HashMap<String, crate::proxy::PooledUpstream>>,
 }
 
 impl Default for Shared {
@@ -50,6 +56,9 @@ impl Default for Shared {
             limiters: Mutex::default(),
             trackers: Mutex::default(),
             inventory: Arc::default(),
+            tls: super::tls::TlsState::default(),
+            http_clients: Mutex::default(),
+            upstream_clients: Mutex::default(),
         }
     }
 }
@@ -146,18 +155,42 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    fn remote_store(&self, uri: &Uri, algorithms: &[Algorithm]) -> Arc<KeyStore> {
+    /// The outbound client for `trust`: one per trusted set, kept across reloads.
+    pub(super) fn http_client(&self, trust: &Trust) -> Result<HttpClient, String> {
+        let mut clients = self
+            .http_clients
+            .lock()
+            .map_err(|_| "client registry poisoned".to_string())?;
+        if let Some(client) = clients.get(&trust.fingerprint()) {
+            return Ok(client.clone());
+        }
+        let client = HttpClient::new(trust).map_err(|e| e.to_string())?;
+        clients.insert(trust.fingerprint(), client.clone());
+        Ok(client)
+    }
+
+    /// The key set fetched from `source`, created once per source, algorithms and trust
+    /// (so a reload neither refetches nor forgets keys, unless what is trusted changed).
+    fn remote_store(
+        &self,
+        source: KeySource,
+        algorithms: &[Algorithm],
+        client: &HttpClient,
+    ) -> Arc<KeyStore> {
         let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
-        let key = format!("{uri} {}", names.join(","));
-        let Ok(mut stores) = self.key_stores.lock() else {
-            return KeyStore::remote(uri.clone(), algorithms.to_vec(), RemoteSettings::default());
+        let key = format!("{source:?} {} {:?}", names.join(","), client.fingerprint());
+        let create = || {
+            KeyStore::remote(
+                source.clone(),
+                client.clone(),
+                algorithms.to_vec(),
+                RemoteSettings::default(),
+            )
         };
-        stores
-            .entry(key)
-            .or_insert_with(|| {
-                KeyStore::remote(uri.clone(), algorithms.to_vec(), RemoteSettings::default())
-            })
-            .clone()
+        let Ok(mut stores) = self.key_stores.lock() else {
+            return create();
+        };
+        stores.entry(key).or_insert_with(create).clone()
     }
 }
 
@@ -183,7 +216,7 @@ pub(super) fn compile(
     max_token_bytes: Option<usize>,
     base_dir: &Path,
     resolver: &Resolver,
-    shared: &Shared,
+    (shared, client): (&Shared, &HttpClient),
     problems: &mut Problems,
 ) -> Identity {
     let max_token_bytes = max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
@@ -201,7 +234,7 @@ pub(super) fn compile(
                 &format!("identity.jwt[{i}]"),
                 base_dir,
                 resolver,
-                shared,
+                (shared, client),
                 problems,
             ) {
                 if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
@@ -241,7 +274,7 @@ pub(super) fn compile(
     let mut authenticator =
         Authenticator::new(issuers, revocations.clone(), max_token_bytes, cache);
     if let Some(raw) = raw.and_then(|r| r.introspection.as_ref())
-        && let Some(introspector) = compile_introspection(raw, resolver, problems)
+        && let Some(introspector) = compile_introspection(raw, resolver, client, problems)
     {
         authenticator = authenticator.with_introspection(introspector);
     }
@@ -262,7 +295,7 @@ fn compile_issuer(
     path: &str,
     base_dir: &Path,
     resolver: &Resolver,
-    shared: &Shared,
+    (shared, client): (&Shared, &HttpClient),
     problems: &mut Problems,
 ) -> Option<Issuer> {
     let line = line_of(&raw.name.referenced);
@@ -301,10 +334,10 @@ fn compile_issuer(
     let keys = match (&raw.jwks_uri, &raw.jwks_file) {
         (Some(uri), None) => {
             let text = resolver.text(&format!("{path}.jwks_uri"), uri, problems)?;
-            let parsed = remote_uri(&text, "JWKS URLs")
+            let parsed = remote_uri(&text)
                 .map_err(|m| problems.at(format!("{path}.jwks_uri"), uri, m))
                 .ok()?;
-            shared.remote_store(&parsed, &algorithms)
+            shared.remote_store(KeySource::Jwks(parsed), &algorithms, client)
         }
         (None, Some(file)) => {
             let text = resolver.text(&format!("{path}.jwks_file"), file, problems)?;
@@ -346,11 +379,30 @@ fn compile_issuer(
                 }
             }
         }
-        _ => {
+        (None, None) => {
+            // OpenID discovery: the issuer's own document names its key set.
+            remote_uri(&issuer)
+                .map_err(|m| {
+                    problems.at(
+                        format!("{path}.issuer"),
+                        &raw.issuer,
+                        format!("without `jwks_uri` or `jwks_file` the keys are found by OpenID discovery at the issuer: {m}"),
+                    )
+                })
+                .ok()?;
+            shared.remote_store(
+                KeySource::Discovery {
+                    issuer: issuer.clone(),
+                },
+                &algorithms,
+                client,
+            )
+        }
+        (Some(_), Some(_)) => {
             problems.add(
                 path.to_string(),
                 line,
-                "needs exactly one of `jwks_uri` or `jwks_file`",
+                "give only one of `jwks_uri` or `jwks_file`",
             );
             return None;
         }
@@ -427,12 +479,13 @@ fn compile_revocation(
 fn compile_introspection(
     raw: &super::raw::RawIntrospection,
     resolver: &Resolver,
+    client: &HttpClient,
     problems: &mut Problems,
 ) -> Option<Introspector> {
     let path = "identity.introspection";
     let endpoint = resolver.text(&format!("{path}.endpoint"), &raw.endpoint, problems);
     let endpoint = endpoint.and_then(|text| {
-        remote_uri(&text, "introspection endpoints")
+        remote_uri(&text)
             .map_err(|m| problems.at(format!("{path}.endpoint"), &raw.endpoint, m))
             .ok()
     });
@@ -448,33 +501,24 @@ fn compile_introspection(
         .enumerate()
         .filter_map(|(i, a)| resolver.text(&format!("{path}.audiences[{i}]"), a, problems))
         .collect();
-    Some(Introspector::new(IntrospectionSettings {
-        name: Arc::from("introspection"),
-        endpoint: endpoint?,
-        client_id: client_id?,
-        client_secret: client_secret?,
-        audiences,
-        cache_ttl: raw.cache_ttl.map_or(Duration::from_secs(30), |d| d.0),
-        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
-    }))
+    Some(Introspector::new(
+        IntrospectionSettings {
+            name: Arc::from("introspection"),
+            endpoint: endpoint?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            audiences,
+            cache_ttl: raw.cache_ttl.map_or(Duration::from_secs(30), |d| d.0),
+            timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        },
+        client.clone(),
+    ))
 }
 
-/// A key or token service URL: `http` only for loopback hosts (what is fetched in clear
-/// text could be swapped on the way).
-fn remote_uri(text: &str, what: &str) -> Result<Uri, String> {
+/// A key or token service URL: `https`, or `http` only for loopback hosts (what is fetched
+/// in clear text could be swapped on the way).
+fn remote_uri(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match uri.scheme_str() {
-        Some("http") if loopback => Ok(uri),
-        Some("http") => Err("http is only allowed for loopback hosts; use https".into()),
-        Some("https") => Err(format!(
-            "https {what} are not supported yet (use http on loopback)"
-        )),
-        _ => Err(format!("`{text}` needs an http(s) scheme")),
-    }
+    portcullis::outbound::check_url(&uri)?;
+    Ok(uri)
 }

@@ -7,12 +7,15 @@ mod policy;
 mod ratelimit;
 pub mod raw;
 mod secret;
+mod tls;
 mod validation;
 
 pub use identity::Shared;
+pub use tls::{UpstreamTls, WatchedCert};
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Uri};
+use portcullis::authn::mtls::IdentityPattern;
 use portcullis::authn::{
     AuthMode, Authenticator, ForwardSettings, RouteAuth, RouteSecurity, ScopeRule,
 };
@@ -105,12 +108,23 @@ fn line_of(location: &serde_saphyr::Location) -> Option<u64> {
     Some(location.line()).filter(|l| *l > 0)
 }
 
+/// The `Host` an upstream sees (`upstreams.*.host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRule {
+    /// The upstream URL's authority (the default).
+    Upstream,
+    /// The client's own (validated) `Host`.
+    Preserve,
+    /// This name.
+    Literal(HeaderValue),
+}
+
 /// An upstream service the gateway forwards to.
 #[derive(Debug)]
 pub struct Upstream {
     /// Its configured name.
     pub name: String,
-    /// `http`.
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// Host and port.
     pub authority: Authority,
@@ -118,6 +132,16 @@ pub struct Upstream {
     pub base_path: String,
     /// Longest wait for the upstream's response head.
     pub timeout: Duration,
+    /// The `Host` it is sent.
+    pub host: HostRule,
+    /// The pooled client that reaches it (shared by upstreams with the same TLS settings,
+    /// and kept across reloads).
+    pub client: crate::proxy::UpstreamClient,
+    /// The gateway's client certificate to present from activation on, and its holder.
+    pub client_cert: Option<(
+        Arc<portcullis::outbound::ClientCertificate>,
+        Arc<rustls::sign::CertifiedKey>,
+    )>,
 }
 
 /// What a route leads to.
@@ -191,6 +215,12 @@ pub struct ServerLimits {
 pub struct GatewayConfig {
     /// The main listener.
     pub listen: SocketAddr,
+    /// TLS on the main listener (what new handshakes use), when configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Certificates whose expiry is exported as a metric.
+    pub certificates: Vec<WatchedCert>,
+    /// Every upstream, by name.
+    pub upstreams: Vec<Arc<Upstream>>,
     /// The admin listener, when configured.
     pub admin: Option<AdminSettings>,
     /// Connection-level limits.
@@ -229,6 +259,18 @@ pub struct GatewayConfig {
     pub route_count: usize,
     /// Counts for the `check` summary.
     pub upstream_count: usize,
+}
+
+impl GatewayConfig {
+    /// Makes this configuration's certificates the ones presented: called when it starts
+    /// serving (never for a configuration that was refused).
+    pub fn activate(&self) {
+        for upstream in &self.upstreams {
+            if let Some((holder, key)) = &upstream.client_cert {
+                holder.replace(key.clone());
+            }
+        }
+    }
 }
 
 /// Reads and compiles a configuration file on its own (for `check`).
@@ -334,8 +376,32 @@ fn compile(
     problems: &mut Problems,
 ) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported("listen.tls", &raw.listen.tls, "TLS on the listener");
     problems.unsupported("monitoring.alerts", &raw.monitoring.alerts, "alerting");
+    let mut cert_facts = tls::CertFacts::default();
+    let trust = tls::compile_outbound(
+        raw.outbound.as_ref(),
+        base_dir,
+        &resolver,
+        &mut cert_facts,
+        problems,
+    );
+    let client = match shared.http_client(&trust) {
+        Ok(client) => client,
+        Err(e) => {
+            problems.add("outbound", None, e);
+            return None;
+        }
+    };
+    let listen_tls = raw.listen.tls.as_ref().and_then(|t| {
+        tls::compile_listener(
+            &t.value,
+            base_dir,
+            &resolver,
+            &shared.tls,
+            &mut cert_facts,
+            problems,
+        )
+    });
 
     let listen = socket_addr("listen.address", &raw.listen.address, &resolver, problems);
     let mut trusted = Vec::new();
@@ -452,7 +518,15 @@ fn compile(
     let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &raw.upstreams {
         let path = format!("upstreams.{name}");
-        if let Some(compiled) = compile_upstream(name, upstream, &path, &resolver, problems) {
+        let context = UpstreamContext {
+            base_dir,
+            resolver: &resolver,
+            trust: &trust,
+            shared,
+        };
+        if let Some(compiled) =
+            compile_upstream(name, upstream, &path, &context, &mut cert_facts, problems)
+        {
             upstreams.insert(name, Arc::new(compiled));
         }
     }
@@ -462,13 +536,13 @@ fn compile(
         raw.limits.max_token_bytes.as_ref().map(|s| s.value),
         base_dir,
         &resolver,
-        shared,
+        (shared, &client),
         problems,
     );
     let policy = raw
         .policy
         .as_ref()
-        .and_then(|p| policy::compile(p, base_dir, &resolver, shared, problems));
+        .and_then(|p| policy::compile(p, base_dir, &resolver, (shared, &client), problems));
     let (rate_limiting, limit_files) = ratelimit::compile(
         raw.rate_limit.as_ref(),
         base_dir,
@@ -494,6 +568,11 @@ fn compile(
         let context = RouteContext {
             identity: identity.configured,
             policy: raw.policy.is_some(),
+            client_certificates: raw
+                .listen
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.value.client_ca.is_some()),
         };
         if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
             if route.target.auth.mode == AuthMode::None {
@@ -560,8 +639,19 @@ fn compile(
         }
     };
 
+    warnings.append(&mut cert_facts.warnings);
+    let mut watched_files = policy.as_ref().map(|p| p.files.clone()).unwrap_or_default();
+    watched_files.extend(limit_files);
+    watched_files.extend(contract_files);
+    watched_files.append(&mut cert_facts.files);
+    watched_files.extend(resolver.files());
+    watched_files.sort();
+    watched_files.dedup();
     Some(GatewayConfig {
         listen: listen?,
+        tls: listen_tls,
+        certificates: cert_facts.certs,
+        upstreams: upstreams.values().cloned().collect(),
         admin,
         server,
         request_timeout,
@@ -575,14 +665,7 @@ fn compile(
         forward: identity.forward,
         max_token_lifetime: identity.max_lifetime,
         revocations: identity.revocations,
-        watched_files: policy
-            .as_ref()
-            .map(|p| p.files.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .chain(limit_files)
-            .chain(contract_files)
-            .collect(),
+        watched_files,
         contract,
         inventory: shared.inventory.clone(),
         rate_limiting,
@@ -611,13 +694,23 @@ fn socket_addr(
     }
 }
 
+/// What compiling an upstream needs besides its own section.
+struct UpstreamContext<'a> {
+    base_dir: &'a Path,
+    resolver: &'a secret::Resolver,
+    trust: &'a portcullis::outbound::Trust,
+    shared: &'a Shared,
+}
+
 fn compile_upstream(
     name: &str,
     raw: &raw::RawUpstream,
     path: &str,
-    resolver: &secret::Resolver,
+    context: &UpstreamContext<'_>,
+    cert_facts: &mut tls::CertFacts,
     problems: &mut Problems,
 ) -> Option<Upstream> {
+    let resolver = context.resolver;
     let url_path = format!("{path}.url");
     let url = resolver.text(&url_path, &raw.url, problems)?;
     let Ok(uri) = url.parse::<Uri>() else {
@@ -632,15 +725,11 @@ fn compile_upstream(
         );
         return None;
     };
-    if scheme == &Scheme::HTTPS {
-        problems.at(url_path, &raw.url, "https upstreams are not supported yet");
-        return None;
-    }
-    if scheme != &Scheme::HTTP {
+    if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
         problems.at(
             url_path,
             &raw.url,
-            format!("unsupported scheme `{scheme}` (use http)"),
+            format!("unsupported scheme `{scheme}` (use http or https)"),
         );
         return None;
     }
@@ -652,12 +741,62 @@ fn compile_upstream(
         );
         return None;
     }
+    let host = match &raw.host {
+        None => HostRule::Upstream,
+        Some(text) => match text.value.as_str() {
+            "upstream" => HostRule::Upstream,
+            "preserve" => HostRule::Preserve,
+            literal => match literal.parse::<Authority>() {
+                Ok(a) if !a.as_str().contains('@') => {
+                    HostRule::Literal(HeaderValue::from_str(a.as_str()).ok()?)
+                }
+                _ => {
+                    problems.at(
+                        format!("{path}.host"),
+                        text,
+                        format!("`{literal}` is not upstream, preserve, or a host name"),
+                    );
+                    return None;
+                }
+            },
+        },
+    };
+    let tls = match &raw.tls {
+        Some(section) if scheme != &Scheme::HTTPS => {
+            problems.add(
+                format!("{path}.tls"),
+                line_of(&section.referenced),
+                "`tls` applies to https upstreams only",
+            );
+            return None;
+        }
+        Some(section) => Some(tls::compile_upstream(
+            name,
+            &section.value,
+            &format!("{path}.tls"),
+            context.base_dir,
+            resolver,
+            cert_facts,
+            problems,
+        )?),
+        None => None,
+    };
+    let pooled = crate::proxy::pooled_upstream(context.shared, context.trust, tls.as_ref())
+        .map_err(|e| problems.add(path.to_string(), line_of(&raw.url.referenced), e))
+        .ok()?;
+    let client_cert = match (&pooled.client_cert, tls.and_then(|t| t.client_cert)) {
+        (Some(holder), Some((key, _, _))) => Some((holder.clone(), key)),
+        _ => None,
+    };
     Some(Upstream {
         name: name.to_string(),
         scheme: scheme.clone(),
         authority: authority.clone(),
         base_path: uri.path().trim_end_matches('/').to_string(),
         timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
+        host,
+        client: pooled.client,
+        client_cert,
     })
 }
 
@@ -671,6 +810,8 @@ type Upstreams<'a> = (
 struct RouteContext {
     identity: bool,
     policy: bool,
+    /// The listener asks for client certificates.
+    client_certificates: bool,
 }
 
 fn compile_route(
@@ -713,6 +854,31 @@ fn compile_route(
         );
     }
     let scopes = compile_scopes(&path, raw.scopes.as_ref(), mode, problems);
+    let mut client_identities = Vec::new();
+    for (j, text) in raw.client_identities.iter().flatten().enumerate() {
+        match IdentityPattern::parse(&text.value) {
+            Ok(pattern) => client_identities.push(pattern),
+            Err(e) => problems.at(
+                format!("{path}.client_identities[{j}]"),
+                text,
+                format!("`{}` {e}", text.value),
+            ),
+        }
+    }
+    if raw.client_identities.as_ref().is_some_and(|l| l.is_empty()) {
+        problems.add(
+            format!("{path}.client_identities"),
+            route_line,
+            "is empty; list the identities that may call, or remove it",
+        );
+    }
+    if raw.client_identities.is_some() && !context.client_certificates {
+        problems.add(
+            format!("{path}.client_identities"),
+            route_line,
+            "needs client certificates: set `listen.tls.client_ca`",
+        );
+    }
     let authz = (mode != AuthMode::None).then(|| compile_authz(&path, raw, route_line, problems));
     let limit = raw
         .rate_limit
@@ -797,7 +963,11 @@ fn compile_route(
         methods,
         target: RouteTarget {
             upstream: upstream?,
-            auth: RouteAuth { mode, scopes },
+            auth: RouteAuth {
+                mode,
+                scopes,
+                client_identities,
+            },
             authz,
             limit,
         },

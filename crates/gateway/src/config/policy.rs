@@ -25,7 +25,7 @@ pub(super) fn compile(
     raw: &RawPolicy,
     base_dir: &Path,
     resolver: &Resolver,
-    shared: &Shared,
+    (shared, client): (&Shared, &portcullis::outbound::HttpClient),
     problems: &mut Problems,
 ) -> Option<CompiledPolicy> {
     let mut files = Files {
@@ -98,24 +98,21 @@ pub(super) fn compile(
                 return None;
             }
             let full = format!("{}{path}", url.trim_end_matches('/'));
-            let uri = match full.parse::<Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") => uri,
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    problems.at("policy.opa.url", &opa.url, "https OPA URLs are not supported yet (run OPA as a local sidecar over http)");
-                    return None;
-                }
-                _ => {
-                    problems.at(
-                        "policy.opa.url",
-                        &opa.url,
-                        format!("`{url}` is not an http URL"),
-                    );
+            let uri = match full
+                .parse::<Uri>()
+                .map_err(|_| format!("`{url}` is not a URL"))
+                .and_then(|uri| portcullis::outbound::check_url(&uri).map(|()| uri))
+            {
+                Ok(uri) => uri,
+                Err(message) => {
+                    problems.at("policy.opa.url", &opa.url, message);
                     return None;
                 }
             };
             PolicyEngine::Opa(Box::new(OpaClient::new(
                 uri,
                 opa.timeout.map_or(Duration::from_millis(500), |d| d.0),
+                client.clone(),
             )))
         }
         "cedar" => {

@@ -17,6 +17,7 @@ pub type Unsupported = Option<Spanned<IgnoredAny>>;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: RawListen,
+    pub outbound: Option<RawOutbound>,
     #[serde(default)]
     pub limits: RawLimits,
     pub admin: Option<RawAdmin>,
@@ -37,9 +38,27 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub address: Text,
-    pub tls: Unsupported,
+    pub tls: Option<Spanned<RawListenTls>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenTls {
+    pub cert: Text,
+    pub key: Text,
+    pub min_version: Option<Text>,
+    pub client_ca: Option<Text>,
+    pub client_auth: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    #[serde(default)]
+    pub ca_files: Vec<Text>,
+    pub system_roots: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +110,16 @@ pub struct RawAdmin {
 pub struct RawUpstream {
     pub url: Text,
     pub timeout: Option<ConfigDuration>,
+    pub host: Option<Text>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub server_name: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
 }
 
 /// A `headers:` entry: a value to set, or the `remove` list.
@@ -127,6 +156,7 @@ pub struct RawRoute {
     pub rate_limit: Option<Spanned<RawLimit>>,
     pub resource: Option<RawResource>,
     pub require_mfa: Option<Vec<Text>>,
+    pub client_identities: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,13 +11,22 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 /// Resolves references, relative to the configuration file's directory.
 pub(super) struct Resolver {
     base_dir: PathBuf,
+    /// Every file a `${file:...}` reference named: watched for reload, so that a rotated
+    /// secret (Vault Agent, the Secrets Store CSI driver, a Kubernetes secret) takes effect.
+    read: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Resolver {
     pub(super) fn new(base_dir: &Path) -> Self {
         Resolver {
             base_dir: base_dir.to_path_buf(),
+            read: std::cell::RefCell::default(),
         }
+    }
+
+    /// The files references named so far.
+    pub(super) fn files(&self) -> Vec<PathBuf> {
+        self.read.borrow().clone()
     }
 
     /// A string value with every reference in it replaced.
@@ -86,6 +95,7 @@ impl Resolver {
             },
             Some(("file", file)) => {
                 let full = self.base_dir.join(file);
+                self.read.borrow_mut().push(full.clone());
                 let read = std::fs::metadata(&full).and_then(|meta| {
                     if meta.len() > MAX_SECRET_FILE_BYTES {
                         Err(std::io::Error::other("file is too large"))

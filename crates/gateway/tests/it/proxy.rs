@@ -75,8 +75,9 @@ x-client-private: 1\r\nKeep-Alive: timeout=9\r\nProxy-Authorization: Basic eDp5\
     }
     assert_eq!(seen.headers["x-kept"], "yes");
     assert_eq!(
-        seen.headers["host"], "example.test",
-        "the client's Host is kept"
+        seen.headers["host"],
+        upstream.addr.to_string().as_str(),
+        "the upstream sees its own authority by default, not the client's Host"
     );
 }
 
@@ -163,7 +164,31 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
     assert_eq!(json(&String::from_utf8_lossy(&body))["path"], "/h2");
     let seen = upstream.last();
     assert_eq!(seen.version, http::Version::HTTP_11);
-    assert_eq!(seen.headers["host"], gw.addr.to_string().as_str());
+    assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn the_upstream_host_is_its_own_preserved_or_literal() {
+    let upstream = Upstream::start().await;
+    let routes = "routes:\n  - match: { prefix: /own/ }\n    upstream: main\n    auth: none\n\
+  - match: { prefix: /kept/ }\n    upstream: kept\n    auth: none\n\
+  - match: { prefix: /named/ }\n    upstream: named\n    auth: none\n";
+    let extra = format!(
+        "  kept: {{ url: \"{0}\", host: preserve }}\n  named: {{ url: \"{0}\", host: items.internal }}\n{routes}",
+        upstream.url()
+    );
+    let gw = Gateway::start(&config_with(&upstream.url(), &extra)).await;
+    for (path, want) in [
+        ("/own/x", upstream.addr.to_string()),
+        ("/kept/x", "client.example".to_string()),
+        ("/named/x", "items.internal".to_string()),
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n");
+        let answer = raw(gw.addr, request.as_bytes()).await;
+        assert_eq!(raw_status(&answer), 200, "{answer}");
+        assert_eq!(upstream.last().headers["host"], want.as_str(), "{path}");
+    }
 }
 
 #[tokio::test]

@@ -284,7 +284,8 @@ impl Gateway {
                     .find_map(|l| l.strip_prefix(prefix))
                     .and_then(|a| a.trim().parse::<SocketAddr>().ok())
             };
-            let addr = find("portcullis: listening on http://")?;
+            let addr = find("portcullis: listening on http://")
+                .or_else(|| find("portcullis: listening on https://"))?;
             let admin = find("portcullis: admin on http://");
             if has_admin && admin.is_none() {
                 return None;

@@ -3,12 +3,10 @@
 
 use super::token::TokenError;
 use super::{Principal, now_secs};
+use crate::outbound::HttpClient;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,7 +42,7 @@ type Answer = Result<Arc<Principal>, TokenError>;
 pub struct Introspector {
     settings: IntrospectionSettings,
     authorization: HeaderValue,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     cache: Mutex<HashMap<Box<str>, (Instant, Answer)>>,
 }
 
@@ -57,8 +55,8 @@ impl std::fmt::Debug for Introspector {
 }
 
 impl Introspector {
-    /// An introspector for these settings.
-    pub fn new(settings: IntrospectionSettings) -> Introspector {
+    /// An introspector for these settings, calling the endpoint with `client`.
+    pub fn new(settings: IntrospectionSettings, client: HttpClient) -> Introspector {
         use base64::Engine;
         // RFC 6749 §2.3.1: the credentials are form-encoded before Basic encoding.
         let credentials = format!(
@@ -69,12 +67,10 @@ impl Introspector {
         let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
         let authorization = HeaderValue::from_str(&format!("Basic {encoded}"))
             .unwrap_or(HeaderValue::from_static(""));
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeout));
         Introspector {
             settings,
             authorization,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -119,11 +115,7 @@ impl Introspector {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }

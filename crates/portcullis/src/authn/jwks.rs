@@ -2,13 +2,11 @@
 //! background, with single-flight, rate-limited refreshes for unknown key ids.
 
 use super::keys::{Algorithm, KeySet};
+use crate::outbound::HttpClient;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Full, Limited};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -55,9 +53,24 @@ pub struct KeyStoreStats {
     pub fetched_at: AtomicU64,
 }
 
+/// Where a remote key set is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS URL.
+    Jwks(Uri),
+    /// The issuer's OpenID discovery document (`{issuer}/.well-known/openid-configuration`)
+    /// names the JWKS URL; it is looked up again whenever a fetch fails.
+    Discovery {
+        /// The issuer, exactly as tokens (and the discovery document) must name it.
+        issuer: String,
+    },
+}
+
 struct Remote {
-    uri: Uri,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    source: KeySource,
+    /// The JWKS URL in use (for discovery: once found).
+    uri: Mutex<Option<Uri>>,
+    client: HttpClient,
     settings: RemoteSettings,
     /// Held while fetching, so concurrent refreshes wait for the one in progress; holds
     /// when an unknown `kid` last caused a fetch (scheduled fetches do not count).
@@ -81,7 +94,7 @@ impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyStore")
             .field("keys", &self.keys.load().len())
-            .field("remote", &self.remote.as_ref().map(|r| r.uri.to_string()))
+            .field("remote", &self.remote.as_ref().map(|r| r.source.clone()))
             .finish()
     }
 }
@@ -103,18 +116,25 @@ impl KeyStore {
         })
     }
 
-    /// A key set fetched from `uri`; empty until the first fetch succeeds.
-    pub fn remote(uri: Uri, allowed: Vec<Algorithm>, settings: RemoteSettings) -> Arc<KeyStore> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.fetch_timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+    /// A key set fetched from `source` with `client`; empty until the first fetch succeeds.
+    pub fn remote(
+        source: KeySource,
+        client: HttpClient,
+        allowed: Vec<Algorithm>,
+        settings: RemoteSettings,
+    ) -> Arc<KeyStore> {
+        let uri = match &source {
+            KeySource::Jwks(uri) => Some(uri.clone()),
+            KeySource::Discovery { .. } => None,
+        };
         Arc::new(KeyStore {
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             allowed,
             remote: Some(Remote {
-                uri,
+                source,
+                uri: Mutex::new(uri),
                 client,
                 settings,
                 in_flight: tokio::sync::Mutex::new(None),
@@ -137,8 +157,15 @@ impl KeyStore {
     }
 
     /// Where the keys come from (`None` for a fixed set).
-    pub fn uri(&self) -> Option<&Uri> {
-        self.remote.as_ref().map(|r| &r.uri)
+    pub fn source(&self) -> Option<&KeySource> {
+        self.remote.as_ref().map(|r| &r.source)
+    }
+
+    /// The JWKS URL in use (for discovery: once the discovery document named it).
+    pub fn uri(&self) -> Option<Uri> {
+        self.remote
+            .as_ref()
+            .and_then(|r| r.uri.lock().ok().and_then(|u| u.clone()))
     }
 
     /// Whether keys were loaded at least once.
@@ -263,9 +290,61 @@ impl KeyStore {
 }
 
 async fn fetch_document(remote: &Remote) -> Result<(serde_json::Value, Option<Duration>), String> {
-    let request = Request::get(remote.uri.clone())
-        .header(header::ACCEPT, "application/jwk-set+json, application/json")
-        .body(Empty::new())
+    let known = remote.uri.lock().ok().and_then(|u| u.clone());
+    let uri = match (known, &remote.source) {
+        (Some(uri), _) => uri,
+        (None, KeySource::Discovery { issuer }) => {
+            let uri = discover(remote, issuer).await?;
+            if let Ok(mut slot) = remote.uri.lock() {
+                *slot = Some(uri.clone());
+            }
+            uri
+        }
+        (None, KeySource::Jwks(uri)) => uri.clone(),
+    };
+    let fetched = get_json(remote, uri, "application/jwk-set+json, application/json").await;
+    if fetched.is_err()
+        && matches!(remote.source, KeySource::Discovery { .. })
+        && let Ok(mut slot) = remote.uri.lock()
+    {
+        // The IdP may have moved its keys: look them up again next time.
+        *slot = None;
+    }
+    fetched
+}
+
+/// Reads the issuer's discovery document (OpenID Connect Discovery 1.0 §4) and returns its
+/// `jwks_uri`. The document must name exactly this issuer (§4.3), and the key set URL must
+/// be https (or http on loopback).
+async fn discover(remote: &Remote, issuer: &str) -> Result<Uri, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let (document, _) = get_json(remote, uri, "application/json").await?;
+    if document.get("issuer").and_then(serde_json::Value::as_str) != Some(issuer) {
+        return Err("the discovery document names another issuer".into());
+    }
+    let jwks = document
+        .get("jwks_uri")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("the discovery document has no jwks_uri")?;
+    let jwks: Uri = jwks
+        .parse()
+        .map_err(|_| "the discovery document's jwks_uri is not a URL".to_string())?;
+    crate::outbound::check_url(&jwks).map_err(|e| format!("jwks_uri from discovery: {e}"))?;
+    Ok(jwks)
+}
+
+async fn get_json(
+    remote: &Remote,
+    uri: Uri,
+    accept: &'static str,
+) -> Result<(serde_json::Value, Option<Duration>), String> {
+    let request = Request::get(uri)
+        .header(header::ACCEPT, accept)
+        .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let response = remote
         .client
@@ -289,9 +368,9 @@ async fn fetch_document(remote: &Remote) -> Result<(serde_json::Value, Option<Du
     let body = Limited::new(response.into_body(), remote.settings.max_bytes)
         .collect()
         .await
-        .map_err(|e| format!("reading the key set failed: {e}"))?
+        .map_err(|e| format!("reading the answer failed: {e}"))?
         .to_bytes();
     let document = crate::json::parse_strict(&body, crate::json::JsonLimits::default())
-        .map_err(|e| format!("the key set is not valid JSON: {e}"))?;
+        .map_err(|e| format!("not valid JSON: {e}"))?;
     Ok((document, max_age))
 }

@@ -1,6 +1,7 @@
 //! [`AuthenticateLayer`]: credentials in exactly one place, verified, scoped, and the
 //! identity passed upstream only as the gateway proved it.
 
+use super::mtls::{ClientIdentity, IdentityPattern, any_matches};
 use super::{Authenticator, Principal};
 use crate::denial::Denial;
 use crate::route::RouteMatch;
@@ -56,6 +57,9 @@ pub struct RouteAuth {
     pub mode: AuthMode,
     /// Which scopes it must carry.
     pub scopes: ScopeRule,
+    /// When not empty, the connection's client certificate must match one of these
+    /// (whatever `mode` says): anything else is refused with 403.
+    pub client_identities: Vec<IdentityPattern>,
 }
 
 /// Implemented by route targets that carry authentication settings.
@@ -138,6 +142,31 @@ fn unauthenticated(reason: &'static str, detail: impl Into<String>) -> Denial {
     Denial::Unauthenticated {
         reason,
         detail: detail.into(),
+    }
+}
+
+/// The refusal of a connection whose client certificate is missing or not one the route
+/// names; the event says which identity it was.
+fn identity_refused(identity: Option<&Arc<ClientIdentity>>) -> Denial {
+    let (reason, detail) = match identity {
+        None => (
+            "client_certificate_required",
+            "no client certificate".to_string(),
+        ),
+        Some(identity) => (
+            "client_identity_mismatch",
+            format!(
+                "client certificate {} ({}) matches none of the route's identities",
+                identity.spiffe_id.as_deref().unwrap_or(&identity.subject),
+                identity.sha256
+            ),
+        ),
+    };
+    Denial::Forbidden {
+        reason,
+        detail,
+        required_action: String::new(),
+        resource_type: String::new(),
     }
 }
 
@@ -259,10 +288,16 @@ where
         }
         // No route information means something upstream of us is misbuilt: fail closed.
         let (mode, scopes) = match req.extensions().get::<RouteMatch<T>>() {
-            Some(m) => (
-                m.route.target.auth().mode,
-                m.route.target.auth().scopes.required(req.method()).to_vec(),
-            ),
+            Some(m) => {
+                let auth = m.route.target.auth();
+                if !auth.client_identities.is_empty() {
+                    let identity = req.extensions().get::<Arc<ClientIdentity>>();
+                    if !any_matches(&auth.client_identities, identity.map(|i| &**i)) {
+                        return AuthFuture::ready(Err(identity_refused(identity)));
+                    }
+                }
+                (auth.mode, auth.scopes.required(req.method()).to_vec())
+            }
             None => (AuthMode::Required, Vec::new()),
         };
         if mode == AuthMode::None {

@@ -6,6 +6,7 @@ pub mod introspection;
 pub mod jwks;
 pub mod keys;
 mod layer;
+pub mod mtls;
 pub mod revocation;
 pub mod sign;
 pub mod token;

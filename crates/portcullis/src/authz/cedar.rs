@@ -44,6 +44,39 @@ fn string_set(value: Option<&Value>) -> RestrictedExpression {
     RestrictedExpression::new_set(items)
 }
 
+/// `context.mtls_identity` as a record (Cedar has no null: a request without a client
+/// certificate has no such attribute, which policies test with `context has mtls_identity`).
+/// `spiffe_id` is likewise present only when the certificate carries one.
+fn mtls_identity(input: &Value) -> Result<Option<RestrictedExpression>, EngineError> {
+    let Some(identity) = input
+        .pointer("/environment/mtls_identity")
+        .filter(|v| v.is_object())
+    else {
+        return Ok(None);
+    };
+    let text = |key: &str| {
+        identity
+            .get(key)
+            .and_then(Value::as_str)
+            .map(|s| RestrictedExpression::new_string(s.to_string()))
+    };
+    let mut fields = vec![
+        (
+            "dns_names".to_string(),
+            string_set(identity.get("dns_names")),
+        ),
+        ("uris".to_string(), string_set(identity.get("uris"))),
+    ];
+    for key in ["subject", "sha256", "spiffe_id"] {
+        if let Some(value) = text(key) {
+            fields.push((key.to_string(), value));
+        }
+    }
+    RestrictedExpression::new_record(fields)
+        .map(Some)
+        .map_err(|e| EngineError::Failed(e.to_string()))
+}
+
 impl CedarPolicy {
     /// Compiles `sources` (Cedar policy text) with an optional entities document (Cedar's
     /// JSON entity format).
@@ -122,7 +155,7 @@ impl CedarPolicy {
                     .to_string(),
             )
         };
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             ("method".to_string(), text("/request/method")),
             ("path".to_string(), text("/request/path")),
             ("ip".to_string(), text("/environment/ip")),
@@ -135,8 +168,11 @@ impl CedarPolicy {
                         .unwrap_or(false),
                 ),
             ),
-        ])
-        .map_err(|e| EngineError::Failed(e.to_string()))?;
+        ];
+        if let Some(identity) = mtls_identity(input)? {
+            pairs.push(("mtls_identity".to_string(), identity));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| EngineError::Failed(e.to_string()))?;
         let request = Request::new(principal, action, resource, context, None)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let entities = self

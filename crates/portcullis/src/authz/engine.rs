@@ -1,12 +1,10 @@
 //! Policy engines: embedded Rego (regorus) and a remote OPA over its Data API. Both answer
 //! the same question about the same input document.
 
+use crate::outbound::HttpClient;
 use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -161,7 +159,7 @@ impl RegoPolicy {
 pub struct OpaClient {
     url: Uri,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl std::fmt::Debug for OpaClient {
@@ -176,14 +174,9 @@ impl std::fmt::Debug for OpaClient {
 const MAX_OPA_RESPONSE: usize = 256 * 1024;
 
 impl OpaClient {
-    /// A client for `POST url` (the full Data API URL, e.g. `.../v1/data/api/authz/allow`).
-    pub fn new(url: Uri, timeout: Duration) -> OpaClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+    /// A client for `POST url` (the full Data API URL, e.g. `.../v1/data/api/authz/allow`),
+    /// calling it with `client`.
+    pub fn new(url: Uri, timeout: Duration, client: HttpClient) -> OpaClient {
         OpaClient {
             url,
             timeout,

@@ -3,6 +3,7 @@
 
 use super::{Authorizer, OnError, RequestFacts, RouteAuthorization, policy_input, record};
 use crate::authn::Principal;
+use crate::authn::mtls::ClientIdentity;
 use crate::denial::Denial;
 use crate::request_id::RequestId;
 use crate::route::RouteMatch;
@@ -126,6 +127,7 @@ where
                 params: &route.params,
                 client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
                 headers: req.headers(),
+                mtls_identity: req.extensions().get::<Arc<ClientIdentity>>().map(|i| &**i),
             };
             let input = policy_input(&settings, principal.as_deref(), mfa, &facts);
             let action = input

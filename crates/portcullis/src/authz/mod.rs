@@ -9,6 +9,7 @@ mod layer;
 pub use layer::{Authorize, AuthorizeLayer};
 
 use crate::authn::Principal;
+use crate::authn::mtls::ClientIdentity;
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
 use decision_log::DecisionLog;
 use engine::{Decision, EngineError, OpaClient, RegoPolicy};
@@ -131,6 +132,8 @@ pub struct RequestFacts<'a> {
     pub client_ip: Option<IpAddr>,
     /// The request headers (a few are copied into the input).
     pub headers: &'a HeaderMap,
+    /// The identity of the connection's verified client certificate, if any.
+    pub mtls_identity: Option<&'a ClientIdentity>,
 }
 
 /// Headers a policy may look at.
@@ -198,7 +201,7 @@ pub fn policy_input(
             "ip": facts.client_ip.map(|ip| ip.to_string()),
             "time": crate::time::now_rfc3339(),
             "mfa_verified": mfa,
-            "mtls_identity": Value::Null,
+            "mtls_identity": facts.mtls_identity.map_or(Value::Null, ClientIdentity::to_json),
         },
         "request": { "method": facts.method.as_str(), "path": facts.path, "headers": headers },
     })

@@ -45,6 +45,7 @@ fn input(method: Method, id: &str, who: &Principal) -> Value {
         params: &params,
         client_ip: None,
         headers: &headers,
+        mtls_identity: None,
     };
     policy_input(&route, Some(who), false, &facts)
 }
