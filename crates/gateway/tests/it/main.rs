@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod pki;
 mod util;
 
 mod admin;
@@ -21,4 +22,5 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod routing;
+mod tls;
 mod validation;

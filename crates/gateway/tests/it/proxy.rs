@@ -171,8 +171,8 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
 async fn the_upstream_host_is_its_own_preserved_or_literal() {
     let upstream = Upstream::start().await;
     let routes = "routes:\n  - match: { prefix: /own/ }\n    upstream: main\n    auth: none\n\
-  - match: { prefix: /kept/ }\n    upstream: kept\n    auth: none\n\
-  - match: { prefix: /named/ }\n    upstream: named\n    auth: none\n";
+\x20\x20- match: { prefix: /kept/ }\n    upstream: kept\n    auth: none\n\
+\x20\x20- match: { prefix: /named/ }\n    upstream: named\n    auth: none\n";
     let extra = format!(
         "  kept: {{ url: \"{0}\", host: preserve }}\n  named: {{ url: \"{0}\", host: items.internal }}\n{routes}",
         upstream.url()
