@@ -1,10 +1,14 @@
 // A real OpenID provider (the `oidc-provider` package) for the Portcullis tests.
 // Usage: node idp.mjs  -> prints "listening on http://127.0.0.1:PORT" once ready.
+// With TLS_CERT and TLS_KEY (PEM file paths) set it serves https instead, and the issuer is
+// https://127.0.0.1:PORT.
 // Clients: `gateway-test` / `test-secret` (client_credentials). Access tokens are RFC 9068
 // JWTs (ES256, typ at+jwt) for the resource https://api.test, and opaque tokens for
 // https://opaque.test (checked through RFC 7662 introspection at /token/introspection).
 // Test control: POST /__rotate makes a new signing key current (the old one stays published).
 import http from 'node:http';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
@@ -56,7 +60,11 @@ function provider(issuer, keys) {
 
 let keys = [newKey()];
 let current;
-const server = http.createServer((req, res) => {
+const tls = process.env.TLS_CERT && process.env.TLS_KEY
+  ? { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) }
+  : null;
+const scheme = tls ? 'https' : 'http';
+const handler = (req, res) => {
   if (req.method === 'POST' && req.url === '/__rotate') {
     keys = [newKey(), ...keys];
     current = provider(current.issuer, keys);
@@ -65,10 +73,11 @@ const server = http.createServer((req, res) => {
     return;
   }
   current.callback()(req, res);
-});
+};
+const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  current = provider(`http://127.0.0.1:${port}`, keys);
-  console.log(`listening on http://127.0.0.1:${port}`);
+  current = provider(`${scheme}://127.0.0.1:${port}`, keys);
+  console.log(`listening on ${scheme}://127.0.0.1:${port}`);
 });
 process.on('SIGTERM', () => process.exit(0));

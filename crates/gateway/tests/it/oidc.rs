@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 struct Idp {
     issuer: String,
     child: Child,
+    /// For an https IdP: a client trusting its CA.
+    https: Option<crate::pki::HttpsClient>,
 }
 
 impl Drop for Idp {
@@ -23,6 +25,16 @@ impl Drop for Idp {
 
 impl Idp {
     fn start() -> Idp {
+        Idp::start_with(&[], None)
+    }
+
+    /// Serves https with the pair in `cert`/`key` (PEM files), trusted through `ca` (PEM).
+    fn start_https(cert: &std::path::Path, key: &std::path::Path, ca: &str) -> Idp {
+        let env = [("TLS_CERT", cert.as_os_str()), ("TLS_KEY", key.as_os_str())];
+        Idp::start_with(&env, Some(crate::pki::https_client(ca, None, false)))
+    }
+
+    fn start_with(env: &[(&str, &std::ffi::OsStr)], https: Option<crate::pki::HttpsClient>) -> Idp {
         let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
         assert!(
             std::path::Path::new(peers)
@@ -32,6 +44,7 @@ impl Idp {
         );
         let mut child = Command::new("node")
             .arg("idp.mjs")
+            .envs(env.iter().copied())
             .current_dir(peers)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -49,7 +62,11 @@ impl Idp {
             .strip_prefix("listening on ")
             .expect("IdP banner")
             .to_string();
-        Idp { issuer, child }
+        Idp {
+            issuer,
+            child,
+            https,
+        }
     }
 
     async fn token(&self, scope: &str) -> String {
@@ -61,7 +78,16 @@ impl Idp {
                 scope.replace(' ', "%20")
             ))))
             .unwrap();
-        let (status, _, body) = send(request).await.unwrap();
+        let (status, body) = match &self.https {
+            Some(client) => {
+                let (response, body) = crate::pki::https_send(client, request).await.unwrap();
+                (response.status(), body)
+            }
+            None => {
+                let (status, _, body) = send(request).await.unwrap();
+                (status, body)
+            }
+        };
         assert_eq!(status, 200, "token request failed: {body}");
         json(&body)["access_token"].as_str().unwrap().to_string()
     }
@@ -286,4 +312,53 @@ async fn opaque_tokens_through_real_introspection() {
         hits,
         "a refused token reached the upstream"
     );
+}
+
+#[tokio::test]
+async fn an_https_idp_found_by_discovery_and_a_wrong_ca_fails_closed() {
+    let ca = crate::pki::Ca::new("IdP CA");
+    let other = crate::pki::Ca::new("Some other CA");
+    let upstream = Upstream::start().await;
+    let dir = test_dir(&[("idp-ca.pem", &ca.pem), ("other-ca.pem", &other.pem)]);
+    ca.server().write(dir.path(), "idp");
+    let idp = Idp::start_https(
+        &dir.path().join("idp.pem"),
+        &dir.path().join("idp.key"),
+        &ca.pem,
+    );
+    assert!(idp.issuer.starts_with("https://"), "{}", idp.issuer);
+    // No jwks_uri: the keys are found through {issuer}/.well-known/openid-configuration.
+    let config = |ca_file: &str| {
+        config_with(
+            &upstream.url(),
+            &format!(
+                "outbound:\n  ca_files: [{ca_file}]\n  system_roots: false\n\
+identity:\n  jwt:\n    - name: oidc\n      issuer: {issuer}\n      audiences: [https://api.test]\n      algorithms: [ES256]\n      token_types: [at+jwt]\n\
+{ALLOW_ALL}routes:\n  - match: {{ path: /api/items }}\n    upstream: main\n",
+                issuer = idp.issuer
+            ),
+        )
+    };
+    let trusted = test_dir(&[
+        ("idp-ca.pem", &ca.pem),
+        ("portcullis.yaml", &config("idp-ca.pem")),
+    ]);
+    std::fs::write(trusted.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let gw = Gateway::start_in(trusted).await;
+    let token = idp.token("items:read").await;
+    assert_eq!(call(&gw, "GET", &token).await, 200);
+    assert_eq!(upstream.hits(), 1);
+
+    // Trusting the wrong CA: no keys, so no entry (never open).
+    let wrong = test_dir(&[
+        ("other-ca.pem", &other.pem),
+        ("portcullis.yaml", &config("other-ca.pem")),
+    ]);
+    std::fs::write(wrong.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+    let gw = Gateway::start_unready(wrong).await;
+    assert_eq!(call(&gw, "GET", &token).await, 401);
+    gw.event_where("keys unavailable", |e| e["reason"] == "jwks_unavailable")
+        .await;
+    assert_eq!(get(&gw.admin_url("/readyz")).await.unwrap().0, 503);
+    assert_eq!(upstream.hits(), 1, "a refused request reached the upstream");
 }

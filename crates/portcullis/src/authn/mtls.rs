@@ -295,6 +295,72 @@ mod tests {
         }
     }
 
+    fn certificate(uris: &[&str], dns: &[&str]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "payments");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Corp");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+        }
+        for name in dns {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::DnsName((*name).try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn identity_is_read_from_the_certificate() {
+        let der = certificate(
+            &[
+                "spiffe://corp.test/ns/payments/sa/api",
+                "https://corp.test/x",
+            ],
+            &["API.Payments.corp.test"],
+        );
+        let identity = ClientIdentity::from_der(&der).unwrap();
+        assert_eq!(
+            identity.spiffe_id.as_deref(),
+            Some("spiffe://corp.test/ns/payments/sa/api")
+        );
+        assert_eq!(identity.dns_names, ["api.payments.corp.test"]);
+        assert_eq!(identity.uris.len(), 2);
+        assert!(
+            identity.subject.contains("CN=payments"),
+            "{}",
+            identity.subject
+        );
+        assert_eq!(identity.sha256, thumbprint(&der));
+        assert_eq!(identity.sha256.len(), 43, "base64url of 32 bytes, unpadded");
+        let json = identity.to_json();
+        assert_eq!(json["spiffe_id"], "spiffe://corp.test/ns/payments/sa/api");
+        assert_eq!(json["dns_names"][0], "api.payments.corp.test");
+        let plain = ClientIdentity::from_der(&certificate(&[], &["a.test"])).unwrap();
+        assert_eq!(plain.spiffe_id, None);
+        assert_eq!(plain.to_json()["spiffe_id"], Value::Null);
+    }
+
+    #[test]
+    fn several_spiffe_ids_are_refused() {
+        let der = certificate(&["spiffe://corp.test/a", "spiffe://corp.test/b"], &[]);
+        assert_eq!(
+            ClientIdentity::from_der(&der),
+            Err(IdentityError::SeveralSpiffeIds(2))
+        );
+        assert!(matches!(
+            ClientIdentity::from_der(b"not a certificate"),
+            Err(IdentityError::Unparsable(_))
+        ));
+    }
+
     #[test]
     fn no_identity_matches_nothing() {
         let p = IdentityPattern::parse("spiffe://corp.test/**").unwrap();

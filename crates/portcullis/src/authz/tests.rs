@@ -61,7 +61,36 @@ fn input_has_the_documented_shape() {
     assert_eq!(value["user"]["id"], "alice");
     assert_eq!(value["user"]["roles"], json!(["user"]));
     assert_eq!(value["environment"]["mfa_verified"], false);
+    assert_eq!(value["environment"]["mtls_identity"], Value::Null);
     assert_eq!(value["request"]["method"], "DELETE");
+}
+
+#[test]
+fn the_client_certificate_is_in_the_input() {
+    let identity = crate::authn::mtls::ClientIdentity {
+        subject: "CN=api".into(),
+        spiffe_id: Some("spiffe://corp.test/ns/payments/sa/api".into()),
+        dns_names: vec!["api.corp.test".into()],
+        uris: vec!["spiffe://corp.test/ns/payments/sa/api".into()],
+        sha256: "abc".into(),
+    };
+    let route = RouteAuthz::default();
+    let headers = HeaderMap::new();
+    let facts = RequestFacts {
+        method: &Method::GET,
+        path: "/x",
+        params: &[],
+        client_ip: None,
+        headers: &headers,
+        mtls_identity: Some(&identity),
+    };
+    let value = policy_input(&route, None, false, &facts);
+    assert_eq!(value["environment"]["mtls_identity"], identity.to_json());
+    assert_eq!(
+        value["environment"]["mtls_identity"]["spiffe_id"],
+        "spiffe://corp.test/ns/payments/sa/api"
+    );
+    assert_eq!(value["environment"]["mtls_identity"]["sha256"], "abc");
 }
 
 #[test]
