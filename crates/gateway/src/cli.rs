@@ -24,6 +24,10 @@ pub enum Command {
         /// Where the admin API (health, metrics, reload) listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Serve https (and ask for client certificates) with a fresh local CA, whose
+        /// certificates the demo writes beside its configuration.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run the gateway from a configuration file.
     Run {

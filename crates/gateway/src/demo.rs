@@ -25,14 +25,17 @@ const DEMO_OPENAPI: &str = include_str!("../../../examples/openapi/items.yaml");
 const ISSUER: &str = "https://idp.portcullis.demo";
 const AUDIENCE: &str = "https://items.portcullis.demo";
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+/// The SPIFFE trust domain of the demo's client certificates.
+const TRUST_DOMAIN: &str = "portcullis.demo";
+
+/// Runs the demo until Ctrl-C; with `tls`, over https with a fresh local CA.
+pub async fn run(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Result<()> {
     // A fresh dev signing key; the demo upstream publishes its JWKS like an IdP would.
     let (key, pem) = SigningKey::generate_es256("demo-1")
         .map_err(|e| anyhow::anyhow!("cannot create the dev key: {e}"))?;
     let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
     let upstream = start_items_api(jwks).await?;
-    let dir = write_demo_files(listen, admin, upstream, &pem)?;
+    let dir = write_demo_files(listen, admin, upstream, &pem, tls)?;
     let (bound_tx, bound_rx) = oneshot::channel();
     let config_path = dir.join("portcullis.yaml");
     let admin_token = std::fs::read_to_string(dir.join("admin-token")).unwrap_or_default();
@@ -48,7 +51,14 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     };
     tokio::spawn(async move {
         if let Ok(bound) = bound_rx.await {
-            print_banner(&bound, upstream, &config_path, admin_token.trim(), &tokens);
+            print_banner(
+                &bound,
+                upstream,
+                &config_path,
+                admin_token.trim(),
+                &tokens,
+                tls,
+            );
         }
     });
     crate::serve::run(dir.join("portcullis.yaml"), Some(bound_tx)).await
@@ -89,6 +99,7 @@ fn write_demo_files(
     admin: SocketAddr,
     upstream: SocketAddr,
     pem: &str,
+    tls: bool,
 ) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
@@ -105,11 +116,22 @@ fn write_demo_files(
         std::fs::write(dir.join(name), text)
             .map_err(|e| anyhow::anyhow!("cannot write the demo {name}: {e}"))?;
     }
+    let (listen_tls, partner_route) = if tls {
+        write_demo_pki(&dir, listen)?;
+        (
+            "  tls:\n    cert: server.pem\n    key: server.key\n    client_ca: ca.pem\n    client_auth: optional\n",
+            format!(
+                "  - match: {{ path: /api/partner/status, methods: [GET] }}\n    upstream: items\n    auth: none\n    client_identities: [\"spiffe://{TRUST_DOMAIN}/ns/payments/sa/*\"]\n"
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
     let config = format!(
         r#"# Written by `portcullis demo`. Run it yourself with: portcullis run --config {config}
 listen:
   address: {listen}
-admin:
+{listen_tls}admin:
   address: {admin}
   token: ${{file:admin-token}}
 limits:
@@ -165,12 +187,83 @@ routes:
     upstream: items
     auth: none
     rate_limit: {{ limit: 5, window: 10s, key: ip }}
-"#,
+{partner_route}"#,
         config = dir.join("portcullis.yaml").display(),
     );
     std::fs::write(dir.join("portcullis.yaml"), config)
         .map_err(|e| anyhow::anyhow!("cannot write the demo configuration: {e}"))?;
     Ok(dir)
+}
+
+/// A fresh local CA (`ca.pem`), the gateway's certificate for the listen address and
+/// `localhost` (`server.pem`/`.key`), and two client certificates with SPIFFE ids: a payments
+/// service that the partner route admits (`client-payments`) and a web frontend that it
+/// refuses (`client-web`). Private keys are written readable by the owner only.
+fn write_demo_pki(dir: &std::path::Path, listen: SocketAddr) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let fail = |e: rcgen::Error| anyhow::anyhow!("cannot create the demo certificates: {e}");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Portcullis demo CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(fail)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())
+        .map_err(|e| anyhow::anyhow!("cannot write the demo CA: {e}"))?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut names = vec![
+        SanType::DnsName("localhost".try_into().map_err(fail)?),
+        SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])),
+    ];
+    if !listen.ip().is_unspecified() && listen.ip() != std::net::IpAddr::from([127, 0, 0, 1]) {
+        names.push(SanType::IpAddress(listen.ip()));
+    }
+    let leaves: [(&str, &str, Vec<SanType>, ExtendedKeyUsagePurpose); 3] = [
+        (
+            "server",
+            "portcullis demo gateway",
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        (
+            "client-payments",
+            "payments-api",
+            vec![SanType::URI(
+                format!("spiffe://{TRUST_DOMAIN}/ns/payments/sa/api")
+                    .try_into()
+                    .map_err(fail)?,
+            )],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+        (
+            "client-web",
+            "web-frontend",
+            vec![SanType::URI(
+                format!("spiffe://{TRUST_DOMAIN}/ns/web/sa/frontend")
+                    .try_into()
+                    .map_err(fail)?,
+            )],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+    ];
+    for (file, name, sans, usage) in leaves {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().map_err(fail)?;
+        let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem())
+            .map_err(|e| anyhow::anyhow!("cannot write the demo {file}.pem: {e}"))?;
+        write_private(&dir.join(format!("{file}.key")), &key.serialize_pem())?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
@@ -193,8 +286,10 @@ fn print_banner(
     config: &std::path::Path,
     token: &str,
     tokens: &DemoTokens,
+    tls: bool,
 ) {
-    let gw = format!("http://{}", bound.listen);
+    let scheme = if tls { "https" } else { "http" };
+    let gw = format!("{scheme}://{}", bound.listen);
     let (alice, alice_mfa, bob) = (&tokens.alice, &tokens.alice_mfa, &tokens.bob);
     let dir = config
         .parent()
@@ -204,7 +299,7 @@ fn print_banner(
         .admin
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
-    println!(
+    let banner = format!(
         r#"
 Portcullis demo is running.
   gateway   {gw}
@@ -245,10 +340,39 @@ Try these (each answer carries x-request-id and the security headers):
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/inventory   # calls per documented operation
   curl -s -X POST -H 'authorization: Bearer {token}' {admin}/admin/reload
 
-Security events follow below as JSON lines. Ctrl-C stops.
+{tls_part}Security events follow below as JSON lines. Ctrl-C stops.
 "#,
-        config.display()
+        config.display(),
+        tls_part = if tls {
+            tls_banner(&gw, &dir)
+        } else {
+            String::new()
+        },
     );
+    // Over https every curl trusts the demo's CA.
+    let banner = if tls {
+        banner.replace("  curl ", &format!("  curl --cacert {dir}/ca.pem "))
+    } else {
+        banner
+    };
+    println!("{banner}");
+}
+
+/// The https part of the banner: client certificates and the SPIFFE-restricted route.
+fn tls_banner(gw: &str, dir: &str) -> String {
+    let payments = format!("--cert {dir}/client-payments.pem --key {dir}/client-payments.key");
+    let web = format!("--cert {dir}/client-web.pem --key {dir}/client-web.key");
+    format!(
+        r#"TLS (a fresh local CA in {dir}/ca.pem; client certificates are asked for, not required):
+  curl {gw}/api/partner/status {payments}   # 200: spiffe://{TRUST_DOMAIN}/ns/payments/sa/api matches the route
+  curl {gw}/api/partner/status {web}   # 403: spiffe://{TRUST_DOMAIN}/ns/web/sa/frontend does not
+  curl {gw}/api/partner/status   # 403: no client certificate
+  curl --http2 -w '%{{http_version}}\n' -o /dev/null -s {gw}/api/public/status   # HTTP/2 by ALPN
+  openssl s_client -connect {listen} -CAfile {dir}/ca.pem -tls1_3 </dev/null | grep -E 'Protocol|Verify'
+
+"#,
+        listen = gw.trim_start_matches("https://"),
+    )
 }
 
 /// One item of the demo API.
@@ -296,6 +420,10 @@ async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<SocketAddr> 
         .route("/api/items/{id}", get(read).put(update).delete(remove))
         .route(
             "/api/public/status",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/api/partner/status",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
         .route(

@@ -56,8 +56,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             token::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        cli::Command::Demo { listen, admin } => {
-            runtime()?.block_on(demo::run(listen, admin))?;
+        cli::Command::Demo { listen, admin, tls } => {
+            runtime()?.block_on(demo::run(listen, admin, tls))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -116,6 +116,62 @@ fn every_command_has_help() {
 }
 
 #[tokio::test]
+async fn demo_over_tls_prints_commands_that_work() {
+    let demo = Demo::start_with(&["--tls"]).await;
+    let gw = demo.field("gateway");
+    assert!(gw.starts_with("https://127.0.0.1:"), "{gw}");
+    // Run the banner's TLS commands as printed (they are curl lines with a comment).
+    let commands: Vec<(Vec<String>, String)> = demo
+        .banner
+        .iter()
+        .filter(|l| l.contains("/api/partner/status") && l.trim().starts_with("curl "))
+        .map(|l| {
+            let (command, comment) = l.split_once('#').unwrap();
+            let args = command
+                .split_whitespace()
+                .skip(1)
+                .map(str::to_string)
+                .collect();
+            (args, comment.trim().to_string())
+        })
+        .collect();
+    assert_eq!(commands.len(), 3, "{:?}", demo.banner);
+    for (args, comment) in commands {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}"]);
+        let (ok, out) = crate::pki::curl(&args).await;
+        assert!(ok, "{out}");
+        let expected = comment.split(':').next().unwrap();
+        assert_eq!(out.trim(), expected, "{args:?} # {comment}");
+    }
+    let token = demo.token("ALICE");
+    let ca = format!(
+        "{}/ca.pem",
+        demo.banner
+            .iter()
+            .find_map(|l| l.split("a fresh local CA in ").nth(1))
+            .unwrap()
+            .split("/ca.pem")
+            .next()
+            .unwrap()
+    );
+    let (ok, out) = crate::pki::curl(&[
+        "--cacert",
+        &ca,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        &format!("{gw}/api/items"),
+        "-H",
+        &format!("authorization: Bearer {token}"),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "200 2");
+}
+
+#[tokio::test]
 async fn demo_serves_the_items_api_and_prints_working_commands() {
     let demo = Demo::start().await;
     let (gw, admin) = (demo.field("gateway"), demo.field("admin"));

@@ -527,9 +527,15 @@ impl Drop for Demo {
 
 impl Demo {
     pub async fn start() -> Demo {
+        Demo::start_with(&[]).await
+    }
+
+    /// The demo with extra arguments (such as `--tls`).
+    pub async fn start_with(args: &[&str]) -> Demo {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
