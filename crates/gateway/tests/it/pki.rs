@@ -31,6 +31,9 @@ pub struct Leaf {
     pub der: CertificateDer<'static>,
 }
 
+/// A calendar date, `(year, month, day)`.
+pub type Date = (i32, u8, u8);
+
 /// What a leaf should say.
 pub struct Spec<'a> {
     pub cn: &'a str,
@@ -39,7 +42,7 @@ pub struct Spec<'a> {
     pub uris: &'a [&'a str],
     pub usage: &'a [ExtendedKeyUsagePurpose],
     /// `(year, month, day)` bounds; default: valid from 2020 to 2090.
-    pub valid: Option<((i32, u8, u8), (i32, u8, u8))>,
+    pub valid: Option<(Date, Date)>,
 }
 
 impl Default for Spec<'_> {

@@ -158,8 +158,7 @@ async fn tls_listener_serves_h1_and_h2_and_refuses_old_versions() {
 #[tokio::test]
 async fn plain_http_responses_carry_no_hsts_unless_a_trusted_proxy_saw_https() {
     let upstream = Upstream::start().await;
-    let extra = format!("{CATCH_ALL}");
-    let config = config_with(&upstream.url(), &extra).replacen(
+    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
         "listen:\n  address: 127.0.0.1:0\n",
         "listen:\n  address: 127.0.0.1:0\n  trusted_proxies: [127.0.0.1/32]\n",
         1,
