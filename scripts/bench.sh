@@ -4,7 +4,10 @@
 # pinned to core 0; wrk and the upstream share core 1. Reports requests/s, p50/p99 latency and
 # proxy CPU time per request, and Portcullis's figures as ratios of nginx's (same machine, same
 # minute, so the ratios mean more than the absolute numbers). Also: idle RSS, RSS with 1,000
-# open keep-alive connections, and how long `portcullis demo` takes to become ready.
+# open keep-alive connections, and how long `portcullis demo` takes to become ready. Over TLS
+# (the same ECDSA P-256 certificate for both, TLS 1.3): keep-alive throughput, new full
+# handshakes per second (a new connection per request, no resumption) with CPU per
+# handshake, and resumed handshakes (session tickets) per second, Portcullis against nginx.
 #
 # Usage: scripts/bench.sh [seconds per run, default 10]
 # Loopback only; every load run is bounded in time.
@@ -30,7 +33,7 @@ trap cleanup EXIT
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
-VAL_PORT=18612
+VAL_PORT=18612 TLS_PC_PORT=18613 TLS_NGINX_PORT=18614
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
@@ -54,6 +57,15 @@ request = function()
   return wrk.format("GET", "/jwt/items", { ["Authorization"] = "Bearer " .. tokens[i] })
 end
 LUA
+
+# TLS: a local CA and an ECDSA P-256 server certificate for 127.0.0.1, shared by both proxies.
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$WORK/ca.key" -subj /CN=bench-ca -days 2 -out "$WORK/ca.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/tls.key"
+openssl req -new -key "$WORK/tls.key" -subj /CN=127.0.0.1 -out "$WORK/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$WORK/tls.ext"
+openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+  -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" 2>/dev/null
 
 # The upstream: nginx answering a small JSON body from memory, one worker on core 1.
 cat > "$WORK/upstream.conf" <<CONF
@@ -97,6 +109,48 @@ http {
 CONF
 taskset -c 0 "$NGINX" -c "$WORK/proxy.conf" -p "$WORK" &
 PIDS+=($!)
+
+# The same nginx proxy over TLS 1.3 (tickets on, as Portcullis has them).
+cat > "$WORK/tls-proxy.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/tls-proxy.pid;
+error_log $WORK/tls-proxy-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$TLS_NGINX_PORT ssl http2;
+    ssl_certificate $WORK/tls.pem;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets on;
+    ssl_session_cache shared:tls:10m;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+taskset -c 0 "$NGINX" -c "$WORK/tls-proxy.conf" -p "$WORK" &
+PIDS+=($!)
+mkdir -p "$WORK/tls"
+cat > "$WORK/tls/portcullis.yaml" <<CONF
+listen:
+  address: 127.0.0.1:$TLS_PC_PORT
+  tls: { cert: ../tls.pem, key: ../tls.key }
+monitoring: { events: { sink: file, path: events.log } }
+upstreams:
+  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+    auth: none
+CONF
 
 cat > "$WORK/portcullis.yaml" <<CONF
 listen: { address: 127.0.0.1:$PC_PORT }
@@ -225,6 +279,9 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 LUA
+taskset -c 0 "$BIN" run --config "$WORK/tls/portcullis.yaml" 2>"$WORK/tls.err" &
+TLS_PC_PID=$!
+PIDS+=($TLS_PC_PID)
 taskset -c 0 "$BIN" run --config "$WORK/val/portcullis.yaml" 2>"$WORK/val.err" &
 VAL_PID=$!
 PIDS+=($VAL_PID)
@@ -258,6 +315,14 @@ wait_for "http://127.0.0.1:$PC_PORT/"
 wait_for "http://127.0.0.1:$RL_MEM_PORT/"
 wait_for "http://127.0.0.1:$RL_REDIS_PORT/"
 wait_for "http://127.0.0.1:$VAL_PORT/items?limit=10"
+for port in $TLS_PC_PORT $TLS_NGINX_PORT; do
+  for _ in $(seq 1 200); do
+    curl -fsS --cacert "$WORK/ca.pem" -o /dev/null "https://127.0.0.1:$port/" 2>/dev/null && break
+    sleep 0.05
+  done
+  curl -fsS --cacert "$WORK/ca.pem" -o /dev/null "https://127.0.0.1:$port/" \
+    || { echo "bench: https on port $port never answered" >&2; exit 1; }
+done
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary "@$WORK/val/twenty-properties-body.json" "http://127.0.0.1:$VAL_PORT/items")
 [ "$code" = 200 ] || { echo "bench: the validating gateway refused the conforming body ($code)" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -d '{"is_admin":true}' "http://127.0.0.1:$VAL_PORT/items")
@@ -275,6 +340,7 @@ for port in $PC_PORT $HAPROXY_PORT; do
   [ "$code" = 401 ] || [ "$code" = 403 ] || { echo "bench: port $port accepted a bad token ($code)" >&2; exit 1; }
 done
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")" | head -1)
+TLS_NGINX_WORKER=$(pgrep -P "$(cat "$WORK/tls-proxy.pid")" | head -1)
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -330,6 +396,25 @@ read -r VP_RPS VP_P50 VP_P99 VP_CPU < <(measure "http://127.0.0.1:$VAL_PORT/item
 read -r PP_RPS PP_P50 PP_P99 PP_CPU < <(measure "http://127.0.0.1:$PC_PORT/items" "$PC_PID" -s "$WORK/post.lua")
 # And through nginx: what the same POST costs a proxy that reads nothing.
 read -r NP_RPS NP_P50 NP_P99 NP_CPU < <(measure "http://127.0.0.1:$NGINX_PORT/items" "$NGINX_WORKER" -s "$WORK/post.lua")
+
+# TLS: keep-alive throughput, then a new connection (a full TLS 1.3 handshake: wrk never
+# resumes) for every request.
+read -r TN_RPS TN_P50 TN_P99 TN_CPU < <(measure "https://127.0.0.1:$TLS_NGINX_PORT/api/items" "$TLS_NGINX_WORKER")
+read -r TP_RPS TP_P50 TP_P99 TP_CPU < <(measure "https://127.0.0.1:$TLS_PC_PORT/api/items" "$TLS_PC_PID")
+CLOSE=(-H "Connection: close")
+read -r HN_RPS HN_P50 HN_P99 HN_CPU < <(measure "https://127.0.0.1:$TLS_NGINX_PORT/api/items" "$TLS_NGINX_WORKER" "${CLOSE[@]}")
+read -r HP_RPS HP_P50 HP_P99 HP_CPU < <(measure "https://127.0.0.1:$TLS_PC_PORT/api/items" "$TLS_PC_PID" "${CLOSE[@]}")
+# Resumed handshakes (session tickets), one client at a time: openssl s_time -reuse.
+resumed() { # PORT -> connections per second
+  taskset -c 1 openssl s_time -connect "127.0.0.1:$1" -CAfile "$WORK/ca.pem" -reuse -time "$DURATION" 2>/dev/null \
+    | awk '/connections in [0-9.]+ real seconds/ { printf "%.0f", $1 / $4 }'
+}
+full() { # PORT -> connections per second, no reuse
+  taskset -c 1 openssl s_time -connect "127.0.0.1:$1" -CAfile "$WORK/ca.pem" -new -time "$DURATION" 2>/dev/null \
+    | awk '/connections in [0-9.]+ real seconds/ { printf "%.0f", $1 / $4 }'
+}
+RN=$(resumed "$TLS_NGINX_PORT"); RP=$(resumed "$TLS_PC_PORT")
+FN=$(full "$TLS_NGINX_PORT"); FP=$(full "$TLS_PC_PORT")
 
 # RSS with 1,000 open keep-alive connections, each having made one request.
 HELD_RSS=$(python3 - "$PC_PORT" "$PC_PID" <<'PY'
@@ -392,6 +477,15 @@ printf 'POST / GET: %s (target >= 0.85); plain route POST / GET: %s; validated P
   "$(ratio "$VP_RPS" "$VG_RPS")" "$(ratio "$PP_RPS" "$P_RPS")" "$(ratio "$VP_RPS" "$PP_RPS")" "$(awk -v a="$VP_CPU" -v b="$PP_CPU" 'BEGIN { printf "%.1f", a - b }')"
 printf '%-34s %12s %10s %10s %14s\n' "POST, same body, nginx" "$NP_RPS" "$NP_P50" "$NP_P99" "$NP_CPU"
 printf 'GET with validation vs plain proxy: %s; nginx POST / GET: %s\n' "$(ratio "$VG_RPS" "$P_RPS")" "$(ratio "$NP_RPS" "$N_RPS")"
+printf '\n%-34s %12s %10s %10s %14s\n' "TLS 1.3, ECDSA P-256" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "nginx, keep-alive" "$TN_RPS" "$TN_P50" "$TN_P99" "$TN_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "portcullis, keep-alive" "$TP_RPS" "$TP_P50" "$TP_P99" "$TP_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "nginx, new handshake each" "$HN_RPS" "$HN_P50" "$HN_P99" "$HN_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "portcullis, new handshake each" "$HP_RPS" "$HP_P50" "$HP_P99" "$HP_CPU"
+printf 'TLS keep-alive portcullis / nginx: %s (target >= 0.90); new handshakes/s: %s (target >= 0.90), CPU µs per handshake + request %s vs %s\n' \
+  "$(ratio "$TP_RPS" "$TN_RPS")" "$(ratio "$HP_RPS" "$HN_RPS")" "$HP_CPU" "$HN_CPU"
+printf 'openssl s_time, one client: full handshakes/s nginx %s, portcullis %s (%s); resumed (tickets) nginx %s, portcullis %s (%s)\n' \
+  "$FN" "$FP" "$(ratio "$FP" "$FN")" "$RN" "$RP" "$(ratio "$RP" "$RN")"
 printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
 printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
 echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"

@@ -122,10 +122,20 @@ async fn tls_listener_serves_h1_and_h2_and_refuses_old_versions() {
     })
     .await;
 
+    assert!(
+        metrics(&gw)
+            .await
+            .contains("portcullis_tls_cert_expiry_seconds{cert=\"listen\"} "),
+        "no expiry metric"
+    );
+
     // Plain HTTP on the TLS port gets no HTTP answer.
     let answer = raw(gw.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(upstream.heads(), heads);
+
+    // Session tickets: a second connection resumes the first one's session.
+    assert!(resumes(gw.addr, &ca_file).await, "no TLS 1.3 resumption");
 
     // TLS 1.2 works by default; `min_version: "1.3"` refuses it after a reload.
     assert!(
