@@ -14,6 +14,7 @@ need redis-server redis-server
 need node nodejs
 need npm npm
 need python3 python3
+need chromium chromium
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -33,7 +34,7 @@ done
 
 # npm packages of the test peers, pinned by tests/peers/package-lock.json.
 peers="$(dirname "$0")/../tests/peers"
-if [ ! -d "$peers/node_modules/oidc-provider" ] || [ "$peers/package-lock.json" -nt "$peers/node_modules/.package-lock.json" ]; then
+if [ ! -d "$peers/node_modules/oidc-provider" ] || [ ! -d "$peers/node_modules/playwright-core" ] || [ "$peers/package-lock.json" -nt "$peers/node_modules/.package-lock.json" ]; then
   echo "installing test peers (npm ci in tests/peers)" >&2
   (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

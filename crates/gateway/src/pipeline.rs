@@ -4,6 +4,7 @@ use crate::config::{GatewayConfig, RouteTarget};
 use crate::proxy::Proxy;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
+use portcullis::cors::{Cors, CorsLayer};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
@@ -18,16 +19,18 @@ use tower::ServiceBuilder;
 pub type Pipeline = Respond<
     RequestTimeout<
         Normalize<
-            Router<
-                OperationMatcher<
-                    Screen<
-                        Authenticate<
-                            RateLimit<Authorize<Validate<Proxy>, RouteTarget>, RouteTarget>,
-                            RouteTarget,
+            Cors<
+                Router<
+                    OperationMatcher<
+                        Screen<
+                            Authenticate<
+                                RateLimit<Authorize<Validate<Proxy>, RouteTarget>, RouteTarget>,
+                                RouteTarget,
+                            >,
                         >,
                     >,
+                    RouteTarget,
                 >,
-                RouteTarget,
             >,
         >,
     >,
@@ -49,6 +52,9 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         .layer(RequestTimeoutLayer::new(config.request_timeout))
         // Cheap checks first: head size, framing, canonical path, client address, body guard.
         .layer(NormalizeLayer::new(config.normalize.clone()))
+        // Browsers' preflights are answered here, before any check treats them as API
+        // calls; allowed origins get their CORS headers on every answer.
+        .layer(CorsLayer::new(config.cors.clone()))
         // No route, no forwarding: 404 / 405 before anything reaches an upstream.
         .layer(RouteLayer::new(config.routes.clone()))
         // Which documented operation this is: an undocumented one is refused (404) or
@@ -71,5 +77,5 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         // Only now, for a caller allowed to call it, the API's contract: parameters,
         // content type, strict JSON and its schema (and the response, when asked).
         .layer(ValidateLayer::new(operations))
-        .service(Proxy::new(trusted))
+        .service(Proxy::new(trusted, config.mask_upstream_errors))
 }

@@ -82,13 +82,47 @@ pub fn pooled_upstream(
 #[derive(Clone)]
 pub struct Proxy {
     trusted: Arc<TrustedProxies>,
+    mask_errors: bool,
 }
 
 impl Proxy {
-    /// A proxy believing forwarding headers only from `trusted` peers.
-    pub fn new(trusted: Arc<TrustedProxies>) -> Self {
-        Proxy { trusted }
+    /// A proxy believing forwarding headers only from `trusted` peers; with `mask_errors`,
+    /// upstream 5xx answers are replaced by a generic problem.
+    pub fn new(trusted: Arc<TrustedProxies>, mask_errors: bool) -> Self {
+        Proxy {
+            trusted,
+            mask_errors,
+        }
     }
+}
+
+/// How much of a replaced upstream error body the event keeps.
+const ERROR_EXCERPT_BYTES: usize = 4096;
+/// How long the proxy waits for that excerpt (the upstream already failed; it must not
+/// hold the answer up).
+const ERROR_EXCERPT_WAIT: Duration = Duration::from_secs(1);
+
+/// The start of a body, at most [`ERROR_EXCERPT_BYTES`], as text; the rest is dropped.
+async fn excerpt(mut body: Incoming) -> String {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    let read = async {
+        while kept.len() < ERROR_EXCERPT_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let room = ERROR_EXCERPT_BYTES - kept.len();
+                        kept.extend_from_slice(
+                            data.get(..room.min(data.len())).unwrap_or_default(),
+                        );
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_EXCERPT_WAIT, read).await;
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Denial>> + Send>>;
@@ -104,6 +138,7 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
         let prepared = prepare(req, &self.trusted);
+        let mask_errors = self.mask_errors;
         Box::pin(async move {
             let (req, client, upstream, timeout, trip) = prepared?;
             let sent = tokio::time::timeout(timeout, client.request(req)).await;
@@ -120,6 +155,16 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
                 }
                 Ok(Ok(response)) => response,
             };
+            if mask_errors && response.status().is_server_error() {
+                let status = response.status();
+                let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+                return Err(Denial::UpstreamError {
+                    upstream,
+                    status,
+                    body: excerpt(response.into_body()).await,
+                    retry_after,
+                });
+            }
             let (mut parts, incoming) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body::boxed(incoming)))

@@ -13,7 +13,7 @@ use portcullis::authn::mtls::ClientIdentity;
 use portcullis::body::Body;
 use portcullis::framing::{FramingScanner, FramingViolation};
 use portcullis::respond::Outcome;
-use portcullis::scope::{PeerAddr, Transport};
+use portcullis::scope::{LocalAddr, PeerAddr, Transport};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -117,6 +117,7 @@ async fn serve_plain(
     };
     let connection = Connection {
         peer,
+        local: stream.local_addr().ok(),
         tls: false,
         identity: None,
     };
@@ -135,6 +136,7 @@ async fn serve_tls(
 ) {
     let limit = gateway.current().config.server.header_read_timeout;
     let deadline = tokio::time::Instant::now() + limit;
+    let local = stream.local_addr().ok();
     let (stream, identity) = match tls::handshake(config, stream, deadline).await {
         Handshake::Done { stream, identity } => (stream, identity),
         Handshake::Failed { reason, detail } => {
@@ -148,6 +150,7 @@ async fn serve_tls(
     };
     let connection = Connection {
         peer,
+        local,
         tls: true,
         identity: identity.map(Arc::new),
     };
@@ -158,6 +161,7 @@ async fn serve_tls(
 #[derive(Clone)]
 struct Connection {
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     tls: bool,
     identity: Option<Arc<ClientIdentity>>,
 }
@@ -195,6 +199,11 @@ async fn serve_http<I>(
     let io = ScannedStream {
         inner: stream,
         scanner: (!is_h2).then(|| scanner.clone()),
+        linger: (!is_h2).then(|| Linger {
+            limit: limits.lingering_close,
+            remaining: limits.linger_max_bytes,
+            state: LingerState::Open,
+        }),
     };
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // HTTP/1 requests arrive in order, so the scanner's verdicts pair up with them.
@@ -211,11 +220,60 @@ async fn serve_http<I>(
 }
 
 pin_project_lite::pin_project! {
-    /// A client stream whose incoming HTTP/1 bytes are also fed to a [`FramingScanner`].
+    /// A client stream whose incoming HTTP/1 bytes are also fed to a [`FramingScanner`], and
+    /// that closes HTTP/1 connections with a lingering close.
     struct ScannedStream<I> {
         #[pin]
         inner: I,
         scanner: Option<Arc<Mutex<FramingScanner>>>,
+        linger: Option<Linger>,
+    }
+}
+
+/// Lingering close (what nginx's `lingering_close` does): when the server closes an HTTP/1
+/// connection, perhaps having answered before reading the whole request (413, 401 on an
+/// upload...), it half-closes, then reads and discards what the client still sends, for a
+/// bounded time and size, and only then closes. A client still sending then reads the
+/// answer, instead of losing it to a connection reset. Nothing drained is kept.
+struct Linger {
+    limit: Duration,
+    remaining: u64,
+    state: LingerState,
+}
+
+enum LingerState {
+    Open,
+    Draining(Pin<Box<tokio::time::Sleep>>),
+    Done,
+}
+
+impl Linger {
+    /// Discards incoming bytes until the client closes, the budget is spent or time is up.
+    fn poll_drain<I: AsyncRead>(
+        &mut self,
+        mut inner: Pin<&mut I>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let LingerState::Draining(deadline) = &mut self.state else {
+            return Poll::Ready(());
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if self.remaining == 0 || deadline.as_mut().poll(cx).is_ready() {
+                break;
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match inner.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let n = u64::try_from(buf.filled().len()).unwrap_or(u64::MAX);
+                    self.remaining = self.remaining.saturating_sub(n);
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.state = LingerState::Done;
+        Poll::Ready(())
     }
 }
 
@@ -237,7 +295,7 @@ impl<I: AsyncRead> AsyncRead for ScannedStream<I> {
     }
 }
 
-impl<I: AsyncWrite> AsyncWrite for ScannedStream<I> {
+impl<I: AsyncRead + AsyncWrite> AsyncWrite for ScannedStream<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -263,7 +321,21 @@ impl<I: AsyncWrite> AsyncWrite for ScannedStream<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let Some(linger) = this.linger.as_mut() else {
+            return this.inner.poll_shutdown(cx);
+        };
+        let mut inner = this.inner;
+        if let LingerState::Open = linger.state {
+            // Send our FIN first: the answer is complete, the client can read it all.
+            if let Err(e) = std::task::ready!(inner.as_mut().poll_shutdown(cx)) {
+                linger.state = LingerState::Done;
+                return Poll::Ready(Err(e));
+            }
+            linger.state = LingerState::Draining(Box::pin(tokio::time::sleep(linger.limit)));
+        }
+        std::task::ready!(linger.poll_drain(inner, cx));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -309,6 +381,9 @@ async fn handle(
             && proxy_says_https(req.headers()));
     let extensions = req.extensions_mut();
     extensions.insert(PeerAddr(connection.peer));
+    if let Some(local) = connection.local {
+        extensions.insert(LocalAddr(local));
+    }
     extensions.insert(Transport {
         tls: connection.tls,
         https,

@@ -155,6 +155,25 @@ pub enum Denial {
     /// The API document describes no operation for this method and path.
     #[error("no documented operation matches")]
     UnknownOperation,
+    /// The request names a host this listener does not serve (`listen.hosts`).
+    #[error("host `{host}` is not served here")]
+    MisdirectedRequest {
+        /// The host the client named (cut short), for the operator.
+        host: String,
+    },
+    /// The upstream answered with a server error, which is not passed on: the client gets a
+    /// generic problem with the same status, the operator the body in the event.
+    #[error("upstream {upstream} answered {status}")]
+    UpstreamError {
+        /// The upstream's configured name.
+        upstream: String,
+        /// The upstream's status (5xx), kept in the answer.
+        status: StatusCode,
+        /// The start of the upstream's body, for the event only.
+        body: String,
+        /// The upstream's `Retry-After`, the one header of its that survives.
+        retry_after: Option<HeaderValue>,
+    },
     /// The upstream's response broke the API's contract (with response checks blocking).
     #[error("response violates the contract ({reason}): {detail}")]
     ResponseRejected {
@@ -214,6 +233,8 @@ impl Denial {
             Denial::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Denial::UnknownOperation => StatusCode::NOT_FOUND,
             Denial::ResponseRejected { .. } => StatusCode::BAD_GATEWAY,
+            Denial::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Denial::UpstreamError { status, .. } => *status,
         }
     }
 
@@ -239,6 +260,10 @@ impl Denial {
             Denial::UnsupportedMediaType { .. } => "Unsupported Media Type",
             Denial::UnknownOperation => "Not Found",
             Denial::ResponseRejected { .. } => "Bad Gateway",
+            Denial::MisdirectedRequest { .. } => "Misdirected Request",
+            Denial::UpstreamError { status, .. } => {
+                status.canonical_reason().unwrap_or("Upstream Error")
+            }
         }
     }
 
@@ -268,13 +293,19 @@ impl Denial {
             }
             Denial::UnknownOperation => "https://portcullis.dev/problems/not-found",
             Denial::ResponseRejected { .. } => "https://portcullis.dev/problems/bad-gateway",
+            Denial::MisdirectedRequest { .. } => {
+                "https://portcullis.dev/problems/misdirected-request"
+            }
+            Denial::UpstreamError { .. } => "https://portcullis.dev/problems/upstream-error",
         }
     }
 
     /// The kind of security event this refusal raises.
     pub fn event_type(&self) -> EventType {
         match self {
-            Denial::Malformed { .. } => EventType::SuspiciousActivity,
+            Denial::Malformed { .. } | Denial::MisdirectedRequest { .. } => {
+                EventType::SuspiciousActivity
+            }
             Denial::NoRoute
             | Denial::MethodNotAllowed { .. }
             | Denial::BodyTimeout
@@ -287,6 +318,7 @@ impl Denial {
             | Denial::ResponseRejected { .. } => EventType::ValidationFailure,
             Denial::UpstreamUnreachable { .. }
             | Denial::UpstreamTimeout { .. }
+            | Denial::UpstreamError { .. }
             | Denial::RequestTimeout => EventType::UpstreamError,
             Denial::Unauthenticated { .. } => EventType::AuthFailure,
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => EventType::AuthzDenied,
@@ -305,7 +337,10 @@ impl Denial {
     /// How serious the refusal is for the operator.
     pub fn severity(&self) -> Severity {
         match self {
-            Denial::Malformed { .. } | Denial::UpstreamUnreachable { .. } => Severity::Medium,
+            Denial::Malformed { .. }
+            | Denial::UpstreamUnreachable { .. }
+            | Denial::UpstreamError { .. }
+            | Denial::MisdirectedRequest { .. } => Severity::Medium,
             Denial::Unauthenticated { reason, .. } => match *reason {
                 "missing_token" | "token_expired" => Severity::Low,
                 _ => Severity::Medium,
@@ -357,6 +392,8 @@ impl Denial {
             | Denial::UnsupportedMediaType { reason, .. }
             | Denial::ResponseRejected { reason, .. } => reason,
             Denial::UnknownOperation => "unknown_operation",
+            Denial::MisdirectedRequest { .. } => "host_not_allowed",
+            Denial::UpstreamError { .. } => "upstream_5xx",
         }
     }
 
@@ -371,6 +408,12 @@ impl Denial {
             | Denial::UnsupportedMediaType { detail, .. }
             | Denial::ResponseRejected { detail, .. } => detail.clone(),
             Denial::Invalid { errors, .. } => crate::validate::describe(errors),
+            Denial::UpstreamError {
+                upstream,
+                status,
+                body,
+                ..
+            } => format!("upstream {upstream} answered {status}: {body}"),
             Denial::InsufficientScope { required } => {
                 format!("requires scopes: {}", required.join(" "))
             }
@@ -436,6 +479,13 @@ impl Denial {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Denial::UpstreamError {
+            retry_after: Some(value),
+            ..
+        } = self
+        {
+            headers.insert(header::RETRY_AFTER, value.clone());
+        }
         if let Denial::MethodNotAllowed { allow } = self {
             let list = allow
                 .iter()
@@ -514,19 +564,27 @@ impl Denial {
 
 pin_project_lite::pin_project! {
     /// The future of a layer that either refused at once or called its inner service.
-    pub struct DenialOr<F> {
+    pub struct DenialOr<F, T> {
         #[pin]
         future: Option<F>,
-        denial: Option<Denial>,
+        ready: Option<Result<T, Denial>>,
     }
 }
 
-impl<F> DenialOr<F> {
+impl<F, T> DenialOr<F, T> {
     /// A future that resolves to the given refusal.
     pub fn denied(denial: Denial) -> Self {
         DenialOr {
             future: None,
-            denial: Some(denial),
+            ready: Some(Err(denial)),
+        }
+    }
+
+    /// A future that resolves to an answer the layer made itself (a CORS preflight).
+    pub fn ready(response: T) -> Self {
+        DenialOr {
+            future: None,
+            ready: Some(Ok(response)),
         }
     }
 
@@ -534,12 +592,12 @@ impl<F> DenialOr<F> {
     pub fn inner(future: F) -> Self {
         DenialOr {
             future: Some(future),
-            denial: None,
+            ready: None,
         }
     }
 }
 
-impl<F, T> Future for DenialOr<F>
+impl<F, T> Future for DenialOr<F, T>
 where
     F: Future<Output = Result<T, Denial>>,
 {
@@ -549,8 +607,8 @@ where
         let this = self.project();
         match this.future.as_pin_mut() {
             Some(future) => future.poll(cx),
-            None => match this.denial.take() {
-                Some(denial) => Poll::Ready(Err(denial)),
+            None => match this.ready.take() {
+                Some(result) => Poll::Ready(result),
                 None => Poll::Pending,
             },
         }

@@ -5,7 +5,11 @@
 //! the request a layer sees no longer shows that the client sent something two HTTP
 //! implementations could read differently: the raw material of request smuggling.
 //! [`FramingScanner`] follows the bytes of an HTTP/1 connection alongside the parser and
-//! gives, for each request head in order, whether its framing was ambiguous.
+//! gives, for each request head in order, whether its framing was ambiguous, or its syntax
+//! one that RFC 9112 tells a server to refuse: a bare LF line ending, obsolete line folding,
+//! a header name that is not a token, or a request-target with `#`, a byte outside printable
+//! ASCII, or `*` with any method but `OPTIONS`. These are the byte-level edge rules; they
+//! live here, in one place, because only this scanner sees the bytes as sent.
 
 use std::collections::VecDeque;
 
@@ -91,11 +95,7 @@ impl FramingScanner {
                 }
                 let before = buf.len();
                 buf.extend_from_slice(data);
-                let search_from = before.saturating_sub(3);
-                let end = buf
-                    .get(search_from..)
-                    .and_then(|tail| tail.windows(4).position(|w| w == b"\r\n\r\n"))
-                    .map(|p| search_from + p + 4);
+                let end = head_end(buf, before.saturating_sub(2));
                 match end {
                     None => {
                         if buf.len() > MAX_HEAD_BYTES {
@@ -207,25 +207,51 @@ impl FramingScanner {
 
     /// Judges a complete head and decides how its body is framed.
     fn finish_head(&mut self, head: &[u8]) -> State {
-        let Ok(text) = std::str::from_utf8(head) else {
-            return State::Off;
-        };
-        let mut lengths: Vec<&str> = Vec::new();
+        let mut lengths: Vec<&[u8]> = Vec::new();
         let mut transfer_encoding = false;
-        for line in text.split("\r\n").skip(1) {
-            let Some((name, value)) = line.split_once(':') else {
+        let mut syntax = None;
+        // Every line ends with LF; the last (empty) one closes the head.
+        let mut lines = head.split(|b| *b == b'\n');
+        let request_line = lines.next().unwrap_or_default();
+        if request_line.last() != Some(&b'\r') {
+            syntax = Some("bare_lf");
+        }
+        syntax = syntax.or_else(|| target_violation(request_line));
+        for raw in lines {
+            let Some(line) = raw.strip_suffix(b"\r") else {
+                // The split leaves one empty piece after the final LF.
+                if !raw.is_empty() {
+                    syntax = syntax.or(Some("bare_lf"));
+                }
                 continue;
             };
-            if name.eq_ignore_ascii_case("content-length") {
-                lengths.extend(value.split(',').map(str::trim));
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if line.is_empty() {
+                continue;
+            }
+            if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                syntax = syntax.or(Some("obsolete_line_folding"));
+                continue;
+            }
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                syntax = syntax.or(Some("invalid_header_name"));
+                continue;
+            };
+            let (name, value) = line.split_at(colon);
+            let value = value.get(1..).unwrap_or_default();
+            if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+                syntax = syntax.or(Some("invalid_header_name"));
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths.extend(value.split(|b| *b == b',').map(|v| v.trim_ascii()));
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 transfer_encoding = true;
             }
         }
         let verdict = match (lengths.len(), transfer_encoding) {
             (n, true) if n > 0 => Some("content_length_and_transfer_encoding"),
             (n, _) if n > 1 => Some("duplicate_content_length"),
-            _ => None,
+            _ => syntax,
         };
         self.verdicts.push_back(verdict);
         if transfer_encoding {
@@ -235,7 +261,11 @@ impl FramingScanner {
                 in_ext: false,
             }
         } else if let Some(length) = lengths.first() {
-            match length.parse::<u64>() {
+            match std::str::from_utf8(length)
+                .ok()
+                .and_then(|l| l.parse::<u64>().ok())
+                .ok_or(())
+            {
                 Ok(0) => State::Head(Vec::new()),
                 Ok(n) => State::Fixed(n),
                 Err(_) => State::Off,
@@ -244,6 +274,45 @@ impl FramingScanner {
             State::Head(Vec::new())
         }
     }
+}
+
+/// Where the head in `buf` ends (just past its empty line), searching from `from`. Lines may
+/// end with CRLF or a bare LF: the scanner must find the end either way, or its verdicts would
+/// no longer pair up with the requests the parser reads.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+        let lf = i + offset;
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            (None, _) | (Some(b'\r'), None) => return None,
+            _ => i = lf + 1,
+        }
+    }
+    None
+}
+
+/// RFC 9110 `tchar`: what a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The request-target rules, on the raw request line (`METHOD SP target SP version CR`).
+fn target_violation(line: &[u8]) -> Option<&'static str> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let (method, target) = (parts.next()?, parts.next()?);
+    if target.iter().any(|b| !(0x21..=0x7e).contains(b)) {
+        return Some("invalid_target_byte");
+    }
+    if target.contains(&b'#') {
+        return Some("fragment_in_target");
+    }
+    if target == b"*" && method != b"OPTIONS" {
+        return Some("asterisk_target");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -277,6 +346,54 @@ GET /e HTTP/1.1\r\n\r\n";
         ];
         for split in [1, 2, 3, 7, 64, 4096] {
             assert_eq!(verdicts(PIPELINE, split), expected, "split {split}");
+        }
+    }
+
+    #[test]
+    fn syntax_that_rfc_9112_refuses_gets_a_verdict() {
+        let cases: [(&[u8], Option<&str>); 12] = [
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", Some("bare_lf")),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", Some("bare_lf")),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\n", Some("bare_lf")),
+            (
+                b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n",
+                Some("obsolete_line_folding"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX A: 1\r\n\r\n",
+                Some("invalid_header_name"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX-A : 1\r\n\r\n",
+                Some("invalid_header_name"),
+            ),
+            (b"GET /a#frag HTTP/1.1\r\n\r\n", Some("fragment_in_target")),
+            (
+                b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n",
+                Some("invalid_target_byte"),
+            ),
+            (b"GET /a\tb HTTP/1.1\r\n\r\n", Some("invalid_target_byte")),
+            (b"GET * HTTP/1.1\r\n\r\n", Some("asterisk_target")),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", None),
+        ];
+        for (stream, expected) in cases {
+            for split in [1, 2, 5, 4096] {
+                assert_eq!(
+                    verdicts(stream, split),
+                    vec![expected],
+                    "{} split {split}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bare_lf_heads_keep_the_verdicts_in_step() {
+        let stream = b"GET /a HTTP/1.1\nHost: a\n\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in [1, 3, 4096] {
+            assert_eq!(verdicts(stream, split), vec![Some("bare_lf"), None]);
         }
     }
 

@@ -25,6 +25,7 @@
 pub mod authn;
 pub mod authz;
 pub mod body;
+pub mod cors;
 pub mod denial;
 pub mod discovery;
 pub mod event;

@@ -5,7 +5,8 @@
 use crate::denial::{Denial, DenialOr};
 use crate::framing::FramingViolation;
 use crate::net::TrustedProxies;
-use crate::scope::{ClientIp, PeerAddr, RequestScope};
+use crate::scope::{ClientIp, LocalAddr, PeerAddr, RequestScope};
+use crate::timeout::BodyProgress;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Uri, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -30,8 +31,11 @@ pub struct NormalizeSettings {
     pub max_body_bytes: u64,
     /// Longest time the client may take to send the body → 408.
     pub body_read_timeout: Duration,
-    /// Peers whose `X-Forwarded-For` is believed.
+    /// Peers whose `X-Forwarded-For` (and `X-Forwarded-Host`, `Forwarded`) is believed.
     pub trusted_proxies: TrustedProxies,
+    /// The host names this listener serves (`listen.hosts`); empty: any. Another `Host` or
+    /// `:authority` → 421.
+    pub hosts: Vec<String>,
 }
 
 impl Default for NormalizeSettings {
@@ -43,6 +47,7 @@ impl Default for NormalizeSettings {
             max_body_bytes: 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
             trusted_proxies: TrustedProxies::default(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -85,7 +90,7 @@ where
 {
     type Response = R;
     type Error = Denial;
-    type Future = DenialOr<S::Future>;
+    type Future = DenialOr<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -132,14 +137,27 @@ where
         ));
     }
     let declared_length = check_framing(&parts.headers)?;
+    check_host(settings, &parts)?;
+    let peer = parts.extensions.get::<PeerAddr>().copied();
     if let Some(scope) = parts.extensions.get::<Arc<RequestScope>>().cloned()
-        && let Some(PeerAddr(peer)) = parts.extensions.get::<PeerAddr>().copied()
+        && let Some(PeerAddr(peer)) = peer
     {
         let ip = settings
             .trusted_proxies
             .client_ip(peer.ip(), &parts.headers);
         scope.set_client_ip(ip);
         parts.extensions.insert(ClientIp(ip));
+    }
+    if !peer.is_some_and(|p| settings.trusted_proxies.trusts(p.0.ip())) {
+        // What only a proxy in front may say about the original request (its host, port
+        // and prefix) is not taken from anyone else: it could forge password-reset links.
+        for name in FORWARDED_BY_PROXIES {
+            parts.headers.remove(name);
+        }
+    }
+    if parts.uri.path() == "*" && parts.method == http::Method::OPTIONS {
+        // `OPTIONS *` asks about the server as a whole: there is no resource to route to.
+        return Err(Denial::NoRoute);
     }
     let canonical = canonical_path(parts.uri.path())?;
     if let Cow::Owned(path) = canonical {
@@ -155,8 +173,85 @@ where
     }
     let trip = BodyTrip::new(settings.max_body_bytes);
     parts.extensions.insert(trip.clone());
-    let body = GuardedBody::new(body, settings.body_read_timeout, trip);
+    let progress = parts.extensions.get::<BodyProgress>().cloned();
+    let body = GuardedBody::new(body, settings.body_read_timeout, trip).with_progress(progress);
     Ok(Request::from_parts(parts, body))
+}
+
+/// Headers describing the original request that only a trusted proxy may send (`Forwarded`
+/// and `X-Forwarded-For`/`-Proto` are rewritten by the proxy for everyone else).
+const FORWARDED_BY_PROXIES: [&str; 3] =
+    ["x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix"];
+
+/// The `Host` rules (RFC 9112 §3.2, RFC 9113 §8.3.1): one `Host`, no userinfo, the same
+/// authority as an absolute-form target (or `:authority`), and one of `listen.hosts` with
+/// the listener's own port, when that list is set.
+fn check_host(settings: &NormalizeSettings, parts: &http::request::Parts) -> Result<(), Denial> {
+    let mut fields = parts.headers.get_all(header::HOST).iter();
+    let host = fields.next();
+    if fields.next().is_some() {
+        return Err(malformed("duplicate_host", "several Host fields", true));
+    }
+    let host = match host {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| malformed("invalid_host", "Host is not visible ASCII", true))?,
+        ),
+    };
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    if host.is_some_and(|h| h.contains('@')) || authority.is_some_and(|a| a.contains('@')) {
+        return Err(malformed("userinfo_in_host", "userinfo in the host", true));
+    }
+    if let (Some(host), Some(authority)) = (host, authority)
+        && !host.eq_ignore_ascii_case(authority)
+    {
+        return Err(malformed(
+            "host_mismatch",
+            "Host differs from the request target's authority",
+            true,
+        ));
+    }
+    if settings.hosts.is_empty() {
+        return Ok(());
+    }
+    let named = host.or(authority).unwrap_or_default();
+    let misdirected = || Denial::MisdirectedRequest {
+        host: crate::respond::truncated(named, 128).to_string(),
+    };
+    let (name, port) = split_host_port(named).ok_or_else(misdirected)?;
+    let local_port = parts.extensions.get::<LocalAddr>().map(|a| a.0.port());
+    let port_ok = port.is_none() || port == local_port;
+    let name_ok = settings
+        .hosts
+        .iter()
+        .any(|h| h.trim_matches(['[', ']']).eq_ignore_ascii_case(name));
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(misdirected())
+    }
+}
+
+/// `host[:port]` (brackets around IPv6 literals removed); `None` if the port is not a
+/// number.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (name, after) = rest.split_once(']')?;
+            (name, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok()?),
+    };
+    (!name.is_empty()).then_some((name, port))
 }
 
 fn check_header_size(settings: &NormalizeSettings, headers: &HeaderMap) -> Result<(), Denial> {
@@ -444,6 +539,7 @@ pin_project_lite::pin_project! {
         timeout: Duration,
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         trip: BodyTrip,
+        progress: Option<BodyProgress>,
     }
 }
 
@@ -456,7 +552,25 @@ impl<B> GuardedBody<B> {
             timeout,
             deadline: None,
             trip,
+            progress: None,
         }
+    }
+}
+
+impl<B: HttpBody> GuardedBody<B> {
+    /// Reports to `progress` whether the body is still arriving.
+    pub fn with_progress(mut self, progress: Option<BodyProgress>) -> Self {
+        if let Some(progress) = &progress {
+            if self.inner.is_end_stream() {
+                progress.complete();
+            } else if self.inner.size_hint().lower() > 0 || self.inner.size_hint().upper().is_none()
+            {
+                // A declared length, or chunked: the client owes us a body.
+                progress.arriving();
+            }
+        }
+        self.progress = progress;
+        self
     }
 }
 
@@ -472,13 +586,13 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         // The clock starts when the body is first read, not when the head arrived.
         let timeout = *this.timeout;
         let deadline = this
             .deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -488,10 +602,20 @@ where
                     }
                     *this.remaining -= len;
                 }
+                if this.inner.is_end_stream()
+                    && let Some(progress) = this.progress.as_ref()
+                {
+                    progress.complete();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(progress) = this.progress.as_ref() {
+                    progress.complete();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if deadline.as_mut().poll(cx).is_ready() {
                     this.trip.set(TRIP_TIMEOUT);

@@ -105,6 +105,9 @@ where
                 }
             };
             headers.apply(response.headers_mut(), https);
+            if let Some(cors) = scope.cors() {
+                crate::cors::apply(cors, response.headers_mut());
+            }
             if let Some(value) = id_value {
                 response.headers_mut().insert(REQUEST_ID.clone(), value);
             }

@@ -91,7 +91,7 @@ impl PathPattern {
     }
 
     /// Matches a canonical path, returning the bound parameters.
-    fn matches(&self, path: &str) -> Option<Vec<(Arc<str>, String)>> {
+    pub(crate) fn matches(&self, path: &str) -> Option<Vec<(Arc<str>, String)>> {
         match self {
             PathPattern::Prefix(prefix) => {
                 let rest = path.strip_prefix(prefix.as_str())?;
@@ -281,7 +281,7 @@ where
 {
     type Response = S::Response;
     type Error = Denial;
-    type Future = DenialOr<S::Future>;
+    type Future = DenialOr<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -16,6 +16,7 @@ pub struct RequestScope {
     route: OnceLock<Arc<str>>,
     operation: OnceLock<Arc<str>>,
     user_id: OnceLock<String>,
+    cors: OnceLock<crate::cors::CorsHeaders>,
 }
 
 impl RequestScope {
@@ -29,6 +30,7 @@ impl RequestScope {
             route: OnceLock::new(),
             operation: OnceLock::new(),
             user_id: OnceLock::new(),
+            cors: OnceLock::new(),
         }
     }
 
@@ -85,6 +87,16 @@ impl RequestScope {
         self.user_id.get().map(String::as_str)
     }
 
+    /// The CORS headers the answer carries, whatever it is (refusals included).
+    pub fn cors(&self) -> Option<&crate::cors::CorsHeaders> {
+        self.cors.get()
+    }
+
+    /// Records the CORS headers for the answer (first write wins).
+    pub fn set_cors(&self, headers: crate::cors::CorsHeaders) {
+        let _ = self.cors.set(headers);
+    }
+
     /// Records the authenticated principal (first write wins).
     pub fn set_user_id(&self, user_id: String) {
         let _ = self.user_id.set(user_id);
@@ -94,6 +106,11 @@ impl RequestScope {
 /// The peer's socket address, put in the request extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The listener's own address for the connection, put in the request extensions by the
+/// server (the `Host` port rule compares with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub std::net::SocketAddr);
 
 /// The client's address after trusted-proxy resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,9 +38,9 @@ pub struct RequestTimeout<S> {
     limit: Duration,
 }
 
-impl<S, R> Service<R> for RequestTimeout<S>
+impl<S, B> Service<http::Request<B>> for RequestTimeout<S>
 where
-    S: Service<R, Error = Denial>,
+    S: Service<http::Request<B>, Error = Denial>,
 {
     type Response = S::Response;
     type Error = Denial;
@@ -50,11 +50,47 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let progress = BodyProgress::default();
+        req.extensions_mut().insert(progress.clone());
         TimeoutFuture {
             inner: self.inner.call(req),
             sleep: tokio::time::sleep(self.limit),
+            progress,
         }
+    }
+}
+
+/// Whether a request's body is still arriving: shared by the body guard, which marks it,
+/// and the timeout, which blames a slow client (408) rather than the upstream (504) when
+/// time runs out while the client is still sending.
+#[derive(Debug, Clone, Default)]
+pub struct BodyProgress(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+const BODY_UNSEEN: u8 = 0;
+const BODY_ARRIVING: u8 = 1;
+const BODY_COMPLETE: u8 = 2;
+
+impl BodyProgress {
+    /// The body has started to be read and has more to come.
+    pub fn arriving(&self) {
+        let _ = self.0.compare_exchange(
+            BODY_UNSEEN,
+            BODY_ARRIVING,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    /// The body was received completely (or there was none).
+    pub fn complete(&self) {
+        self.0
+            .store(BODY_COMPLETE, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the client is still sending the body.
+    pub fn is_arriving(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == BODY_ARRIVING
     }
 }
 
@@ -65,6 +101,7 @@ pin_project_lite::pin_project! {
         inner: F,
         #[pin]
         sleep: tokio::time::Sleep,
+        progress: BodyProgress,
     }
 }
 
@@ -80,6 +117,7 @@ where
             return Poll::Ready(out);
         }
         match this.sleep.poll(cx) {
+            Poll::Ready(()) if this.progress.is_arriving() => Poll::Ready(Err(Denial::BodyTimeout)),
             Poll::Ready(()) => Poll::Ready(Err(Denial::RequestTimeout)),
             Poll::Pending => Poll::Pending,
         }

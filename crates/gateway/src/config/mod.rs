@@ -1,6 +1,7 @@
 //! Configuration: the YAML file (SPEC §2) read into [`raw`] types, then compiled into the
 //! runtime [`GatewayConfig`], collecting every problem with its key path and line.
 
+mod cors;
 pub mod duration;
 mod identity;
 mod policy;
@@ -208,6 +209,11 @@ pub struct ServerLimits {
     pub max_header_count: usize,
     /// HTTP/2 limits.
     pub http2: Http2Limits,
+    /// After an early answer, how long the unread rest of a request is drained before the
+    /// connection closes (so the client reads the answer instead of a reset).
+    pub lingering_close: Duration,
+    /// And at most how many bytes of it.
+    pub linger_max_bytes: u64,
 }
 
 /// A compiled, validated configuration: everything the gateway runs on.
@@ -219,6 +225,9 @@ pub struct GatewayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Certificates whose expiry is exported as a metric.
     pub certificates: Vec<WatchedCert>,
+    /// `errors.upstream_5xx: replace`: upstream server errors reach the client as a generic
+    /// problem, their body only the event.
+    pub mask_upstream_errors: bool,
     /// Every upstream, by name.
     pub upstreams: Vec<Arc<Upstream>>,
     /// The admin listener, when configured.
@@ -231,6 +240,8 @@ pub struct GatewayConfig {
     pub normalize: Arc<NormalizeSettings>,
     /// The routes, first match wins.
     pub routes: Arc<RouteTable<RouteTarget>>,
+    /// The `cors` rules, first match wins.
+    pub cors: Arc<[portcullis::cors::CorsRule]>,
     /// Response security headers.
     pub headers: Arc<SecurityHeaders>,
     /// Where security events go.
@@ -475,6 +486,11 @@ fn compile(
         d.map_or(Duration::from_secs(default), |d| d.0)
     };
     let server = ServerLimits {
+        lingering_close: dur(limits.lingering_close, 5),
+        linger_max_bytes: limits
+            .max_body_bytes
+            .as_ref()
+            .map_or(1_048_576, |s| s.value),
         header_read_timeout: dur(limits.header_read_timeout, 10),
         max_connections,
         max_header_bytes,
@@ -485,7 +501,37 @@ fn compile(
             max_pending_resets: limits.http2.max_pending_resets.unwrap_or(20),
         },
     };
+    let mut hosts = Vec::new();
+    for (i, text) in raw.listen.hosts.iter().flatten().enumerate() {
+        let path = format!("listen.hosts[{i}]");
+        let Some(value) = resolver.text(&path, text, problems) else {
+            continue;
+        };
+        let bare = value.trim_start_matches('[').trim_end_matches(']');
+        let valid = !bare.is_empty()
+            && (bare.parse::<std::net::IpAddr>().is_ok()
+                || bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if valid {
+            hosts.push(bare.to_ascii_lowercase());
+        } else {
+            problems.at(
+                path,
+                text,
+                format!("`{value}` is not a host name (write it without scheme or port)"),
+            );
+        }
+    }
+    if raw.listen.hosts.as_ref().is_some_and(|h| h.is_empty()) {
+        problems.add(
+            "listen.hosts",
+            None,
+            "is empty, so every request would be refused; list the served host names, or remove it",
+        );
+    }
     let normalize = NormalizeSettings {
+        hosts,
         max_uri_bytes,
         max_header_bytes,
         max_header_count,
@@ -599,6 +645,21 @@ fn compile(
         );
     }
 
+    let mask_upstream_errors = match raw.errors.as_ref().and_then(|e| e.upstream_5xx.as_ref()) {
+        None => true,
+        Some(text) => match text.value.as_str() {
+            "replace" => true,
+            "pass" => false,
+            other => {
+                problems.at(
+                    "errors.upstream_5xx",
+                    text,
+                    format!("unknown value `{other}` (use replace or pass)"),
+                );
+                true
+            }
+        },
+    };
     let headers = match &raw.headers {
         None => SecurityHeaders::default(),
         Some(map) => compile_headers(map, problems),
@@ -650,6 +711,7 @@ fn compile(
     Some(GatewayConfig {
         listen: listen?,
         tls: listen_tls,
+        mask_upstream_errors,
         certificates: cert_facts.certs,
         upstreams: upstreams.values().cloned().collect(),
         admin,
@@ -659,6 +721,7 @@ fn compile(
         route_count: routes.len(),
         upstream_count: upstreams.len(),
         routes: Arc::new(RouteTable::new(routes)),
+        cors: cors::compile(&raw.cors, problems),
         headers: Arc::new(headers),
         events,
         authenticator: identity.authenticator,

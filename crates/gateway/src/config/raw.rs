@@ -30,8 +30,34 @@ pub struct RawConfig {
     pub headers: Option<BTreeMap<String, Spanned<HeaderSetting>>>,
     #[serde(default)]
     pub monitoring: RawMonitoring,
+    pub errors: Option<RawErrors>,
+    #[serde(default)]
+    pub cors: Vec<RawCors>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(rename = "match")]
+    pub matcher: Spanned<RawMatch>,
+    #[serde(default)]
+    pub allow_origins: Vec<Text>,
+    #[serde(default)]
+    pub allow_methods: Vec<Text>,
+    #[serde(default)]
+    pub allow_headers: Vec<Text>,
+    #[serde(default)]
+    pub expose_headers: Vec<Text>,
+    pub allow_credentials: Option<bool>,
+    pub max_age: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrors {
+    pub upstream_5xx: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +65,7 @@ pub struct RawConfig {
 pub struct RawListen {
     pub address: Text,
     pub tls: Option<Spanned<RawListenTls>>,
+    pub hosts: Option<Vec<Text>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
 }
@@ -74,6 +101,7 @@ pub struct RawLimits {
     pub body_read_timeout: Option<ConfigDuration>,
     pub request_timeout: Option<ConfigDuration>,
     pub max_connections: Option<Spanned<usize>>,
+    pub lingering_close: Option<ConfigDuration>,
     #[serde(default)]
     pub http2: RawHttp2,
 }

@@ -14,6 +14,7 @@ mod util;
 mod admin;
 mod authz;
 mod cli;
+mod edge;
 mod identity;
 mod limits;
 mod normalize;

@@ -59,6 +59,7 @@ pub struct Seen {
 /// A real HTTP/1.1 upstream on an ephemeral port that records every complete request.
 ///
 /// Paths: `/slow?ms=N` answers after N ms; `/hop` answers with hop-by-hop headers;
+/// `/fail?status=N` answers N with a stack trace, a secret and debug headers;
 /// `/big?bytes=N` streams N bytes; anything else answers 200 with a small JSON body.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -169,6 +170,17 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
                 .header("x-upstream-private", "secret")
                 .header("keep-alive", "timeout=5")
                 .header("x-upstream-public", "ok");
+        }
+        "/fail" => {
+            // A leaky upstream error: a stack trace, a secret and debug headers.
+            return response
+                .status(u16::try_from(param("status")).unwrap_or(500))
+                .header("x-debug-trace", "db=10.0.0.5")
+                .header("retry-after", "7")
+                .body(Full::new(Bytes::from_static(
+                    b"Traceback (most recent call last): File app.py line 3 SECRET=hunter2",
+                )))
+                .expect("response");
         }
         "/big" => {
             let bytes = vec![b'x'; param("bytes") as usize];

@@ -31,6 +31,9 @@ pub struct IntrospectionSettings {
     pub timeout: Duration,
 }
 
+/// The last second of the year 9999: later timestamps are not plausible answers.
+const MAX_TIMESTAMP: f64 = 253_402_300_799.0;
+
 /// Most cached answers.
 const MAX_CACHED: usize = 10_000;
 /// Largest introspection response read.
@@ -89,9 +92,15 @@ impl Introspector {
             Ok(Err(_)) | Err(_) => return Err(TokenError::IntrospectionFailed),
         };
         let ttl = match &answer {
+            // `judge` bounded `exp`, but a conversion of a network number must never panic.
             Ok(principal) => principal.claims.exp.map_or(self.settings.cache_ttl, |exp| {
-                Duration::from_secs_f64((exp - now_secs()).max(0.0)).min(self.settings.cache_ttl)
+                Duration::try_from_secs_f64((exp - now_secs()).max(0.0))
+                    .map_or(self.settings.cache_ttl, |left| {
+                        left.min(self.settings.cache_ttl)
+                    })
             }),
+            // A malformed answer is not cached: the next request asks again.
+            Err(TokenError::IntrospectionFailed) => return answer,
             Err(_) => self.settings.cache_ttl,
         };
         if let Ok(mut cache) = self.cache.lock() {
@@ -136,6 +145,13 @@ impl Introspector {
             return Err(TokenError::Inactive);
         };
         let claims = super::token::claims_of(map.clone())?;
+        // RFC 7662 §2.2: `exp`, `iat` and `nbf` are integer timestamps. Anything else (a
+        // fraction, a negative number, 1e20) is a broken answer, not a token: fail closed.
+        for time in [claims.exp, claims.iat, claims.nbf].into_iter().flatten() {
+            if time.fract() != 0.0 || !(0.0..=MAX_TIMESTAMP).contains(&time) {
+                return Err(TokenError::IntrospectionFailed);
+            }
+        }
         if claims.exp.is_some_and(|exp| exp <= now_secs()) {
             return Err(TokenError::Expired);
         }

@@ -85,7 +85,7 @@ where
 {
     type Response = S::Response;
     type Error = Denial;
-    type Future = DenialOr<S::Future>;
+    type Future = DenialOr<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -172,7 +172,7 @@ pin_project_lite::pin_project! {
         /// Refused at once, or passed straight on.
         Direct {
             #[pin]
-            future: DenialOr<F>,
+            future: DenialOr<F, Response<Body>>,
         },
         /// Reads and checks the body, or the response.
         Checked {

@@ -1,0 +1,304 @@
+//! [`CorsLayer`]: cross-origin requests by browsers (the Fetch standard's CORS protocol).
+//!
+//! Preflights on a covered path are answered here and never forwarded, before routing,
+//! authentication, policies or validation see them: they are not API calls. An allowed origin
+//! gets exactly its own origin back; any other origin (`null` included) gets no CORS header
+//! at all, so the browser keeps the answer from the page. The headers are put on the final
+//! response by the outermost layer, refusals included, through the request's
+//! [`RequestScope`].
+
+use crate::denial::{Denial, DenialOr};
+use crate::route::PathPattern;
+use crate::scope::RequestScope;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service};
+
+/// One `cors` rule: which paths it covers and what it allows.
+#[derive(Debug, Clone)]
+pub struct CorsRule {
+    /// The paths covered (canonical, like routes).
+    pub pattern: PathPattern,
+    /// Exact origins (`https://app.example.test`), compared case-insensitively; `*` alone
+    /// allows every origin, without credentials.
+    pub allow_origins: Vec<String>,
+    /// Methods a cross-origin request may use.
+    pub allow_methods: Vec<Method>,
+    /// Request headers it may send (lower case).
+    pub allow_headers: Vec<HeaderName>,
+    /// Response headers the page may read.
+    pub expose_headers: Vec<HeaderName>,
+    /// Whether cookies and `Authorization` may be sent (never with `*`).
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Option<Duration>,
+}
+
+impl CorsRule {
+    fn allows_origin(&self, origin: &str) -> bool {
+        origin != "null"
+            && self
+                .allow_origins
+                .iter()
+                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
+    fn any_origin(&self) -> bool {
+        self.allow_origins.iter().any(|o| o == "*")
+    }
+}
+
+/// The CORS headers decided for one response.
+#[derive(Debug, Clone, Default)]
+pub struct CorsHeaders(pub HeaderMap);
+
+/// Applies `cors` rules, first matching rule wins.
+#[derive(Debug, Clone)]
+pub struct CorsLayer {
+    rules: Arc<[CorsRule]>,
+}
+
+impl CorsLayer {
+    /// A layer with these rules (none: the layer does nothing).
+    pub fn new(rules: Arc<[CorsRule]>) -> Self {
+        CorsLayer { rules }
+    }
+}
+
+impl<S> Layer<S> for CorsLayer {
+    type Service = Cors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cors {
+            inner,
+            rules: self.rules.clone(),
+        }
+    }
+}
+
+/// The service produced by [`CorsLayer`].
+#[derive(Debug, Clone)]
+pub struct Cors<S> {
+    inner: S,
+    rules: Arc<[CorsRule]>,
+}
+
+/// The answer to an allowed preflight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreflightAnswered;
+
+impl<S, B> Service<Request<B>> for Cors<S>
+where
+    S: Service<Request<B>, Response = Response<crate::body::Body>, Error = Denial>,
+{
+    type Response = Response<crate::body::Body>;
+    type Error = Denial;
+    type Future = DenialOr<S::Future, Response<crate::body::Body>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.pattern.matches(req.uri().path()).is_some())
+        else {
+            return DenialOr::inner(self.inner.call(req));
+        };
+        let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_string);
+        let preflight = req.method() == Method::OPTIONS
+            && origin.is_some()
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        let allowed = origin
+            .as_deref()
+            .filter(|o| rule.allows_origin(o))
+            .and_then(|o| HeaderValue::from_str(o).ok());
+        if preflight {
+            let decision = preflight_headers(rule, allowed, req.headers(), &mut headers);
+            if let Some(scope) = &scope {
+                scope.set_cors(CorsHeaders(headers));
+            }
+            return match decision {
+                Ok(()) => {
+                    let mut response = Response::new(crate::body::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    response.extensions_mut().insert(PreflightAnswered);
+                    DenialOr::ready(response)
+                }
+                Err(detail) => DenialOr::denied(Denial::Forbidden {
+                    reason: "cors_preflight_refused",
+                    detail,
+                    required_action: String::new(),
+                    resource_type: String::new(),
+                }),
+            };
+        }
+        if let Some(origin) = allowed {
+            let value = if rule.any_origin() && !rule.allow_credentials {
+                HeaderValue::from_static("*")
+            } else {
+                origin
+            };
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+            if rule.allow_credentials {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            if let Some(list) = joined(rule.expose_headers.iter().map(HeaderName::as_str)) {
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, list);
+            }
+        }
+        if let Some(scope) = &scope {
+            scope.set_cors(CorsHeaders(headers));
+        }
+        DenialOr::inner(self.inner.call(req))
+    }
+}
+
+/// The headers of an allowed preflight, or why it is refused.
+fn preflight_headers(
+    rule: &CorsRule,
+    origin: Option<HeaderValue>,
+    request: &HeaderMap,
+    headers: &mut HeaderMap,
+) -> Result<(), String> {
+    headers.append(
+        header::VARY,
+        HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
+    );
+    let origin = origin.ok_or("origin not allowed")?;
+    let method = request
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .ok_or("unreadable Access-Control-Request-Method")?;
+    if !rule.allow_methods.contains(&method) {
+        return Err(format!("method {method} not allowed"));
+    }
+    let mut asked = Vec::new();
+    for value in request.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        let text = value
+            .to_str()
+            .map_err(|_| "unreadable Access-Control-Request-Headers")?;
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = name.to_ascii_lowercase();
+            if !rule.allow_headers.iter().any(|h| h.as_str() == name) {
+                return Err(format!("header `{name}` not allowed"));
+            }
+            asked.push(name);
+            if asked.len() > 64 {
+                return Err("too many requested headers".into());
+            }
+        }
+    }
+    let value = if rule.any_origin() && !rule.allow_credentials {
+        HeaderValue::from_static("*")
+    } else {
+        origin
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    if let Some(list) = joined(rule.allow_methods.iter().map(Method::as_str)) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, list);
+    }
+    if let Some(list) = joined(rule.allow_headers.iter().map(HeaderName::as_str)) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, list);
+    }
+    if rule.allow_credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if let Some(age) = rule.max_age
+        && let Ok(value) = HeaderValue::from_str(&age.as_secs().to_string())
+    {
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, value);
+    }
+    Ok(())
+}
+
+fn joined<'a>(items: impl Iterator<Item = &'a str>) -> Option<HeaderValue> {
+    let list = items.collect::<Vec<_>>().join(", ");
+    (!list.is_empty())
+        .then(|| HeaderValue::from_str(&list).ok())
+        .flatten()
+}
+
+/// Puts the CORS headers decided for a request on its final response. `Vary` is appended
+/// to, never replaced.
+pub fn apply(cors: &CorsHeaders, response: &mut HeaderMap) {
+    for (name, value) in cors.0.iter() {
+        if name == header::VARY {
+            response.append(name, value.clone());
+        } else {
+            response.insert(name, value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule() -> CorsRule {
+        CorsRule {
+            pattern: PathPattern::prefix("/api/").unwrap(),
+            allow_origins: vec!["https://app.example.test".into()],
+            allow_methods: vec![Method::GET, Method::POST],
+            allow_headers: vec![HeaderName::from_static("authorization")],
+            expose_headers: vec![HeaderName::from_static("x-request-id")],
+            allow_credentials: true,
+            max_age: Some(Duration::from_secs(600)),
+        }
+    }
+
+    fn preflight(origin: &str, method: &str, headers: &str) -> Result<HeaderMap, String> {
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(method).unwrap(),
+        );
+        if !headers.is_empty() {
+            request.insert(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                HeaderValue::from_str(headers).unwrap(),
+            );
+        }
+        let rule = rule();
+        let allowed = Some(origin)
+            .filter(|o| rule.allows_origin(o))
+            .map(|o| HeaderValue::from_str(o).unwrap());
+        let mut out = HeaderMap::new();
+        preflight_headers(&rule, allowed, &request, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn preflights_allow_exactly_what_the_rule_says() {
+        let ok = preflight("https://app.example.test", "POST", "Authorization").unwrap();
+        assert_eq!(
+            ok[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example.test"
+        );
+        assert_eq!(ok[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(ok[header::ACCESS_CONTROL_MAX_AGE], "600");
+        assert!(preflight("https://evil.test", "POST", "").is_err());
+        assert!(preflight("null", "GET", "").is_err());
+        assert!(preflight("https://app.example.test", "DELETE", "").is_err());
+        assert!(preflight("https://app.example.test", "GET", "x-secret").is_err());
+    }
+}
