@@ -196,8 +196,9 @@ async fn serve_http<I>(
         .keep_alive_timeout(Duration::from_secs(20));
     let gateway = gateway.clone();
     let scanner = Arc::new(Mutex::new(FramingScanner::default()));
+    let control_limit = is_h2.then_some(limits.http2.max_control_frames_per_second);
     let io = ScannedStream {
-        inner: stream,
+        inner: crate::flood::FloodGuard::new(stream, control_limit),
         scanner: (!is_h2).then(|| scanner.clone()),
         linger: (!is_h2).then(|| Linger {
             limit: limits.lingering_close,

@@ -210,8 +210,10 @@ impl FramingScanner {
         let mut lengths: Vec<&[u8]> = Vec::new();
         let mut transfer_encoding = false;
         let mut syntax = None;
-        // Every line ends with LF; the last (empty) one closes the head.
-        let mut lines = head.split(|b| *b == b'\n');
+        // Every line ends with LF, the last (empty) one closing the head; the split leaves
+        // one empty piece after that final LF, which is no line.
+        let body = head.strip_suffix(b"\n").unwrap_or(head);
+        let mut lines = body.split(|b| *b == b'\n');
         let request_line = lines.next().unwrap_or_default();
         if request_line.last() != Some(&b'\r') {
             syntax = Some("bare_lf");
@@ -219,10 +221,7 @@ impl FramingScanner {
         syntax = syntax.or_else(|| target_violation(request_line));
         for raw in lines {
             let Some(line) = raw.strip_suffix(b"\r") else {
-                // The split leaves one empty piece after the final LF.
-                if !raw.is_empty() {
-                    syntax = syntax.or(Some("bare_lf"));
-                }
+                syntax = syntax.or(Some("bare_lf"));
                 continue;
             };
             if line.is_empty() {

@@ -194,6 +194,9 @@ pub struct Http2Limits {
     pub max_header_list_bytes: u32,
     /// Most pending or error-provoked stream resets before the connection is closed.
     pub max_pending_resets: usize,
+    /// Most control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty
+    /// DATA/HEADERS/CONTINUATION) a client may send in any second → GOAWAY, close.
+    pub max_control_frames_per_second: usize,
 }
 
 /// Connection-level limits applied by the server.
@@ -499,6 +502,12 @@ fn compile(
             max_concurrent_streams: limits.http2.max_concurrent_streams.unwrap_or(100),
             max_header_list_bytes: limits.http2.max_header_list_bytes.unwrap_or(16384),
             max_pending_resets: limits.http2.max_pending_resets.unwrap_or(20),
+            max_control_frames_per_second: positive(
+                problems,
+                "limits.http2.max_control_frames_per_second",
+                limits.http2.max_control_frames_per_second.as_ref(),
+                100,
+            ),
         },
     };
     let mut hosts = Vec::new();

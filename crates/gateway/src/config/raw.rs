@@ -112,6 +112,7 @@ pub struct RawHttp2 {
     pub max_concurrent_streams: Option<u32>,
     pub max_header_list_bytes: Option<u32>,
     pub max_pending_resets: Option<usize>,
+    pub max_control_frames_per_second: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

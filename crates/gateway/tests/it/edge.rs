@@ -615,3 +615,108 @@ async fn a_real_browser_can_call_from_the_allowed_origin_only() {
         "only the allowed page's request was forwarded"
     );
 }
+
+/// Opens a raw HTTP/2 connection, sends the preface, SETTINGS and `pings` PING frames, and
+/// reads frames until the server closes or `until` says enough. Returns (PING ACKs seen,
+/// the GOAWAY error code if one came).
+async fn ping_flood(
+    addr: std::net::SocketAddr,
+    pings: usize,
+    until: impl Fn(usize) -> bool,
+) -> (usize, Option<u32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        for i in 0..pings {
+            out.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&(i as u64).to_be_bytes());
+        }
+        let _ = writer.write_all(&out).await;
+        writer
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let (mut acks, mut goaway) = (0, None);
+    let read = async {
+        loop {
+            let n = match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let length =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                if kind == 0x6 && flags & 1 == 1 {
+                    acks += 1;
+                }
+                if kind == 0x7 && length >= 8 {
+                    goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
+                }
+                buf.drain(..9 + length);
+            }
+            if until(acks) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
+    drop(writer.await);
+    (acks, goaway)
+}
+
+#[tokio::test]
+async fn http2_control_frame_floods_get_goaway_and_others_are_served() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with(&upstream.url(), CATCH_ALL)).await;
+    let flood = ping_flood(gw.addr, 10_000, |_| false);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let served = async {
+        let response = client
+            .request(
+                Request::get(gw.url("/meanwhile"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.status()
+    };
+    let ((acks, goaway), status) = tokio::join!(flood, served);
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "no GOAWAY ENHANCE_YOUR_CALM after {acks} PING ACKs"
+    );
+    assert!(acks <= 200, "the flood was answered {acks} times");
+    assert_eq!(status, 200, "another connection was not served");
+    // After the flood, new connections are served as before.
+    let response = client
+        .request(
+            Request::get(gw.url("/after"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // With a limit the same traffic stays under, every PING is answered and nothing closes.
+    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
+        "monitoring:",
+        "limits:\n  http2:\n    max_control_frames_per_second: 100000\nmonitoring:",
+        1,
+    );
+    let relaxed = Gateway::start(&config).await;
+    let (acks, goaway) = ping_flood(relaxed.addr, 10_000, |acks| acks >= 10_000).await;
+    assert_eq!((acks, goaway), (10_000, None));
+}
