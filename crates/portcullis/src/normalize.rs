@@ -368,7 +368,7 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
         || path.contains("/.")
         || bytes
             .iter()
-            .any(|b| matches!(b, b'%' | b'\\' | b';') || b.is_ascii_control());
+            .any(|b| matches!(b, b'%' | b'\\' | b';') || b.is_ascii_control() || !b.is_ascii());
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
@@ -417,6 +417,15 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
                     "control character in path",
                     false,
                 ));
+            }
+            // A raw byte outside ASCII (part of a UTF-8 character) is percent-encoded, as
+            // RFC 3986 writes it: pushing it as a char would turn it into another character.
+            b if !b.is_ascii() => {
+                out.push('%');
+                out.push(hex_upper(b >> 4));
+                out.push(hex_upper(b & 0x0f));
+                decoded.push(b);
+                i += 1;
             }
             b => {
                 out.push(b as char);
@@ -658,6 +667,17 @@ mod tests {
         assert_eq!(canon("/a%20b"), Ok("/a%20b".into()));
         assert_eq!(canon("/a%c3%a9"), Ok("/a%C3%A9".into()));
         assert_eq!(canon("/"), Ok("/".into()));
+    }
+
+    #[test]
+    fn raw_utf8_is_percent_encoded_once() {
+        // Found by the normalize_path fuzz target: raw UTF-8 was pushed byte by byte as
+        // characters, so the path changed, and changed again on a second pass.
+        let input = "/pai//.c/./i/it\u{41e}d/pn";
+        let once = canon(input).unwrap();
+        assert_eq!(once, "/pai/.c/i/it%D0%9Ed/pn");
+        assert_eq!(canon(&once), Ok(once.clone()));
+        assert_eq!(canon("/caf\u{e9}"), Ok("/caf%C3%A9".into()));
     }
 
     #[test]

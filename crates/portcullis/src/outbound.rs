@@ -94,11 +94,6 @@ impl Trust {
         self.fingerprint
     }
 
-    /// The trusted roots.
-    pub fn roots(&self) -> &Arc<RootCertStore> {
-        &self.roots
-    }
-
     /// A rustls client configuration: TLS 1.2 and 1.3 verified against this trust,
     /// presenting `client_cert` when a server asks. (ALPN is set by [`pooled_client`].)
     pub fn client_config(
@@ -212,12 +207,6 @@ impl HttpClient {
             client: pooled_client(config, None, false, Duration::from_secs(5)),
             fingerprint: trust.fingerprint(),
         })
-    }
-
-    /// A client trusting only the platform's roots (for library users and tests that
-    /// configure nothing).
-    pub fn system() -> Result<HttpClient, OutboundError> {
-        HttpClient::new(&Trust::new(true, &[])?)
     }
 
     /// The fingerprint of the trust it was built with.
