@@ -213,6 +213,35 @@ impl<I: AsyncWrite> AsyncWrite for FloodGuard<I> {
         result
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write_vectored(cx, bufs);
+        if this.limit.is_some()
+            && let Poll::Ready(Ok(n)) = &result
+        {
+            let mut left = *n;
+            for buf in bufs {
+                let take = left.min(buf.len());
+                this.outgoing
+                    .feed(buf.get(..take).unwrap_or_default(), |_, _, _, _| {});
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // Kept, so hyper writes head and body in one call instead of copying them together.
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_flush(cx)
     }
