@@ -26,6 +26,8 @@ const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Where a byte stream of frames stands.
@@ -37,6 +39,10 @@ struct FrameCursor {
     have: usize,
     /// Payload bytes of the current frame still to come.
     payload: usize,
+    /// A padded frame whose pad length (its first payload byte) is still to come.
+    padded: Option<(u8, u8, usize, u32)>,
+    /// Frames seen so far.
+    frames: u64,
 }
 
 impl FrameCursor {
@@ -46,21 +52,45 @@ impl FrameCursor {
             header: [0; FRAME_HEADER_LEN],
             have: 0,
             payload: 0,
+            padded: None,
+            frames: 0,
         }
     }
 
-    /// Whether the stream is between two frames.
+    /// Whether the stream is between two frames, after at least one (our SETTINGS, which
+    /// must come first).
     fn at_boundary(&self) -> bool {
-        self.preface == 0 && self.have == 0 && self.payload == 0
+        self.preface == 0
+            && self.have == 0
+            && self.payload == 0
+            && self.padded.is_none()
+            && self.frames > 0
     }
 
-    /// Follows `data`, calling `on_header(type, flags, length, stream)` for each frame header.
-    fn feed(&mut self, mut data: &[u8], mut on_header: impl FnMut(u8, u8, usize, u32)) {
+    /// Follows `data`, calling `on_frame(type, flags, content, stream)` for each frame, where
+    /// `content` is the payload length without padding (and without a HEADERS frame's
+    /// priority fields): what the frame really carries.
+    fn feed(&mut self, mut data: &[u8], mut on_frame: impl FnMut(u8, u8, usize, u32)) {
         while !data.is_empty() {
             if self.preface > 0 {
                 let skip = self.preface.min(data.len());
                 self.preface -= skip;
                 data = data.get(skip..).unwrap_or_default();
+            } else if let Some((kind, flags, length, stream)) = self.padded.take() {
+                let pad = usize::from(data.first().copied().unwrap_or_default());
+                let priority = if kind == HEADERS && flags & PRIORITY_FLAG != 0 {
+                    5
+                } else {
+                    0
+                };
+                on_frame(
+                    kind,
+                    flags,
+                    length.saturating_sub(1 + pad + priority),
+                    stream,
+                );
+                self.payload = length.saturating_sub(1);
+                data = data.get(1..).unwrap_or_default();
             } else if self.payload > 0 {
                 let skip = self.payload.min(data.len());
                 self.payload -= skip;
@@ -80,20 +110,32 @@ impl FrameCursor {
                     let length = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
                     let stream = u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]);
                     self.have = 0;
-                    self.payload = length;
-                    on_header(kind, flags, length, stream);
+                    self.frames = self.frames.saturating_add(1);
+                    if matches!(kind, DATA | HEADERS) && flags & PADDED != 0 && length > 0 {
+                        // The pad length comes first: wait for it to know what is carried.
+                        self.padded = Some((kind, flags, length, stream));
+                    } else {
+                        self.payload = length;
+                        let priority = if kind == HEADERS && flags & PRIORITY_FLAG != 0 {
+                            5
+                        } else {
+                            0
+                        };
+                        on_frame(kind, flags, length.saturating_sub(priority), stream);
+                    }
                 }
             }
         }
     }
 }
 
-/// Whether a frame is a control frame for the flood count.
-fn is_control(kind: u8, flags: u8, length: usize) -> bool {
+/// Whether a frame is a control frame for the flood count: `content` is what it carries
+/// (padding does not count, so padding-only DATA frames are empty frames too).
+fn is_control(kind: u8, flags: u8, content: usize) -> bool {
     match kind {
         PING | SETTINGS | WINDOW_UPDATE | PRIORITY | RST_STREAM => true,
-        DATA => length == 0 && flags & END_STREAM == 0,
-        HEADERS | CONTINUATION => length == 0,
+        DATA => content == 0 && flags & END_STREAM == 0,
+        HEADERS | CONTINUATION => content == 0,
         _ => false,
     }
 }
@@ -183,10 +225,17 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for FloodGuard<I> {
             );
             if flood {
                 *this.flooded = true;
-                // Best effort, and only between two of our own frames (never inside one).
+                // Best effort, and only between two of our own frames (never inside one, never
+                // before our SETTINGS). A write that cannot finish now is given up.
                 if this.outgoing.at_boundary() {
                     let frame = goaway(*this.last_stream);
-                    let _ = this.inner.as_mut().poll_write(cx, &frame);
+                    let mut sent = 0;
+                    while let Some(rest) = frame.get(sent..).filter(|r| !r.is_empty()) {
+                        match this.inner.as_mut().poll_write(cx, rest) {
+                            Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                            _ => break,
+                        }
+                    }
                     let _ = this.inner.as_mut().poll_flush(cx);
                 }
                 return Poll::Ready(Err(std::io::Error::other("control-frame flood")));
@@ -262,6 +311,9 @@ mod tests {
         stream.extend_from_slice(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
         stream.extend_from_slice(&[0, 0, 3, HEADERS, 4, 0, 0, 0, 5, 9, 9, 9]);
         stream.extend_from_slice(&[0, 0, 0, DATA, 0, 0, 0, 0, 5]);
+        // Padding only: one pad-length byte saying 3, then three pad bytes.
+        stream.extend_from_slice(&[0, 0, 4, DATA, PADDED, 0, 0, 0, 5, 3, 0, 0, 0]);
+        stream.extend_from_slice(&[0, 0, 6, DATA, PADDED, 0, 0, 0, 5, 1, 7, 7, 7, 7, 0]);
         for split in [1, 2, 5, 9, 100] {
             let mut cursor = FrameCursor::new(PREFACE_LEN);
             let mut seen = Vec::new();
@@ -276,7 +328,9 @@ mod tests {
                     (SETTINGS, true, 0),
                     (PING, true, 0),
                     (HEADERS, false, 5),
-                    (DATA, true, 5)
+                    (DATA, true, 5),
+                    (DATA, true, 5),
+                    (DATA, false, 5)
                 ],
                 "split {split}"
             );

@@ -14,11 +14,13 @@ use portcullis::body::Body;
 use portcullis::framing::{FramingScanner, FramingViolation};
 use portcullis::respond::Outcome;
 use portcullis::scope::{LocalAddr, PeerAddr, Transport};
+use portcullis::timeout::BodyProgress;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -120,6 +122,7 @@ async fn serve_plain(
         local: stream.local_addr().ok(),
         tls: false,
         identity: None,
+        linger: None,
     };
     serve_http(gateway, stream, is_h2, connection, watcher).await;
 }
@@ -153,6 +156,7 @@ async fn serve_tls(
         local,
         tls: true,
         identity: identity.map(Arc::new),
+        linger: None,
     };
     serve_http(gateway, stream, is_h2, connection, watcher).await;
 }
@@ -164,17 +168,24 @@ struct Connection {
     local: Option<SocketAddr>,
     tls: bool,
     identity: Option<Arc<ClientIdentity>>,
+    /// HTTP/1: set when a request was answered before its body was complete, so that the
+    /// close lingers (`None` for HTTP/2, which has flow control and RST_STREAM instead).
+    linger: Option<Arc<AtomicBool>>,
 }
 
 async fn serve_http<I>(
     gateway: &Arc<Gateway>,
     stream: I,
     is_h2: bool,
-    connection: Connection,
+    mut connection: Connection,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let armed = Arc::new(AtomicBool::new(false));
+    if !is_h2 {
+        connection.linger = Some(armed.clone());
+    }
     let limits = gateway.current().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -201,6 +212,7 @@ async fn serve_http<I>(
         inner: crate::flood::FloodGuard::new(stream, control_limit),
         scanner: (!is_h2).then(|| scanner.clone()),
         linger: (!is_h2).then(|| Linger {
+            armed,
             limit: limits.lingering_close,
             remaining: limits.linger_max_bytes,
             state: LingerState::Open,
@@ -237,6 +249,9 @@ pin_project_lite::pin_project! {
 /// bounded time and size, and only then closes. A client still sending then reads the
 /// answer, instead of losing it to a connection reset. Nothing drained is kept.
 struct Linger {
+    /// Whether a request was answered before its body was complete; only then is there
+    /// anything to drain (an idle client must not hold its connection for the delay).
+    armed: Arc<AtomicBool>,
     limit: Duration,
     remaining: u64,
     state: LingerState,
@@ -323,7 +338,11 @@ impl<I: AsyncRead + AsyncWrite> AsyncWrite for ScannedStream<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        let Some(linger) = this.linger.as_mut() else {
+        let Some(linger) = this
+            .linger
+            .as_mut()
+            .filter(|l| l.armed.load(Ordering::Acquire))
+        else {
             return this.inner.poll_shutdown(cx);
         };
         let mut inner = this.inner;
@@ -392,7 +411,24 @@ async fn handle(
     if let Some(identity) = connection.identity {
         extensions.insert(identity);
     }
+    // HTTP/1: watch whether the answer leaves before the body has all arrived.
+    let watch_body = connection.linger.map(|armed| {
+        let progress = BodyProgress::default();
+        extensions.insert(progress.clone());
+        (armed, progress)
+    });
+    let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let response = generation.pipeline.clone().oneshot(req).await?;
+    if let Some((armed, progress)) = watch_body
+        && has_body
+        && !progress.is_complete()
+    {
+        armed.store(true, Ordering::Release);
+    }
     let outcome = response.extensions().get::<Outcome>();
     gateway.metrics.request(
         outcome.and_then(|o| o.route.as_ref()),

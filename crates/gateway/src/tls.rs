@@ -65,6 +65,17 @@ pub async fn handshake(
         .and_then(|chain| chain.first());
     let identity = match leaf.map(|der| ClientIdentity::from_der(der)) {
         None => None,
+        // A resumed session brings its certificate back without a new check: check the
+        // validity window here, on every connection.
+        Some(Ok(identity)) if !identity.is_valid_at(portcullis::authn::now_secs() as i64) => {
+            return Handshake::Failed {
+                reason: "cert_expired",
+                detail: format!(
+                    "client certificate {} is outside its validity",
+                    identity.sha256
+                ),
+            };
+        }
         Some(Ok(identity)) => Some(identity),
         // Verified by the TLS stack, yet not an identity we can name (several SPIFFE ids):
         // nothing on this connection could be attributed, so it is closed.

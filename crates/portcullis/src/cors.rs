@@ -240,8 +240,18 @@ fn joined<'a>(items: impl Iterator<Item = &'a str>) -> Option<HeaderValue> {
 }
 
 /// Puts the CORS headers decided for a request on its final response. `Vary` is appended
-/// to, never replaced.
+/// to, never replaced. Whatever `Access-Control-*` headers the upstream sent are removed
+/// first: on a covered path the gateway alone decides (an upstream's `*`, or its
+/// `Allow-Credentials`, must not widen what the rule allows).
 pub fn apply(cors: &CorsHeaders, response: &mut HeaderMap) {
+    let upstream: Vec<HeaderName> = response
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in upstream {
+        response.remove(name);
+    }
     for (name, value) in cors.0.iter() {
         if name == header::VARY {
             response.append(name, value.clone());

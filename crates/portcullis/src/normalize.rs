@@ -567,16 +567,13 @@ impl<B> GuardedBody<B> {
 }
 
 impl<B: HttpBody> GuardedBody<B> {
-    /// Reports to `progress` whether the body is still arriving.
+    /// Reports to `progress` whether the body is awaited from the client, and when it is
+    /// complete.
     pub fn with_progress(mut self, progress: Option<BodyProgress>) -> Self {
-        if let Some(progress) = &progress {
-            if self.inner.is_end_stream() {
-                progress.complete();
-            } else if self.inner.size_hint().lower() > 0 || self.inner.size_hint().upper().is_none()
-            {
-                // A declared length, or chunked: the client owes us a body.
-                progress.arriving();
-            }
+        if let Some(progress) = &progress
+            && self.inner.is_end_stream()
+        {
+            progress.complete();
         }
         self.progress = progress;
         self
@@ -611,10 +608,12 @@ where
                     }
                     *this.remaining -= len;
                 }
-                if this.inner.is_end_stream()
-                    && let Some(progress) = this.progress.as_ref()
-                {
-                    progress.complete();
+                if let Some(progress) = this.progress.as_ref() {
+                    if this.inner.is_end_stream() {
+                        progress.complete();
+                    } else {
+                        progress.received();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -626,6 +625,9 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(progress) = this.progress.as_ref() {
+                    progress.waiting();
+                }
                 if deadline.as_mut().poll(cx).is_ready() {
                     this.trip.set(TRIP_TIMEOUT);
                     return Poll::Ready(Some(Err(Box::new(BodyGuardError::Timeout))));

@@ -51,7 +51,12 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let progress = BodyProgress::default();
+        // The server may have made one already (it watches for early answers).
+        let progress = req
+            .extensions()
+            .get::<BodyProgress>()
+            .cloned()
+            .unwrap_or_default();
         req.extensions_mut().insert(progress.clone());
         TimeoutFuture {
             inner: self.inner.call(req),
@@ -61,36 +66,51 @@ where
     }
 }
 
-/// Whether a request's body is still arriving: shared by the body guard, which marks it,
-/// and the timeout, which blames a slow client (408) rather than the upstream (504) when
-/// time runs out while the client is still sending.
+/// Whether the gateway is waiting on the client for more of a request's body: shared by the
+/// body guard, which marks it, and the timeout, which blames a slow client (408) rather than
+/// the upstream (504) when time runs out while the body is awaited from the client. The
+/// server reads it too: an answer given before the body was complete needs a lingering close.
 #[derive(Debug, Clone, Default)]
 pub struct BodyProgress(std::sync::Arc<std::sync::atomic::AtomicU8>);
 
-const BODY_UNSEEN: u8 = 0;
-const BODY_ARRIVING: u8 = 1;
+const BODY_IDLE: u8 = 0;
+const BODY_WAITING: u8 = 1;
 const BODY_COMPLETE: u8 = 2;
 
 impl BodyProgress {
-    /// The body has started to be read and has more to come.
-    pub fn arriving(&self) {
-        let _ = self.0.compare_exchange(
-            BODY_UNSEEN,
-            BODY_ARRIVING,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Acquire,
-        );
+    fn set(&self, state: u8) {
+        use std::sync::atomic::Ordering;
+        // Once complete, always complete.
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now != BODY_COMPLETE).then_some(state)
+            });
+    }
+
+    /// Whoever reads the body is waiting for the client's next bytes.
+    pub fn waiting(&self) {
+        self.set(BODY_WAITING);
+    }
+
+    /// Bytes arrived: not waiting on the client for now.
+    pub fn received(&self) {
+        self.set(BODY_IDLE);
     }
 
     /// The body was received completely (or there was none).
     pub fn complete(&self) {
-        self.0
-            .store(BODY_COMPLETE, std::sync::atomic::Ordering::Release);
+        self.set(BODY_COMPLETE);
     }
 
-    /// Whether the client is still sending the body.
-    pub fn is_arriving(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire) == BODY_ARRIVING
+    /// Whether the body is being awaited from the client right now.
+    pub fn is_waiting(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == BODY_WAITING
+    }
+
+    /// Whether the whole body arrived.
+    pub fn is_complete(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == BODY_COMPLETE
     }
 }
 
@@ -117,7 +137,7 @@ where
             return Poll::Ready(out);
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) if this.progress.is_arriving() => Poll::Ready(Err(Denial::BodyTimeout)),
+            Poll::Ready(()) if this.progress.is_waiting() => Poll::Ready(Err(Denial::BodyTimeout)),
             Poll::Ready(()) => Poll::Ready(Err(Denial::RequestTimeout)),
             Poll::Pending => Poll::Pending,
         }

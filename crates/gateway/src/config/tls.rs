@@ -55,18 +55,40 @@ enum ClientAuth {
 }
 
 /// State of TLS that outlives configuration generations: session tickets and the session
-/// cache (so resumption works across reloads).
-#[derive(Debug)]
+/// cache, so that resumption works across reloads. A resumed session carries the client
+/// certificate it was first made with, unchecked: so the state is kept only while the
+/// client-certificate settings (the CAs and `client_auth`) stay the same, and starts afresh
+/// when they change (a removed CA must not live on in tickets).
+#[derive(Debug, Default)]
 pub struct TlsState {
+    current: std::sync::Mutex<Option<SessionState>>,
+}
+
+#[derive(Debug, Clone)]
+struct SessionState {
+    verifier: [u8; 32],
     ticketer: Option<Arc<dyn ProducesTickets>>,
     sessions: Arc<dyn StoresServerSessions>,
 }
 
-impl Default for TlsState {
-    fn default() -> Self {
-        TlsState {
+impl TlsState {
+    /// The session state for these client-certificate settings (identified by `verifier`).
+    fn for_verifier(&self, verifier: [u8; 32]) -> SessionState {
+        let fresh = || SessionState {
+            verifier,
             ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().ok(),
             sessions: rustls::server::ServerSessionMemoryCache::new(10_000),
+        };
+        let Ok(mut current) = self.current.lock() else {
+            return fresh();
+        };
+        match current.as_ref() {
+            Some(state) if state.verifier == verifier => state.clone(),
+            _ => {
+                let state = fresh();
+                *current = Some(state.clone());
+                state
+            }
         }
     }
 }
@@ -324,12 +346,18 @@ pub(super) fn compile_listener(
             ClientAuth::Required
         }
     };
+    let mut verifier = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    verifier.update(format!("{client_auth:?}").as_bytes());
     let client_roots = match &raw.client_ca {
         Some(text) => {
             let path = file(base_dir, resolver, "listen.tls.client_ca", text, problems)?;
             let cas = load_cas(&path, "client_ca", facts)
                 .map_err(|m| problems.at("listen.tls.client_ca", text, m))
                 .ok()?;
+            for ca in &cas {
+                verifier.update(&(ca.len() as u64).to_be_bytes());
+                verifier.update(ca);
+            }
             let mut roots = RootCertStore::empty();
             for ca in cas {
                 if let Err(e) = roots.add(ca) {
@@ -382,9 +410,12 @@ pub(super) fn compile_listener(
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(pair)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.session_storage = state.sessions.clone();
-    if let Some(ticketer) = &state.ticketer {
-        config.ticketer = ticketer.clone();
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(verifier.finish().as_ref());
+    let sessions = state.for_verifier(fingerprint);
+    config.session_storage = sessions.sessions;
+    if let Some(ticketer) = sessions.ticketer {
+        config.ticketer = ticketer;
     }
     Some(Arc::new(config))
 }

@@ -727,3 +727,116 @@ async fn http2_control_frame_floods_get_goaway_and_others_are_served() {
     let (acks, goaway) = ping_flood(relaxed.addr, 10_000, |acks| acks >= 10_000).await;
     assert_eq!((acks, goaway), (10_000, None));
 }
+
+#[tokio::test]
+async fn an_upstreams_own_cors_headers_never_widen_the_rule() {
+    // An upstream that allows everyone, with credentials.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("access-control-allow-origin", "*")
+                            .header("access-control-allow-credentials", "true")
+                            .header("access-control-expose-headers", "x-secret")
+                            .body(Full::new(Bytes::from_static(b"{}")))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let app = "https://app.example.test";
+    let config = config_with(
+        &format!("http://{addr}"),
+        &format!(
+            "{}routes:\n  - match: {{ prefix: / }}\n    upstream: main\n    auth: none\n",
+            CORS.replace("{origin}", app)
+                .replace("allow_credentials: true", "allow_credentials: false")
+        ),
+    );
+    let gw = Gateway::start(&config).await;
+    let ask = |origin: &str| {
+        Request::get(gw.url("/api/items"))
+            .header("origin", origin)
+            .body(Full::default())
+            .unwrap()
+    };
+    let (_, headers, _) = send(ask("https://evil.test")).await.unwrap();
+    assert!(
+        headers.get("access-control-allow-origin").is_none(),
+        "{headers:?}"
+    );
+    assert!(headers.get("access-control-allow-credentials").is_none());
+    let (_, headers, _) = send(ask(app)).await.unwrap();
+    assert_eq!(headers["access-control-allow-origin"], app);
+    assert!(
+        headers.get("access-control-allow-credentials").is_none(),
+        "{headers:?}"
+    );
+    assert_eq!(headers["access-control-expose-headers"], "x-request-id");
+    // Outside the covered paths the upstream's headers are its own business.
+    let (_, headers, _) = get(&gw.url("/elsewhere")).await.unwrap();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn padding_only_data_frames_count_as_empty_frames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with(&upstream.url(), CATCH_ALL)).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    // HEADERS for a POST on stream 1 (HPACK: :method POST, :scheme http, :path /, :authority a).
+    let block = [0x83, 0x86, 0x84, 0x41, 0x01, b'a'];
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    // 1,000 DATA frames that carry only padding (pad length 0: one byte, no data).
+    for _ in 0..1000 {
+        out.extend_from_slice(&[0, 0, 1, 0x0, 0x8, 0, 0, 0, 1, 0]);
+    }
+    let _ = stream.write_all(&out).await;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
+    // Walk the frames for a GOAWAY with ENHANCE_YOUR_CALM.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= seen.len() {
+        let length = usize::from(seen[at]) << 16
+            | usize::from(seen[at + 1]) << 8
+            | usize::from(seen[at + 2]);
+        if seen[at + 3] == 0x7 && at + 17 <= seen.len() {
+            goaway = Some(u32::from_be_bytes([
+                seen[at + 13],
+                seen[at + 14],
+                seen[at + 15],
+                seen[at + 16],
+            ]));
+        }
+        at += 9 + length;
+    }
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "padding-only DATA frames were not counted"
+    );
+}

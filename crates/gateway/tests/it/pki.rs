@@ -314,33 +314,47 @@ pub async fn handshake_ok(addr: std::net::SocketAddr, config: rustls::ClientConf
     }
 }
 
-/// Whether a second `openssl s_client` connection resumes the first one's TLS session
-/// (a TLS 1.3 ticket), off the test's runtime thread.
-pub async fn resumes(addr: std::net::SocketAddr, ca_file: &Path) -> bool {
+/// Runs `openssl s_client` against `addr` (TLS 1.3, reading until the server closes) with
+/// extra `args`, writing `input`; its output. Off the test's runtime thread.
+pub async fn s_client(
+    addr: std::net::SocketAddr,
+    ca_file: &Path,
+    args: &[&std::ffi::OsStr],
+    input: &'static [u8],
+) -> String {
     let ca_file = ca_file.to_path_buf();
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let session = tempfile::NamedTempFile::new().unwrap();
-        let run = |flag: &str, input: &[u8]| {
-            let mut child = std::process::Command::new("openssl")
-                .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
-                .arg(&ca_file)
-                // -ign_eof: read until the server closes, so the ticket is read too.
-                .args(["-tls1_3", "-ign_eof", flag])
-                .arg(session.path())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("openssl");
-            // A request whose answer arrives after the ticket, so the client has read it.
-            let _ = child.stdin.take().unwrap().write_all(input);
-            String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-        };
-        let request = b"GET /resume HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let first = run("-sess_out", request);
-        first.contains("New, TLSv1.3") && run("-sess_in", request).contains("Reused, TLSv1.3")
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+            .arg(&ca_file)
+            // -ign_eof: read until the server closes, so a session ticket is read too.
+            .args(["-tls1_3", "-ign_eof"])
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let _ = child.stdin.take().unwrap().write_all(input);
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
     })
     .await
     .unwrap()
+}
+
+/// A request whose answer arrives after the session ticket.
+pub const CLOSE_REQUEST: &[u8] = b"GET /resume HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// Whether a second `openssl s_client` connection resumes the first one's TLS session
+/// (a TLS 1.3 ticket).
+pub async fn resumes(addr: std::net::SocketAddr, ca_file: &Path) -> bool {
+    let session = tempfile::NamedTempFile::new().unwrap();
+    let out = |flag: &'static str| {
+        let path = session.path().as_os_str().to_os_string();
+        async move { s_client(addr, ca_file, &[flag.as_ref(), &path], CLOSE_REQUEST).await }
+    };
+    out("-sess_out").await.contains("New, TLSv1.3")
+        && out("-sess_in").await.contains("Reused, TLSv1.3")
 }

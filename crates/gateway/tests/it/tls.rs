@@ -277,6 +277,59 @@ async fn mtls_refuses_bad_client_certificates_at_the_handshake() {
 }
 
 #[tokio::test]
+async fn sessions_made_under_another_client_ca_do_not_resume() {
+    let upstream = Upstream::start().await;
+    let (first, second) = (Ca::new("First CA"), Ca::new("Second CA"));
+    let dir = pki_dir(&first);
+    let client = first.client("api", "spiffe://corp.test/ns/payments/sa/api");
+    client.write(dir.path(), "client");
+    // The server certificate stays trusted by the client through ca.pem's first copy.
+    std::fs::copy(dir.path().join("ca.pem"), dir.path().join("server-ca.pem")).unwrap();
+    let gw = start(dir, &tls_config(&upstream.url(), MTLS_REQUIRED, CATCH_ALL)).await;
+    let path = gw.dir.path().to_path_buf();
+    let ca_file = path.join("server-ca.pem");
+    let session = path.join("session");
+    let (cert, key) = (path.join("client.pem"), path.join("client.key"));
+    let args = |flag: &'static str| {
+        vec![
+            std::ffi::OsString::from("-cert"),
+            cert.clone().into(),
+            "-key".into(),
+            key.clone().into(),
+            flag.into(),
+            session.clone().into(),
+        ]
+    };
+    let run = |args: Vec<std::ffi::OsString>| {
+        let ca_file = ca_file.clone();
+        async move {
+            let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            s_client(gw.addr, &ca_file, &refs, CLOSE_REQUEST).await
+        }
+    };
+    let out = run(args("-sess_out")).await;
+    assert!(
+        out.contains("New, TLSv1.3") && out.contains("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert_eq!(upstream.hits(), 1);
+    // The operator drops the first CA.
+    std::fs::write(path.join("ca.pem"), &second.pem).unwrap();
+    gw.event_where("reload", |e| {
+        e["event_type"] == "config_reload" && e["reason"] == "applied"
+    })
+    .await;
+    let out = run(args("-sess_in")).await;
+    assert!(!out.contains("Reused"), "an old session resumed: {out}");
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "the dropped CA's client reached the upstream"
+    );
+}
+
+#[tokio::test]
 async fn slow_tls_clients_are_cut_off_by_the_header_timeout() {
     let upstream = Upstream::start().await;
     let ca = Ca::new("Test CA");

@@ -27,6 +27,8 @@ pub struct ClientIdentity {
     /// base64url (no padding) of the SHA-256 of the certificate's DER: the RFC 8705
     /// `x5t#S256` thumbprint.
     pub sha256: String,
+    /// The certificate's validity window, in Unix seconds (`notBefore`, `notAfter`).
+    pub valid: (i64, i64),
 }
 
 /// Why a certificate gives no usable identity.
@@ -41,6 +43,9 @@ pub enum IdentityError {
     /// More SAN entries than anyone needs.
     #[error("the certificate has more than {MAX_SANS} subject alternative names")]
     TooManyNames,
+    /// A `spiffe://` URI that the SPIFFE ID specification does not allow.
+    #[error("`{0}` is not a valid SPIFFE id")]
+    InvalidSpiffeId(String),
 }
 
 impl ClientIdentity {
@@ -74,16 +79,29 @@ impl ClientIdentity {
             .collect();
         let spiffe_id = match spiffe.as_slice() {
             [] => None,
-            [one] => Some((*one).clone()),
+            [one] if is_spiffe_id(one) => Some((*one).clone()),
+            [other] => return Err(IdentityError::InvalidSpiffeId((*other).clone())),
             several => return Err(IdentityError::SeveralSpiffeIds(several.len())),
         };
+        let validity = cert.validity();
         Ok(ClientIdentity {
             subject: cert.subject().to_string(),
             spiffe_id,
             dns_names,
             uris,
             sha256: thumbprint(der),
+            valid: (
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp(),
+            ),
         })
+    }
+
+    /// Whether the certificate is valid at `now` (Unix seconds). The handshake checked this
+    /// for new sessions; a resumed session brings back its certificate unchecked, so the
+    /// server checks again on every connection.
+    pub fn is_valid_at(&self, now: i64) -> bool {
+        (self.valid.0..=self.valid.1).contains(&now)
     }
 
     /// The identity as it appears in the policy input (`environment.mtls_identity`).
@@ -96,6 +114,31 @@ impl ClientIdentity {
             "sha256": self.sha256,
         })
     }
+}
+
+/// The SPIFFE ID rules (SPIFFE-ID specification §2): `spiffe://`, a lower-case trust domain
+/// of letters, digits, `.`, `-` and `_`, then path segments of letters, digits, `.`, `-` and
+/// `_` that are neither empty nor `.` or `..`; no query, fragment, port, userinfo or escapes.
+/// Anything else could be read differently by a policy or an upstream than by a pattern.
+fn is_spiffe_id(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    let domain = parts.next().unwrap_or_default();
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    domain_ok
+        && parts.all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        })
 }
 
 /// base64url (no padding) of the SHA-256 of `der`: RFC 8705's `x5t#S256`.
@@ -233,6 +276,7 @@ mod tests {
             dns_names: dns.iter().map(|d| d.to_string()).collect(),
             uris: spiffe.iter().map(|s| s.to_string()).collect(),
             sha256: String::new(),
+            valid: (0, i64::MAX),
         }
     }
 
@@ -359,6 +403,31 @@ mod tests {
             ClientIdentity::from_der(b"not a certificate"),
             Err(IdentityError::Unparsable(_))
         ));
+    }
+
+    #[test]
+    fn spiffe_ids_follow_the_specification() {
+        for bad in [
+            "spiffe://corp.test/ns/payments/../../admin",
+            "spiffe://corp.test/ns/./x",
+            "spiffe://corp.test/ns//x",
+            "spiffe://Corp.test/ns/x",
+            "spiffe://corp.test/ns/x%2fy",
+            "spiffe://corp.test/ns/x?y",
+            "spiffe://corp.test:8443/ns/x",
+            "spiffe:///ns/x",
+        ] {
+            let der = certificate(&[bad], &[]);
+            assert!(
+                matches!(
+                    ClientIdentity::from_der(&der),
+                    Err(IdentityError::InvalidSpiffeId(_))
+                ),
+                "{bad} was accepted"
+            );
+        }
+        let der = certificate(&["spiffe://corp.test/ns/pay-ments/sa/api_1.v2"], &[]);
+        assert!(ClientIdentity::from_der(&der).is_ok());
     }
 
     #[test]

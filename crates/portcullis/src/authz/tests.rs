@@ -73,6 +73,7 @@ fn the_client_certificate_is_in_the_input() {
         dns_names: vec!["api.corp.test".into()],
         uris: vec!["spiffe://corp.test/ns/payments/sa/api".into()],
         sha256: "abc".into(),
+        valid: (0, i64::MAX),
     };
     let route = RouteAuthz::default();
     let headers = HeaderMap::new();
