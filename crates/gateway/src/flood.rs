@@ -4,6 +4,8 @@
 //! sliding second, and past `limits.http2.max_control_frames_per_second` sends GOAWAY
 //! `ENHANCE_YOUR_CALM` and ends the connection. Other connections are not affected.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -74,7 +76,7 @@ impl FrameCursor {
         while !data.is_empty() {
             if self.preface > 0 {
                 let skip = self.preface.min(data.len());
-                self.preface -= skip;
+                self.preface = self.preface.saturating_sub(skip);
                 data = data.get(skip..).unwrap_or_default();
             } else if let Some((kind, flags, length, stream)) = self.padded.take() {
                 let pad = usize::from(data.first().copied().unwrap_or_default());
@@ -86,24 +88,25 @@ impl FrameCursor {
                 on_frame(
                     kind,
                     flags,
-                    length.saturating_sub(1 + pad + priority),
+                    length.saturating_sub(pad.saturating_add(1).saturating_add(priority)),
                     stream,
                 );
                 self.payload = length.saturating_sub(1);
                 data = data.get(1..).unwrap_or_default();
             } else if self.payload > 0 {
                 let skip = self.payload.min(data.len());
-                self.payload -= skip;
+                self.payload = self.payload.saturating_sub(skip);
                 data = data.get(skip..).unwrap_or_default();
             } else {
-                let take = (FRAME_HEADER_LEN - self.have).min(data.len());
+                let take = FRAME_HEADER_LEN.saturating_sub(self.have).min(data.len());
                 if let (Some(slot), Some(bytes)) = (
-                    self.header.get_mut(self.have..self.have + take),
+                    self.header
+                        .get_mut(self.have..self.have.saturating_add(take)),
                     data.get(..take),
                 ) {
                     slot.copy_from_slice(bytes);
                 }
-                self.have += take;
+                self.have = self.have.saturating_add(take);
                 data = data.get(take..).unwrap_or_default();
                 if self.have == FRAME_HEADER_LEN {
                     let [l0, l1, l2, kind, flags, s0, s1, s2, s3] = self.header;
@@ -232,7 +235,7 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for FloodGuard<I> {
                     let mut sent = 0;
                     while let Some(rest) = frame.get(sent..).filter(|r| !r.is_empty()) {
                         match this.inner.as_mut().poll_write(cx, rest) {
-                            Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                            Poll::Ready(Ok(n)) if n > 0 => sent = sent.saturating_add(n),
                             _ => break,
                         }
                     }
@@ -277,7 +280,7 @@ impl<I: AsyncWrite> AsyncWrite for FloodGuard<I> {
                 let take = left.min(buf.len());
                 this.outgoing
                     .feed(buf.get(..take).unwrap_or_default(), |_, _, _, _| {});
-                left -= take;
+                left = left.saturating_sub(take);
                 if left == 0 {
                     break;
                 }

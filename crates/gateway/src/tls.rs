@@ -2,6 +2,8 @@
 //! identity, why a handshake failed (for the metric and the throttled event), and telling
 //! HTTP/1 from HTTP/2 on the decrypted stream.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::server::H2_PREFACE;
 use portcullis::authn::mtls::ClientIdentity;
 use portcullis::event::{EventBus, EventType, SecurityEvent, Severity};
@@ -217,7 +219,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         {
             let n = rest.len().min(buf.remaining());
             buf.put_slice(rest.get(..n).unwrap_or_default());
-            this.read += n;
+            this.read = this.read.saturating_add(n);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

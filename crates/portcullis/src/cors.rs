@@ -7,6 +7,8 @@
 //! response by the outermost layer, refusals included, through the request's
 //! [`RequestScope`].
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::denial::{Denial, DenialOr};
 use crate::route::PathPattern;
 use crate::scope::RequestScope;

@@ -11,6 +11,8 @@
 //! ASCII, or `*` with any method but `OPTIONS`. These are the byte-level edge rules; they
 //! live here, in one place, because only this scanner sees the bytes as sent.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::VecDeque;
 
 /// Set in the request extensions when the request's raw framing was ambiguous.
@@ -105,7 +107,7 @@ impl FramingScanner {
                     }
                     Some(end) => {
                         let head = std::mem::take(buf);
-                        let used = end - before;
+                        let used = end.saturating_sub(before);
                         self.state = self.finish_head(head.get(..end).unwrap_or_default());
                         used
                     }
@@ -113,7 +115,7 @@ impl FramingScanner {
             }
             State::Fixed(remaining) => {
                 let take = (*remaining).min(data.len() as u64);
-                *remaining -= take;
+                *remaining = remaining.saturating_sub(take);
                 if *remaining == 0 {
                     self.state = State::Head(Vec::new());
                 }
@@ -138,8 +140,9 @@ impl FramingScanner {
                     b';' | b' ' | b'\t' => *in_ext = true,
                     _ => match (b as char).to_digit(16) {
                         Some(d) if *digits < 16 => {
-                            *size = *size * 16 + u64::from(d);
-                            *digits += 1;
+                            // At most 16 hex digits: a u64, never more.
+                            *size = size.wrapping_shl(4) | u64::from(d);
+                            *digits = digits.saturating_add(1);
                         }
                         _ => self.state = State::Off,
                     },
@@ -159,7 +162,7 @@ impl FramingScanner {
             }
             State::ChunkData(remaining) => {
                 let take = (*remaining).min(data.len() as u64);
-                *remaining -= take;
+                *remaining = remaining.saturating_sub(take);
                 if *remaining == 0 {
                     self.state = State::ChunkDataCr;
                 }
@@ -196,7 +199,7 @@ impl FramingScanner {
                         *seen_cr = false;
                     }
                     _ => {
-                        *line_len += 1;
+                        *line_len = line_len.saturating_add(1);
                         *seen_cr = false;
                     }
                 }
@@ -281,12 +284,13 @@ impl FramingScanner {
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(offset) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
-        let lf = i + offset;
-        match (buf.get(lf + 1), buf.get(lf + 2)) {
-            (Some(b'\n'), _) => return Some(lf + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+        let lf = i.saturating_add(offset);
+        let next = lf.saturating_add(1);
+        match (buf.get(next), buf.get(next.saturating_add(1))) {
+            (Some(b'\n'), _) => return Some(next.saturating_add(1)),
+            (Some(b'\r'), Some(b'\n')) => return Some(next.saturating_add(2)),
             (None, _) | (Some(b'\r'), None) => return None,
-            _ => i = lf + 1,
+            _ => i = next,
         }
     }
     None

@@ -5,6 +5,8 @@
 //! clientAuth usage); this module only reads the fields of the leaf it accepted, once per
 //! connection.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use base64::Engine;
 use serde_json::{Value, json};
 use x509_parser::extensions::GeneralName;
