@@ -43,6 +43,20 @@ pub(super) struct CertFacts {
     pub warnings: Vec<Problem>,
 }
 
+impl CertFacts {
+    /// Records a certificate's expiry under `label`, and its warning (under `path`), if any.
+    fn watch(&mut self, label: String, path: &str, not_after: i64, warning: Option<String>) {
+        self.certs.push(WatchedCert { label, not_after });
+        if let Some(message) = warning {
+            self.warnings.push(Problem {
+                path: path.to_string(),
+                line: None,
+                message,
+            });
+        }
+    }
+}
+
 /// How the listener asks for client certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientAuth {
@@ -225,17 +239,7 @@ fn load_pair(
         ),
         other => format!("`{}`: {other}", key_path.display()),
     })?;
-    facts.certs.push(WatchedCert {
-        label: label.to_string(),
-        not_after,
-    });
-    if let Some(warning) = warning {
-        facts.warnings.push(Problem {
-            path: label.to_string(),
-            line: None,
-            message: warning,
-        });
-    }
+    facts.watch(label.to_string(), label, not_after, warning);
     Ok(Arc::new(certified))
 }
 
@@ -259,17 +263,7 @@ fn load_cas(
                 path.display()
             ));
         }
-        facts.certs.push(WatchedCert {
-            label: format!("{label}[{i}]"),
-            not_after,
-        });
-        if let Some(warning) = warning {
-            facts.warnings.push(Problem {
-                path: label.to_string(),
-                line: None,
-                message: warning,
-            });
-        }
+        facts.watch(format!("{label}[{i}]"), label, not_after, warning);
     }
     Ok(certs)
 }

@@ -6,7 +6,6 @@ use crate::util::*;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 /// Sends `first` and then a valid request on the same connection: the answer to `first`
 /// must be a 400 after which the connection is closed (the second is never answered).
@@ -230,41 +229,21 @@ async fn upstream_server_errors_are_replaced_unless_passed() {
     assert_eq!(headers["x-debug-trace"], "db=10.0.0.5");
 }
 
-/// An introspection endpoint that answers what it is told to (a misbehaving server, which
-/// no real authorization server would be on purpose).
-async fn introspection_answering(
-    answers: Vec<&'static str>,
-) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let answers = std::sync::Arc::new(answers);
-    let task = tokio::spawn(async move {
-        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (answers, served) = (answers.clone(), served.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body = answers[n % answers.len()];
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from_static(body.as_bytes())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}/introspect"), task)
+/// An introspection endpoint that answers what it is told to, in turn (a misbehaving
+/// server, which no real authorization server would be on purpose).
+async fn introspection_answering(answers: Vec<&'static str>) -> (String, TaskGuard) {
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (addr, guard) = tiny_server(move |_req| {
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                answers[n % answers.len()].as_bytes(),
+            )))
+            .unwrap()
+    })
+    .await;
+    (format!("http://{addr}/introspect"), guard)
 }
 
 #[tokio::test]
@@ -534,32 +513,17 @@ fn check_refuses_a_wildcard_origin_with_credentials() {
 }
 
 /// A page server: answers every request with a small HTML page.
-async fn page_server() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .header("content-type", "text/html")
-                            .body(Full::new(Bytes::from_static(
-                                b"<!doctype html><title>page</title>",
-                            )))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (origin, task)
+async fn page_server() -> (String, TaskGuard) {
+    let (addr, guard) = tiny_server(|_req| {
+        Response::builder()
+            .header("content-type", "text/html")
+            .body(Full::new(Bytes::from_static(
+                b"<!doctype html><title>page</title>",
+            )))
+            .unwrap()
+    })
+    .await;
+    (format!("http://{addr}"), guard)
 }
 
 #[tokio::test]
@@ -731,30 +695,15 @@ async fn http2_control_frame_floods_get_goaway_and_others_are_served() {
 #[tokio::test]
 async fn an_upstreams_own_cors_headers_never_widen_the_rule() {
     // An upstream that allows everyone, with credentials.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _server = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .header("access-control-allow-origin", "*")
-                            .header("access-control-allow-credentials", "true")
-                            .header("access-control-expose-headers", "x-secret")
-                            .body(Full::new(Bytes::from_static(b"{}")))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (addr, _server) = tiny_server(|_req| {
+        Response::builder()
+            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-credentials", "true")
+            .header("access-control-expose-headers", "x-secret")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    })
+    .await;
     let app = "https://app.example.test";
     let config = config_with(
         &format!("http://{addr}"),

@@ -766,9 +766,10 @@ fn check_names_certificate_problems_with_their_files() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        // Five days from now, as a calendar date.
-        let days = (now / 86_400 + 5) as i64;
-        let (y, m, d) = civil_from_days(days);
+        // Five days from now, as a calendar date (from the library's RFC 3339 formatter).
+        let date = portcullis::time::format_unix_millis(u128::from(now + 5 * 86_400) * 1000);
+        let part = |range: std::ops::Range<usize>| date[range].parse::<i64>().unwrap();
+        let (y, m, d) = (part(0..4) as i32, part(5..7) as u8, part(8..10) as u8);
         ca.issue(Spec {
             cn: "soon",
             ips: &["127.0.0.1"],
@@ -828,18 +829,4 @@ routes:\n  - match: { prefix: / }\n    upstream: main\n    auth: none\n    clien
         out.contains("expires in 4 days") || out.contains("expires in 5 days"),
         "{out}"
     );
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
-    (y, m, d)
 }

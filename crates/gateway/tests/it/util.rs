@@ -196,6 +196,46 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
         .expect("response")
 }
 
+/// A small HTTP/1.1 server on an ephemeral loopback port that answers every request with
+/// `answer` (for peers that must misbehave, or only serve a page). It stops when the
+/// returned guard is dropped, so keep the guard for as long as the test needs the server.
+pub async fn tiny_server<F>(answer: F) -> (SocketAddr, TaskGuard)
+where
+    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let response = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, TaskGuard(task))
+}
+
+/// Aborts its task when dropped.
+pub struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The real gateway binary, running a test configuration; killed on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
