@@ -95,7 +95,9 @@ impl Trust {
     }
 
     /// A rustls client configuration: TLS 1.2 and 1.3 verified against this trust,
-    /// presenting `client_cert` when a server asks. (ALPN is set by [`pooled_client`].)
+    /// presenting `client_cert` when a server asks (then without session resumption, so a
+    /// replaced certificate is presented from the next connection on). ALPN is set by
+    /// [`pooled_client`].
     pub fn client_config(
         &self,
         client_cert: Option<Arc<ClientCertificate>>,
@@ -105,7 +107,13 @@ impl Trust {
             .map_err(|e| OutboundError::Tls(e.to_string()))?
             .with_root_certificates(self.roots.clone());
         Ok(match client_cert {
-            Some(cert) => builder.with_client_cert_resolver(cert),
+            Some(cert) => {
+                let mut config = builder.with_client_cert_resolver(cert);
+                // A resumed session keeps the certificate it was made with, so a rotated
+                // certificate would reach the server only once old tickets ran out.
+                config.resumption = rustls::client::Resumption::disabled();
+                config
+            }
             None => builder.with_no_client_auth(),
         })
     }

@@ -486,6 +486,12 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     async fn start(server: &Leaf, client_ca: &str) -> TlsUpstream {
+        TlsUpstream::start_with(server, client_ca, false).await
+    }
+
+    /// With `one_request`: HTTP/1.1 only, and every connection closed after one request, so
+    /// each request is a new handshake.
+    async fn start_with(server: &Leaf, client_ca: &str, one_request: bool) -> TlsUpstream {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
@@ -508,7 +514,11 @@ impl TlsUpstream {
                     PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
                 )
                 .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = if one_request {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -551,11 +561,19 @@ impl TlsUpstream {
                             )))
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    if one_request {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, service)
+                        .await;
+                    }
                 });
             }
         });
@@ -610,6 +628,48 @@ routes:\n  - match: {{ prefix: /secure/ }}\n    upstream: secure\n    auth: none
         .await;
     assert!(event.to_string().contains("certificate"), "{event}");
     assert_eq!(upstream.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_gateways_own_client_certificate_is_rotated_without_a_restart() {
+    let ca = Ca::new("Internal CA");
+    let upstream_cert = ca.issue(Spec {
+        cn: "items",
+        ips: &["127.0.0.1"],
+        usage: &[ExtendedKeyUsagePurpose::ServerAuth],
+        ..Spec::default()
+    });
+    let upstream = TlsUpstream::start_with(&upstream_cert, &ca.pem, true).await;
+    let (first, second) = (
+        ca.client("gateway", "spiffe://corp.test/ns/edge/sa/gateway"),
+        ca.client("gateway", "spiffe://corp.test/ns/edge/sa/gateway"),
+    );
+    let dir = test_dir(&[("internal-ca.pem", &ca.pem)]);
+    first.write(dir.path(), "gateway-client");
+    let extra = format!("outbound:\n  ca_files: [internal-ca.pem]\n{CATCH_ALL}");
+    let url = format!("https://127.0.0.1:{}", upstream.addr.port());
+    let config = config_with(&url, &extra).replacen(
+        "timeout: 5s }",
+        "timeout: 5s, tls: { cert: gateway-client.pem, key: gateway-client.key } }",
+        1,
+    );
+    let gw = start(dir, &config).await;
+    let pid = gw.pid();
+    assert_eq!(get(&gw.url("/one")).await.unwrap().0, 200);
+    // Rotated as a secret manager does it: new files renamed into place.
+    let path = gw.dir.path();
+    second.write(path, "next");
+    std::fs::rename(path.join("next.key"), path.join("gateway-client.key")).unwrap();
+    std::fs::rename(path.join("next.pem"), path.join("gateway-client.pem")).unwrap();
+    eventually_async("the upstream to see the new certificate", || async {
+        get(&gw.url("/again")).await.is_ok_and(|a| a.0 == 200)
+            && upstream.seen.lock().unwrap().last().map(|s| s.2.clone())
+                == Some(second.thumbprint())
+    })
+    .await;
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].2, first.thumbprint());
+    assert_eq!(gw.pid(), pid);
 }
 
 #[tokio::test]
