@@ -53,10 +53,6 @@ impl CorsRule {
     }
 }
 
-/// The CORS headers decided for one response.
-#[derive(Debug, Clone, Default)]
-pub struct CorsHeaders(pub HeaderMap);
-
 /// Applies `cors` rules, first matching rule wins.
 #[derive(Debug, Clone)]
 pub struct CorsLayer {
@@ -132,7 +128,7 @@ where
         if preflight {
             let decision = preflight_headers(rule, allowed, req.headers(), &mut headers);
             if let Some(scope) = &scope {
-                scope.set_cors(CorsHeaders(headers));
+                scope.set_cors(headers);
             }
             return match decision {
                 Ok(()) => {
@@ -167,7 +163,7 @@ where
             }
         }
         if let Some(scope) = &scope {
-            scope.set_cors(CorsHeaders(headers));
+            scope.set_cors(headers);
         }
         DenialOr::inner(self.inner.call(req))
     }
@@ -245,7 +241,7 @@ fn joined<'a>(items: impl Iterator<Item = &'a str>) -> Option<HeaderValue> {
 /// to, never replaced. Whatever `Access-Control-*` headers the upstream sent are removed
 /// first: on a covered path the gateway alone decides (an upstream's `*`, or its
 /// `Allow-Credentials`, must not widen what the rule allows).
-pub fn apply(cors: &CorsHeaders, response: &mut HeaderMap) {
+pub fn apply(cors: &HeaderMap, response: &mut HeaderMap) {
     let upstream: Vec<HeaderName> = response
         .keys()
         .filter(|name| name.as_str().starts_with("access-control-"))
@@ -254,7 +250,7 @@ pub fn apply(cors: &CorsHeaders, response: &mut HeaderMap) {
     for name in upstream {
         response.remove(name);
     }
-    for (name, value) in cors.0.iter() {
+    for (name, value) in cors.iter() {
         if name == header::VARY {
             response.append(name, value.clone());
         } else {

@@ -16,7 +16,7 @@ pub struct RequestScope {
     route: OnceLock<Arc<str>>,
     operation: OnceLock<Arc<str>>,
     user_id: OnceLock<String>,
-    cors: OnceLock<crate::cors::CorsHeaders>,
+    cors: OnceLock<http::HeaderMap>,
 }
 
 impl RequestScope {
@@ -88,12 +88,12 @@ impl RequestScope {
     }
 
     /// The CORS headers the answer carries, whatever it is (refusals included).
-    pub fn cors(&self) -> Option<&crate::cors::CorsHeaders> {
+    pub fn cors(&self) -> Option<&http::HeaderMap> {
         self.cors.get()
     }
 
     /// Records the CORS headers for the answer (first write wins).
-    pub fn set_cors(&self, headers: crate::cors::CorsHeaders) {
+    pub fn set_cors(&self, headers: http::HeaderMap) {
         let _ = self.cors.set(headers);
     }
 
