@@ -309,4 +309,62 @@ mod tests {
         assert!(preflight("https://app.example.test", "DELETE", "").is_err());
         assert!(preflight("https://app.example.test", "GET", "x-secret").is_err());
     }
+
+    #[tokio::test]
+    async fn preflights_are_answered_here_and_never_reach_the_inner_service() {
+        use crate::test_support::{Counting, request};
+        use tower::{ServiceBuilder, ServiceExt};
+        let stub = Counting::default();
+        let service = ServiceBuilder::new()
+            .layer(CorsLayer::new(Arc::from(vec![rule()])))
+            .service(stub.clone());
+        let call = |method: &str, path: &str, origin: &str, preflight: bool| {
+            let mut req = request(method, path);
+            req.headers_mut()
+                .insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            if preflight {
+                req.headers_mut().insert(
+                    header::ACCESS_CONTROL_REQUEST_METHOD,
+                    HeaderValue::from_static("POST"),
+                );
+            }
+            let scope = Arc::new(RequestScope::new(
+                crate::request_id::RequestId::generate(),
+                req.method().clone(),
+            ));
+            req.extensions_mut().insert(scope.clone());
+            let service = service.clone();
+            async move { (service.oneshot(req).await, scope) }
+        };
+        let (answer, scope) = call("OPTIONS", "/api/items", "https://app.example.test", true).await;
+        assert_eq!(
+            answer.map(|r| r.status()).ok(),
+            Some(StatusCode::NO_CONTENT)
+        );
+        assert_eq!(
+            scope
+                .cors()
+                .map(|h| h[header::ACCESS_CONTROL_ALLOW_ORIGIN].clone()),
+            Some(HeaderValue::from_static("https://app.example.test"))
+        );
+        let (answer, _) = call("OPTIONS", "/api/items", "https://evil.test", true).await;
+        assert_eq!(
+            answer.err().map(|d| d.reason()),
+            Some("cors_preflight_refused")
+        );
+        assert_eq!(stub.calls(), 0, "a preflight reached the inner service");
+        let (answer, scope) = call("GET", "/api/items", "https://evil.test", false).await;
+        assert!(answer.is_ok());
+        assert!(
+            scope
+                .cors()
+                .is_some_and(|h| !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN))
+        );
+        let (answer, scope) = call("OPTIONS", "/other", "https://app.example.test", true).await;
+        assert!(
+            answer.is_ok() && scope.cors().is_none(),
+            "an uncovered path is not CORS's"
+        );
+        assert_eq!(stub.calls(), 2);
+    }
 }

@@ -40,6 +40,8 @@ pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod scope;
+#[cfg(test)]
+mod test_support;
 pub mod threat;
 pub mod time;
 pub mod timeout;

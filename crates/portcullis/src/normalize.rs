@@ -743,4 +743,47 @@ mod tests {
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
     }
+
+    #[tokio::test]
+    async fn refusals_never_reach_the_inner_service() {
+        use crate::test_support::{Counting, request};
+        use tower::{ServiceBuilder, ServiceExt};
+        let stub = Counting::default();
+        let settings = NormalizeSettings {
+            hosts: vec!["api.test".into()],
+            ..NormalizeSettings::default()
+        };
+        let service = ServiceBuilder::new()
+            .layer(NormalizeLayer::new(Arc::new(settings)))
+            .service(stub.clone());
+        let with_host = |uri: &str, hosts: &[&str]| {
+            let mut req = request("GET", uri);
+            for host in hosts {
+                req.headers_mut()
+                    .append(header::HOST, http::HeaderValue::from_str(host).unwrap());
+            }
+            req
+        };
+        for (req, reason) in [
+            (with_host("/../etc/passwd", &["api.test"]), "escapes_root"),
+            (with_host("/a%2fb", &["api.test"]), "encoded_slash"),
+            (
+                with_host("/ok", &["api.test", "evil.test"]),
+                "duplicate_host",
+            ),
+            (with_host("/ok", &["user@api.test"]), "userinfo_in_host"),
+            (with_host("/ok", &["evil.test"]), "host_not_allowed"),
+        ] {
+            let refused = service.clone().oneshot(req).await.err().map(|d| d.reason());
+            assert_eq!(refused, Some(reason));
+        }
+        assert_eq!(stub.calls(), 0, "a refusal reached the inner service");
+        let mut allowed = with_host("/a/./b", &["API.test"]);
+        allowed.headers_mut().insert(
+            "x-forwarded-host",
+            http::HeaderValue::from_static("evil.test"),
+        );
+        assert!(service.clone().oneshot(allowed).await.is_ok());
+        assert_eq!(stub.calls(), 1);
+    }
 }

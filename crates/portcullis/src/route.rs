@@ -396,4 +396,34 @@ mod tests {
             Err(PatternError::NotCanonical)
         );
     }
+
+    #[tokio::test]
+    async fn unrouted_requests_never_reach_the_inner_service() {
+        use crate::test_support::{Counting, request};
+        use tower::{ServiceBuilder, ServiceExt};
+        let stub = Counting::default();
+        let service = ServiceBuilder::new()
+            .layer(RouteLayer::new(Arc::new(table())))
+            .service(stub.clone());
+        let refused = service
+            .clone()
+            .oneshot(request("GET", "/nowhere"))
+            .await
+            .err();
+        assert_eq!(refused, Some(Denial::NoRoute));
+        let refused = service
+            .clone()
+            .oneshot(request("PUT", "/api/items"))
+            .await
+            .err();
+        assert!(matches!(refused, Some(Denial::MethodNotAllowed { .. })));
+        assert_eq!(stub.calls(), 0);
+        assert!(
+            service
+                .oneshot(request("GET", "/api/items/7"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(stub.calls(), 1);
+    }
 }

@@ -143,3 +143,37 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::request;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_exchange_is_504_unless_the_client_is_the_slow_one() {
+        let stalled = tower::service_fn(|_req: http::Request<_>| {
+            std::future::pending::<Result<http::Response<crate::body::Body>, Denial>>()
+        });
+        let service = ServiceBuilder::new()
+            .layer(RequestTimeoutLayer::new(Duration::from_secs(1)))
+            .service(stalled);
+        let refused = service.clone().oneshot(request("GET", "/")).await.err();
+        assert_eq!(refused, Some(Denial::RequestTimeout));
+        // The body guard says it is waiting for the client's bytes: the client is slow.
+        let mut slow_client = request("POST", "/");
+        let progress = BodyProgress::default();
+        progress.waiting();
+        slow_client.extensions_mut().insert(progress);
+        let refused = service.oneshot(slow_client).await.err();
+        assert_eq!(refused, Some(Denial::BodyTimeout));
+    }
+
+    #[test]
+    fn a_complete_body_stays_complete() {
+        let progress = BodyProgress::default();
+        progress.complete();
+        progress.waiting();
+        assert!(progress.is_complete() && !progress.is_waiting());
+    }
+}

@@ -371,3 +371,104 @@ fn forward_identity<B>(req: &mut Request<B>, principal: &Principal, forward: &Fo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::revocation::Revocations;
+    use crate::route::{PathPattern, Route};
+    use crate::test_support::{Counting, request};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    struct Target(RouteAuth);
+
+    impl RouteSecurity for Target {
+        fn auth(&self) -> &RouteAuth {
+            &self.0
+        }
+    }
+
+    fn routed(
+        mode: AuthMode,
+        identities: &[&str],
+    ) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = request("GET", "/api/x");
+        let route = Route {
+            endpoint: Arc::from("/api/*"),
+            pattern: PathPattern::prefix("/api/").unwrap(),
+            methods: None,
+            target: Target(RouteAuth {
+                mode,
+                scopes: ScopeRule::Any,
+                client_identities: identities
+                    .iter()
+                    .map(|p| IdentityPattern::parse(p).unwrap())
+                    .collect(),
+            }),
+        };
+        req.extensions_mut().insert(RouteMatch {
+            route: Arc::new(route),
+            params: Vec::new(),
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn refusals_never_reach_the_inner_service() {
+        let stub = Counting::default();
+        let authenticator =
+            Authenticator::new(Vec::new(), Arc::new(Revocations::default()), 8192, 16);
+        let service = ServiceBuilder::new()
+            .layer(AuthenticateLayer::<Target>::new(
+                Arc::new(authenticator),
+                Arc::new(ForwardSettings::default()),
+            ))
+            .service(stub.clone());
+        let reason = |result: Result<_, Denial>| result.err().map(|d| d.reason());
+        let payments = ["spiffe://corp.test/ns/payments/**"];
+        assert_eq!(
+            reason(
+                service
+                    .clone()
+                    .oneshot(routed(AuthMode::Required, &[]))
+                    .await
+            ),
+            Some("missing_token")
+        );
+        assert_eq!(
+            reason(
+                service
+                    .clone()
+                    .oneshot(routed(AuthMode::None, &payments))
+                    .await
+            ),
+            Some("client_certificate_required")
+        );
+        let mut stranger = routed(AuthMode::None, &payments);
+        stranger.extensions_mut().insert(Arc::new(ClientIdentity {
+            subject: "CN=web".into(),
+            spiffe_id: Some("spiffe://corp.test/ns/web/sa/frontend".into()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            sha256: String::new(),
+            valid: (0, i64::MAX),
+        }));
+        assert_eq!(
+            reason(service.clone().oneshot(stranger).await),
+            Some("client_identity_mismatch")
+        );
+        assert_eq!(stub.calls(), 0, "a refusal reached the inner service");
+        let mut member = routed(AuthMode::None, &payments);
+        member.extensions_mut().insert(Arc::new(ClientIdentity {
+            subject: "CN=api".into(),
+            spiffe_id: Some("spiffe://corp.test/ns/payments/sa/api".into()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            sha256: String::new(),
+            valid: (0, i64::MAX),
+        }));
+        assert!(service.clone().oneshot(member).await.is_ok());
+        assert!(service.oneshot(routed(AuthMode::None, &[])).await.is_ok());
+        assert_eq!(stub.calls(), 2);
+    }
+}
