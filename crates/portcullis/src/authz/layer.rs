@@ -182,3 +182,107 @@ where
         crate::authn::AuthFuture::boxed(future)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::engine::RegoPolicy;
+    use crate::authz::{PolicyEngine, RouteAuthz};
+    use crate::event::EventBus;
+    use crate::route::{PathPattern, Route};
+    use crate::test_support::{Counting, request};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    struct Target(Option<RouteAuthz>);
+
+    impl RouteAuthorization for Target {
+        fn authz(&self) -> Option<&RouteAuthz> {
+            self.0.as_ref()
+        }
+    }
+
+    fn authorizer(allow: bool) -> Arc<Authorizer> {
+        let source = format!("package t\n\nallow := {allow}\n");
+        let policy = RegoPolicy::new(&[("t.rego".into(), source)], &[], "data.t.allow").unwrap();
+        Arc::new(Authorizer {
+            engine: PolicyEngine::Rego(Box::new(policy)),
+            on_error: OnError::Deny,
+            log: None,
+            mfa_acr_values: Vec::new(),
+            events: Arc::new(EventBus::discard()),
+        })
+    }
+
+    fn routed(
+        method: &str,
+        authz: Option<RouteAuthz>,
+    ) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = request(method, "/api/items/7");
+        let route = Route {
+            endpoint: Arc::from("/api/items/{id}"),
+            pattern: PathPattern::template("/api/items/{id}").unwrap(),
+            methods: None,
+            target: Target(authz),
+        };
+        req.extensions_mut().insert(RouteMatch {
+            route: Arc::new(route),
+            params: vec![(Arc::from("id"), "7".to_string())],
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn refusals_never_reach_the_inner_service() {
+        let stub = Counting::default();
+        let settings = RouteAuthz {
+            resource_type: "items".into(),
+            resource_id: Some("{id}".into()),
+            require_mfa: vec![http::Method::DELETE],
+        };
+        let layer = |authorizer| {
+            ServiceBuilder::new()
+                .layer(AuthorizeLayer::<Target>::new(authorizer))
+                .service(stub.clone())
+        };
+        let reason = |result: Result<_, Denial>| result.err().map(|d| d.reason());
+        let denying = layer(Some(authorizer(false)));
+        assert_eq!(
+            reason(
+                denying
+                    .clone()
+                    .oneshot(routed("GET", Some(settings.clone())))
+                    .await
+            ),
+            Some("policy_denied")
+        );
+        let allowing = layer(Some(authorizer(true)));
+        assert_eq!(
+            reason(
+                allowing
+                    .clone()
+                    .oneshot(routed("DELETE", Some(settings.clone())))
+                    .await
+            ),
+            Some("step_up_required")
+        );
+        assert_eq!(
+            reason(
+                layer(None)
+                    .oneshot(routed("GET", Some(settings.clone())))
+                    .await
+            ),
+            Some("no_policy")
+        );
+        assert_eq!(stub.calls(), 0, "a refusal reached the inner service");
+        assert!(
+            allowing
+                .clone()
+                .oneshot(routed("GET", Some(settings)))
+                .await
+                .is_ok()
+        );
+        // A public route asks no policy at all.
+        assert!(denying.oneshot(routed("GET", None)).await.is_ok());
+        assert_eq!(stub.calls(), 2);
+    }
+}

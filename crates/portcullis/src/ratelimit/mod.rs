@@ -385,3 +385,86 @@ pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict)
         }
     }
 }
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use crate::event::EventBus;
+    use crate::route::{PathPattern, Route};
+    use crate::test_support::{Counting, request};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    struct Target;
+
+    impl RouteLimit for Target {
+        fn limit(&self) -> Option<&LimitRule> {
+            None
+        }
+    }
+
+    fn routed() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = request("GET", "/api/x");
+        let route = Route {
+            endpoint: Arc::from("/api/*"),
+            pattern: PathPattern::prefix("/api/").unwrap(),
+            methods: None,
+            target: Target,
+        };
+        req.extensions_mut().insert(RouteMatch {
+            route: Arc::new(route),
+            params: Vec::new(),
+        });
+        req.extensions_mut()
+            .insert(ClientIp("203.0.113.9".parse().unwrap()));
+        req
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_never_reaches_the_inner_service() {
+        let stub = Counting::default();
+        let limits = Arc::new(RateLimiting {
+            settings: RateLimitSettings {
+                screen: false,
+                default: Some(LimitRule {
+                    name: "default".into(),
+                    quota: Quota::new(2, Duration::from_secs(60)),
+                    key: LimitKey::Ip,
+                }),
+                adaptive: false,
+                block_score: 101,
+                threat: ThreatSettings::default(),
+            },
+            limiter: Arc::new(Limiter::memory(1000, Arc::new(EventBus::discard()))),
+            tracker: Arc::new(ClientTracker::new(
+                1000,
+                crate::threat::FailurePolicy {
+                    limit: 10,
+                    window_secs: 60,
+                    lockout_secs: 60,
+                },
+            )),
+        });
+        let service = ServiceBuilder::new()
+            .layer(RateLimitLayer::<Target>::new(limits))
+            .service(stub.clone());
+        for _ in 0..2 {
+            assert!(service.clone().oneshot(routed()).await.is_ok());
+        }
+        let refused = service.oneshot(routed()).await.err();
+        assert!(
+            matches!(
+                refused,
+                Some(Denial::RateLimited {
+                    reason: "rate_limit",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            stub.calls(),
+            2,
+            "the refused request reached the inner service"
+        );
+    }
+}
