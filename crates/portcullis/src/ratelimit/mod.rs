@@ -419,17 +419,11 @@ mod layer_tests {
         req
     }
 
-    #[tokio::test]
-    async fn a_refused_request_never_reaches_the_inner_service() {
-        let stub = Counting::default();
-        let limits = Arc::new(RateLimiting {
+    fn limits(screen: bool, default: Option<LimitRule>) -> Arc<RateLimiting> {
+        Arc::new(RateLimiting {
             settings: RateLimitSettings {
-                screen: false,
-                default: Some(LimitRule {
-                    name: "default".into(),
-                    quota: Quota::new(2, Duration::from_secs(60)),
-                    key: LimitKey::Ip,
-                }),
+                screen,
+                default,
                 adaptive: false,
                 block_score: 101,
                 threat: ThreatSettings::default(),
@@ -438,12 +432,63 @@ mod layer_tests {
             tracker: Arc::new(ClientTracker::new(
                 1000,
                 crate::threat::FailurePolicy {
-                    limit: 10,
+                    limit: 2,
                     window_secs: 60,
                     lockout_secs: 60,
                 },
             )),
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_locked_out_client_never_reaches_the_inner_service() {
+        let stub = Counting::default();
+        let limits = limits(true, None);
+        let service = ServiceBuilder::new()
+            .layer(ScreenLayer::new(limits.clone()))
+            .service(stub.clone());
+        assert!(service.clone().oneshot(routed()).await.is_ok());
+        for _ in 0..3 {
+            limits.tracker.auth_failure("203.0.113.9".parse().unwrap());
+        }
+        let refused = service.clone().oneshot(routed()).await.err();
+        assert!(
+            matches!(
+                refused,
+                Some(Denial::RateLimited {
+                    reason: "auth_lockout",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            stub.calls(),
+            1,
+            "the locked-out client reached the inner service"
+        );
+        let mut other = routed();
+        other
+            .extensions_mut()
+            .insert(ClientIp("198.51.100.1".parse().unwrap()));
+        assert!(
+            service.oneshot(other).await.is_ok(),
+            "another client is not locked out"
+        );
+        assert_eq!(stub.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_never_reaches_the_inner_service() {
+        let stub = Counting::default();
+        let limits = limits(
+            false,
+            Some(LimitRule {
+                name: "default".into(),
+                quota: Quota::new(2, Duration::from_secs(60)),
+                key: LimitKey::Ip,
+            }),
+        );
         let service = ServiceBuilder::new()
             .layer(RateLimitLayer::<Target>::new(limits))
             .service(stub.clone());

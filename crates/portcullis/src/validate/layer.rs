@@ -639,3 +639,78 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{Counting, request};
+    use crate::validate::ContractSettings;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    fn operations() -> Operations {
+        let document = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/cases/validation/api.yaml"
+        );
+        let inventory = Arc::new(Inventory::default());
+        let contract = ApiContract::load(
+            std::path::Path::new(document),
+            ContractSettings::default(),
+            &inventory,
+        )
+        .unwrap();
+        Operations::new(
+            Some(Arc::new(contract)),
+            inventory,
+            Arc::new(EventBus::discard()),
+        )
+    }
+
+    #[tokio::test]
+    async fn refusals_never_reach_the_inner_service() {
+        let stub = Counting::default();
+        let operations = operations();
+        let service = ServiceBuilder::new()
+            .layer(OperationLayer::new(operations.clone()))
+            .layer(ValidateLayer::new(operations))
+            .service(stub.clone());
+        let with_tenant = |uri: &str| {
+            let mut req = request("GET", uri);
+            req.headers_mut()
+                .insert("x-tenant", http::HeaderValue::from_static("acme"));
+            req
+        };
+        let reason = |result: Result<_, Denial>| result.err().map(|d| d.reason());
+        assert_eq!(
+            reason(service.clone().oneshot(with_tenant("/v1/nowhere")).await),
+            Some("unknown_operation")
+        );
+        assert_eq!(
+            reason(
+                service
+                    .clone()
+                    .oneshot(with_tenant("/v1/orders?limit=500"))
+                    .await
+            ),
+            Some("invalid_parameter")
+        );
+        assert_eq!(
+            reason(
+                service
+                    .clone()
+                    .oneshot(with_tenant("/v1/orders?limit=1&limit=2"))
+                    .await
+            ),
+            Some("duplicate_parameter")
+        );
+        assert!(reason(service.clone().oneshot(request("GET", "/v1/orders")).await).is_some());
+        assert_eq!(stub.calls(), 0, "a refusal reached the inner service");
+        assert!(
+            service
+                .oneshot(with_tenant("/v1/orders?limit=5"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(stub.calls(), 1);
+    }
+}
