@@ -9,21 +9,14 @@ use http_body_util::Full;
 use portcullis::authn::sign::SigningKey;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
 
 /// The real OPA engine (OPA v1.20 through opa-golib-python-bindings) on its Data API.
 pub struct Opa {
     pub url: String,
-    child: Child,
-}
-
-impl Drop for Opa {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _process: Process,
 }
 
 impl Opa {
@@ -57,7 +50,7 @@ impl Opa {
                 .strip_prefix("listening on ")
                 .expect("OPA banner")
                 .to_string(),
-            child,
+            _process: Process(child),
         }
     }
 

@@ -7,20 +7,13 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 struct Idp {
     issuer: String,
-    child: Child,
+    _process: Process,
     /// For an https IdP: a client trusting its CA.
     https: Option<crate::pki::HttpsClient>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Idp {
@@ -64,7 +57,7 @@ impl Idp {
             .to_string();
         Idp {
             issuer,
-            child,
+            _process: Process(child),
             https,
         }
     }

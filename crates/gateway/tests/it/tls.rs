@@ -475,13 +475,7 @@ struct TlsUpstream {
     addr: std::net::SocketAddr,
     /// (HTTP version, Host or :authority, client certificate thumbprint).
     seen: Arc<Mutex<Vec<(http::Version, String, String)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: TaskGuard,
 }
 
 impl TlsUpstream {
@@ -577,7 +571,11 @@ impl TlsUpstream {
                 });
             }
         });
-        TlsUpstream { addr, seen, task }
+        TlsUpstream {
+            addr,
+            seen,
+            _task: TaskGuard(task),
+        }
     }
 }
 

@@ -65,13 +65,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     started: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: TaskGuard,
 }
 
 impl Upstream {
@@ -106,7 +100,7 @@ impl Upstream {
             addr,
             seen,
             started,
-            task,
+            _task: TaskGuard(task),
         }
     }
 
@@ -228,7 +222,32 @@ where
 }
 
 /// Aborts its task when dropped.
-pub struct TaskGuard(tokio::task::JoinHandle<()>);
+pub struct TaskGuard(pub tokio::task::JoinHandle<()>);
+
+/// A peer process of a test (the gateway, Redis, OPA, the IdP): killed and reaped when
+/// dropped, so no test leaves one behind.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
@@ -241,15 +260,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
-    child: Child,
+    child: Process,
     stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -320,7 +332,7 @@ impl Gateway {
             addr: "0.0.0.0:0".parse().expect("addr"),
             admin: None,
             dir,
-            child,
+            child: Process(child),
             stderr,
         };
         let has_admin = std::fs::read_to_string(gateway.dir.path().join("portcullis.yaml"))
@@ -479,14 +491,7 @@ pub fn json(text: &str) -> serde_json::Value {
 /// A real `redis-server` on an ephemeral loopback port, for this test only.
 pub struct Redis {
     pub port: u16,
-    child: Child,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    child: Process,
 }
 
 impl Redis {
@@ -550,7 +555,10 @@ impl Redis {
                 .is_ok()
         })
         .await;
-        Redis { port, child }
+        Redis {
+            port,
+            child: Process(child),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -567,14 +575,7 @@ impl Redis {
 /// `portcullis demo` on ephemeral ports, its banner read; killed on drop.
 pub struct Demo {
     pub banner: Vec<String>,
-    child: std::process::Child,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    child: Process,
 }
 
 impl Demo {
@@ -610,7 +611,10 @@ impl Demo {
                 .then(|| lines.clone())
         })
         .await;
-        Demo { banner, child }
+        Demo {
+            banner,
+            child: Process(child),
+        }
     }
 
     /// The first word after `name` at the start of a banner line (`gateway`, `upstream`...).
