@@ -8,5 +8,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/install-deps.sh
 cargo fmt --all --check
+# No module may import another that imports it back.
+scripts/import-cycles.py crates/portcullis/src
+scripts/import-cycles.py crates/gateway/src
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace

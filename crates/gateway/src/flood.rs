@@ -12,8 +12,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The client connection preface, which precedes the first frame.
-const PREFACE_LEN: usize = 24;
+/// The HTTP/2 client connection preface, which precedes the first frame. A client that stops
+/// part-way through it is as slow as one that never sends a head, and is cut off the same way.
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = H2_PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const WINDOW: Duration = Duration::from_secs(1);
 

@@ -14,6 +14,7 @@ mod reload;
 mod server;
 mod tls;
 mod token;
+mod upstream_pool;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,82 +1,24 @@
 //! Forwarding to upstreams: a pooled keep-alive client, the upstream URI, forwarding
 //! headers, per-upstream timeouts, and transport failures turned into [`Denial`]s.
 
-use crate::config::{HostRule, RouteTarget, UpstreamTls};
+use crate::config::{HostRule, RouteTarget};
+use crate::upstream_pool::{ProxyBody, UpstreamClient};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use portcullis::Denial;
 use portcullis::body::{self, Body};
 use portcullis::net::TrustedProxies;
-use portcullis::normalize::{BodyTrip, GuardedBody, strip_hop_by_hop};
-use portcullis::outbound::{ClientCertificate, Trust, error_chain, pooled_client};
+use portcullis::normalize::{BodyTrip, strip_hop_by_hop};
+use portcullis::outbound::error_chain;
 use portcullis::route::RouteMatch;
 use portcullis::scope::{PeerAddr, Transport};
-use portcullis::validate::Validated;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// The request body type the proxy forwards.
-pub type ProxyBody = Validated<GuardedBody<Incoming>>;
-
-/// A pooled upstream client, shared by every pipeline so reloads keep warm connections.
-/// Behind an `Arc` because the client itself is several reference counts to clone.
-pub type UpstreamClient = Arc<Client<HttpsConnector<HttpConnector>, ProxyBody>>;
-
-/// A pooled client and the holder of the client certificate it presents.
-#[derive(Debug, Clone)]
-pub struct PooledUpstream {
-    /// The client.
-    pub client: UpstreamClient,
-    /// The gateway's own certificate for upstream mTLS, replaced on reload.
-    pub client_cert: Option<Arc<ClientCertificate>>,
-}
-
-/// The pooled client for upstreams with this trust and these TLS settings: created once
-/// and kept across reloads, so that unchanged settings keep their warm connections.
-pub fn pooled_upstream(
-    shared: &crate::config::Shared,
-    trust: &Trust,
-    tls: Option<&UpstreamTls>,
-) -> Result<PooledUpstream, String> {
-    let server_name = tls.and_then(|t| t.server_name.clone());
-    let cert = tls.and_then(|t| t.client_cert.as_ref());
-    let key = format!(
-        "{:?} {:?} {:?}",
-        trust.fingerprint(),
-        server_name,
-        cert.map(|(_, c, k)| (c, k))
-    );
-    let mut pool = shared
-        .upstream_clients
-        .lock()
-        .map_err(|_| "upstream client registry poisoned".to_string())?;
-    if let Some(existing) = pool.get(&key) {
-        return Ok(existing.clone());
-    }
-    let client_cert = cert.map(|(pair, _, _)| ClientCertificate::new(pair.clone()));
-    let config = trust
-        .client_config(client_cert.clone())
-        .map_err(|e| e.to_string())?;
-    let pooled = PooledUpstream {
-        client: Arc::new(pooled_client(
-            config,
-            server_name,
-            true,
-            Duration::from_secs(5),
-        )),
-        client_cert,
-    };
-    pool.insert(key, pooled.clone());
-    Ok(pooled)
-}
 
 /// The innermost service: forwards a routed, normalised request to its upstream.
 #[derive(Clone)]

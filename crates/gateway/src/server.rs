@@ -2,6 +2,7 @@
 //! TLS when configured (mTLS identities read once per connection), serves HTTP/1.1 and
 //! HTTP/2 on one port with explicit abuse limits, and shuts down gracefully.
 
+use crate::flood::H2_PREFACE;
 use crate::gateway::Gateway;
 use crate::tls::{self, Handshake};
 use http::{Request, Response};
@@ -28,10 +29,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::rustls::ServerConfig;
 use tower::ServiceExt;
-
-/// The HTTP/2 connection preface; a client that stops part-way through it is as slow as
-/// one that never sends a head, and is cut off the same way.
-pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Binds a listener, failing with a sentence that names the address.
 pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -4,7 +4,7 @@
 
 #![deny(clippy::arithmetic_side_effects)]
 
-use crate::server::H2_PREFACE;
+use crate::flood::H2_PREFACE;
 use portcullis::authn::mtls::ClientIdentity;
 use portcullis::event::{EventBus, EventType, SecurityEvent, Severity};
 use std::collections::HashMap;

@@ -142,7 +142,7 @@ pub enum Denial {
         /// The first error's code, e.g. `unknown_property`, `duplicate_key`.
         reason: &'static str,
         /// Every error found (bounded), sent to the client.
-        errors: Vec<crate::validate::FieldError>,
+        errors: Vec<crate::problem::FieldError>,
     },
     /// The body's content type is missing, malformed or not declared for the operation.
     #[error("unsupported media type ({reason}): {detail}")]
@@ -191,7 +191,7 @@ impl Denial {
     /// parameters keep their own names, as do the JSON guard's findings, unknown and
     /// read-only properties; other schema findings are `invalid_parameter` or
     /// `schema_violation`.
-    pub fn invalid(errors: Vec<crate::validate::FieldError>) -> Denial {
+    pub fn invalid(errors: Vec<crate::problem::FieldError>) -> Denial {
         let reason = match errors.first() {
             None => "schema_violation",
             Some(e) => match e.code {
@@ -407,7 +407,7 @@ impl Denial {
             | Denial::PolicyEngineError { detail, .. }
             | Denial::UnsupportedMediaType { detail, .. }
             | Denial::ResponseRejected { detail, .. } => detail.clone(),
-            Denial::Invalid { errors, .. } => crate::validate::describe(errors),
+            Denial::Invalid { errors, .. } => crate::problem::describe(errors),
             Denial::UpstreamError {
                 upstream,
                 status,

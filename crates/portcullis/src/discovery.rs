@@ -69,7 +69,7 @@ impl Inventory {
 
     /// Records a call to an undocumented endpoint; true the first time it is seen.
     pub fn shadow(&self, method: &Method, path: &str) -> bool {
-        let path = crate::respond::truncated(path, MAX_SHADOW_PATH);
+        let path = crate::problem::truncated(path, MAX_SHADOW_PATH);
         let mut map = self.shadow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(stats) = map.get(&(method.clone(), Arc::from(path))) {
             stats.hit();

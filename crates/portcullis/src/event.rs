@@ -238,6 +238,22 @@ fn write_lines(rx: Receiver<String>, mut writer: Box<dyn Write + Send>) {
 /// A handle to the event bus that many owners can share.
 pub type SharedEventBus = Arc<EventBus>;
 
+/// An event about a request, filled from what the layers proved about it.
+pub fn request_event(
+    event_type: EventType,
+    severity: Severity,
+    reason: &str,
+    scope: &crate::scope::RequestScope,
+) -> SecurityEvent {
+    let mut event = SecurityEvent::new(event_type, severity, reason);
+    event.request_id = Some(scope.id().to_string());
+    event.ip = scope.client_ip().map(|ip| ip.to_string());
+    event.user_id = scope.user_id().map(str::to_string);
+    event.method = Some(scope.method().to_string());
+    event.endpoint = scope.endpoint().map(|e| e.to_string());
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

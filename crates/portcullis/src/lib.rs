@@ -35,6 +35,7 @@ pub mod json;
 pub mod net;
 pub mod normalize;
 pub mod outbound;
+pub mod problem;
 pub mod ratelimit;
 pub mod request_id;
 pub mod respond;

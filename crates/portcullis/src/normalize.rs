@@ -218,7 +218,7 @@ fn check_host(settings: &NormalizeSettings, parts: &http::request::Parts) -> Res
     }
     let named = host.or(authority).unwrap_or_default();
     let misdirected = || Denial::MisdirectedRequest {
-        host: crate::respond::truncated(named, 128).to_string(),
+        host: crate::problem::truncated(named, 128).to_string(),
     };
     let (name, port) = split_host_port(named).ok_or_else(misdirected)?;
     let local_port = parts.extensions.get::<LocalAddr>().map(|a| a.0.port());

@@ -4,7 +4,7 @@
 
 use crate::body::Body;
 use crate::denial::Denial;
-use crate::event::{EventBus, EventType, SecurityEvent, Severity};
+use crate::event::{EventBus, SecurityEvent, request_event};
 use crate::headers::SecurityHeaders;
 use crate::request_id::{self, RequestId};
 use crate::scope::RequestScope;
@@ -131,34 +131,9 @@ fn event_for(denial: &Denial, scope: &RequestScope, uri: &http::Uri) -> Security
     event.details = serde_json::json!({
         "status": denial.status().as_u16(),
         "detail": denial.detail(),
-        "path": truncated(uri.path(), 256),
+        "path": crate::problem::truncated(uri.path(), 256),
     });
     event
-}
-
-/// An event about a request, filled from what the layers proved about it.
-pub fn request_event(
-    event_type: EventType,
-    severity: Severity,
-    reason: &str,
-    scope: &RequestScope,
-) -> SecurityEvent {
-    let mut event = SecurityEvent::new(event_type, severity, reason);
-    event.request_id = Some(scope.id().to_string());
-    event.ip = scope.client_ip().map(|ip| ip.to_string());
-    event.user_id = scope.user_id().map(str::to_string);
-    event.method = Some(scope.method().to_string());
-    event.endpoint = scope.endpoint().map(|e| e.to_string());
-    event
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-pub(crate) fn truncated(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default()
 }
 
 #[cfg(test)]

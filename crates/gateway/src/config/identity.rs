@@ -40,7 +40,7 @@ pub struct Shared {
     /// The outbound client per trust, so reloads keep its pooled connections.
     http_clients: Mutex<HashMap<[u8; 32], HttpClient>>,
     /// Upstream clients per trust and TLS settings, likewise.
-    pub(crate) upstream_clients: Mutex<HashMap<String, crate::proxy::PooledUpstream>>,
+    pub(super) upstream_clients: Mutex<HashMap<String, crate::upstream_pool::PooledUpstream>>,
 }
 
 impl Default for Shared {

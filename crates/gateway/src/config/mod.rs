@@ -12,7 +12,7 @@ mod tls;
 mod validation;
 
 pub use identity::Shared;
-pub use tls::{UpstreamTls, WatchedCert};
+pub use tls::WatchedCert;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Uri};
@@ -137,7 +137,7 @@ pub struct Upstream {
     pub host: HostRule,
     /// The pooled client that reaches it (shared by upstreams with the same TLS settings,
     /// and kept across reloads).
-    pub client: crate::proxy::UpstreamClient,
+    pub client: crate::upstream_pool::UpstreamClient,
     /// The gateway's client certificate to present from activation on, and its holder.
     pub client_cert: Option<(
         Arc<portcullis::outbound::ClientCertificate>,
@@ -853,9 +853,13 @@ fn compile_upstream(
         )?),
         None => None,
     };
-    let pooled = crate::proxy::pooled_upstream(context.shared, context.trust, tls.as_ref())
-        .map_err(|e| problems.add(path.to_string(), line_of(&raw.url.referenced), e))
-        .ok()?;
+    let pooled = crate::upstream_pool::pooled_upstream(
+        &context.shared.upstream_clients,
+        context.trust,
+        tls.as_ref(),
+    )
+    .map_err(|e| problems.add(path.to_string(), line_of(&raw.url.referenced), e))
+    .ok()?;
     let client_cert = match (&pooled.client_cert, tls.and_then(|t| t.client_cert)) {
         (Some(holder), Some((key, _, _))) => Some((holder.clone(), key)),
         _ => None,

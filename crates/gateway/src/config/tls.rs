@@ -6,6 +6,7 @@
 use super::raw::{RawListenTls, RawOutbound, RawUpstreamTls, Text};
 use super::secret::Resolver;
 use super::{Problem, Problems};
+use crate::upstream_pool::UpstreamTls;
 use portcullis::outbound::{Trust, provider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -445,15 +446,6 @@ pub(super) fn compile_outbound(
             Trust::new(system_roots, &[]).unwrap_or_else(|_| Trust::empty())
         }
     }
-}
-
-/// `upstreams.<name>.tls`, compiled.
-#[derive(Debug)]
-pub struct UpstreamTls {
-    /// SNI and the name the upstream's certificate must carry (default: the URL's host).
-    pub server_name: Option<ServerName<'static>>,
-    /// The gateway's own certificate and where it was read from.
-    pub client_cert: Option<(Arc<CertifiedKey>, PathBuf, PathBuf)>,
 }
 
 /// `upstreams.<name>.tls` for an https upstream.

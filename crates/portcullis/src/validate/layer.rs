@@ -8,10 +8,10 @@ use super::{FieldError, ResponseMode, UnknownOperations};
 use crate::body::{self, Body};
 use crate::denial::{Denial, DenialOr};
 use crate::discovery::Inventory;
+use crate::event::request_event;
 use crate::event::{EventBus, EventType, Severity};
 use crate::json::{JsonLimits, parse_strict};
 use crate::normalize::BodyTrip;
-use crate::respond::request_event;
 use crate::scope::RequestScope;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header};
@@ -119,7 +119,7 @@ where
                         );
                         event.details = serde_json::json!({
                             "detail": "first call to an endpoint the API document does not describe",
-                            "path": crate::respond::truncated(req.uri().path(), 256),
+                            "path": crate::problem::truncated(req.uri().path(), 256),
                         });
                         self.operations.events.emit(event);
                     }
@@ -506,7 +506,7 @@ async fn check_response(
         Err(e) => violation("response_invalid_json", format!("response body: {e}")),
         Ok(value) if !schema.is_valid(&value) => {
             let errors = schema.errors(&value, "");
-            violation("response_schema", describe(&errors))
+            violation("response_schema", crate::problem::describe(&errors))
         }
         Ok(_) => None,
     };
@@ -516,25 +516,6 @@ async fn check_response(
         rest: None,
     });
     Ok((Response::from_parts(parts, replay), found))
-}
-
-/// `field code` pairs, for the operator.
-pub fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                if e.field.is_empty() {
-                    "(body)"
-                } else {
-                    &e.field
-                },
-                e.code
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A body already partly (or wholly) read: the read chunks, then the rest.

@@ -55,11 +55,13 @@ pub use contract::{ApiContract, Operation, OperationMatch};
 pub use document::LoadProblem;
 pub use layer::{
     OperationLayer, OperationMatcher, Operations, Validate, ValidateFuture, ValidateLayer,
-    Validated, describe,
+    Validated,
 };
+// Where they were before `problem` became their own leaf module.
+pub(crate) use crate::problem::MAX_ERRORS;
+pub use crate::problem::{FieldError, describe};
 
 use crate::json::JsonLimits;
-use serde::Serialize;
 
 /// What happens to a request no documented operation matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,39 +111,6 @@ impl Default for ContractSettings {
     }
 }
 
-/// One way a request breaks the contract, as the client sees it (SPEC §3): where, a short
-/// code, and a generic message that never repeats the value sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// A JSON pointer into the body, or `query.name`, `header.name`, `path.name`,
-    /// `cookie.name`.
-    pub field: String,
-    /// What is wrong, e.g. `required`, `type`, `unknown_property`.
-    pub message: String,
-    /// A machine-readable code.
-    pub code: &'static str,
-}
-
-/// Most errors reported for one request (the first ones found).
-pub(crate) const MAX_ERRORS: usize = 10;
-
-/// Longest `field` sent back: it can hold names the client chose.
-const MAX_FIELD_BYTES: usize = 128;
-
-impl FieldError {
-    pub(crate) fn new(field: String, code: &'static str, message: String) -> Self {
-        let field = match field.len() > MAX_FIELD_BYTES {
-            true => crate::respond::truncated(&field, MAX_FIELD_BYTES).to_string(),
-            false => field,
-        };
-        FieldError {
-            field,
-            message,
-            code,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +123,7 @@ mod tests {
             "unknown_property",
             "is not a documented property".into(),
         );
-        assert!(error.field.len() <= MAX_FIELD_BYTES);
+        assert!(error.field.len() <= crate::problem::MAX_FIELD_BYTES);
         assert!(error.field.starts_with("/é"));
     }
 }
