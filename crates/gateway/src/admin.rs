@@ -186,7 +186,7 @@ async fn require_admin_token(
         .map(|(_, token)| token.trim());
     match (expected, presented) {
         (Some(expected), Some(presented))
-            if constant_time_eq(expected.as_bytes(), presented.as_bytes()) =>
+            if constant_time_eq(expected.expose().as_bytes(), presented.as_bytes()) =>
         {
             next.run(request).await
         }

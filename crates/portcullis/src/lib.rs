@@ -41,6 +41,7 @@ pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod scope;
+pub mod secret;
 #[cfg(test)]
 mod test_support;
 pub mod threat;

@@ -455,7 +455,7 @@ fn compile_revocation(
                 .max()
                 .unwrap_or(Duration::from_secs(3600));
             shared
-                .redis_revocations(&url, timeout, subject_ttl)
+                .redis_revocations(url.expose(), timeout, subject_ttl)
                 .map_err(|e| {
                     problems.at(
                         "identity.revocation.redis.url",

@@ -182,7 +182,7 @@ pub struct AdminSettings {
     /// Where it listens.
     pub address: SocketAddr,
     /// The bearer token `/admin/` requires; without one, `/admin/` refuses everything.
-    pub token: Option<String>,
+    pub token: Option<portcullis::secret::Secret>,
 }
 
 /// HTTP/2 abuse limits.
@@ -436,7 +436,7 @@ fn compile(
             .as_ref()
             .and_then(|t| resolver.secret("admin.token", t, problems));
         if let Some(token) = &token
-            && token.len() < 16
+            && token.expose().len() < 16
         {
             problems.add(
                 "admin.token",

@@ -7,6 +7,7 @@ use portcullis::net::IpNet;
 use portcullis::ratelimit::gcra::Quota;
 use portcullis::ratelimit::store::{Limiter, OnStoreError, RedisStore};
 use portcullis::ratelimit::{LimitKey, LimitRule, RateLimitSettings, RateLimiting};
+use portcullis::secret::Secret;
 use portcullis::threat::{ClientTracker, FailurePolicy, ThreatSettings};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
@@ -242,8 +243,8 @@ pub(super) fn compile(
 
 /// A Redis deployment for rate limits.
 struct RedisTarget {
-    /// One URL, or with `cluster`, comma-separated node URLs.
-    url: String,
+    /// One URL, or with `cluster`, comma-separated node URLs (they may carry a password).
+    url: Secret,
     timeout: Duration,
     on_error: OnStoreError,
     cluster: bool,
@@ -254,13 +255,14 @@ impl RedisTarget {
         if self.cluster {
             let nodes: Vec<String> = self
                 .url
+                .expose()
                 .split(',')
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .collect();
             RedisStore::cluster(&nodes, self.timeout)
         } else {
-            RedisStore::new(&self.url, self.timeout)
+            RedisStore::new(self.url.expose(), self.timeout)
         }
     }
 }
@@ -278,7 +280,10 @@ impl Shared {
         let store_key = match &redis {
             Some(t) => format!(
                 "redis {} {:?} {:?} {} {max_keys}",
-                t.url, t.timeout, t.on_error, t.cluster
+                t.url.expose(),
+                t.timeout,
+                t.on_error,
+                t.cluster
             ),
             None => format!("memory {max_keys}"),
         };

@@ -3,6 +3,7 @@
 
 use super::Problems;
 use super::raw::Text;
+use portcullis::secret::Secret;
 use std::path::{Path, PathBuf};
 
 /// Largest file a `${file:...}` reference may name.
@@ -54,7 +55,7 @@ impl Resolver {
         path: &str,
         text: &Text,
         problems: &mut Problems,
-    ) -> Option<String> {
+    ) -> Option<Secret> {
         let value = text.value.trim();
         let is_reference =
             value.starts_with("${") && value.ends_with('}') && value.matches("${").count() == 1;
@@ -71,7 +72,7 @@ impl Resolver {
             problems.at(path, text, "the referenced secret is empty");
             return None;
         }
-        Some(value)
+        Some(Secret::new(value))
     }
 
     fn lookup(

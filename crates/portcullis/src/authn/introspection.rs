@@ -22,7 +22,7 @@ pub struct IntrospectionSettings {
     /// The gateway's client id at the authorization server.
     pub client_id: String,
     /// Its client secret.
-    pub client_secret: String,
+    pub client_secret: crate::secret::Secret,
     /// Accepted audiences (empty: the server's `active` is enough).
     pub audiences: Vec<String>,
     /// How long an answer is reused.
@@ -65,7 +65,7 @@ impl Introspector {
         let credentials = format!(
             "{}:{}",
             form_encode(&settings.client_id),
-            form_encode(&settings.client_secret)
+            form_encode(settings.client_secret.expose())
         );
         let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
         let authorization = HeaderValue::from_str(&format!("Basic {encoded}"))
