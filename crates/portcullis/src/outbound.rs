@@ -247,9 +247,23 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Why a URL may not be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No host to call.
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    /// Plain http to a host that is not this machine.
+    #[error("http is only allowed for loopback hosts; use https")]
+    CleartextRemote,
+    /// Neither http nor https.
+    #[error("`{0}` needs an http(s) scheme")]
+    Scheme(String),
+}
+
 /// Whether a URL may be called: `https`, or `http` to a loopback host only (what travels
 /// in clear text could be read or swapped on the way).
-pub fn check_url(uri: &http::Uri) -> Result<(), String> {
+pub fn check_url(uri: &http::Uri) -> Result<(), UrlError> {
     let host = uri
         .host()
         .unwrap_or_default()
@@ -260,10 +274,10 @@ pub fn check_url(uri: &http::Uri) -> Result<(), String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     match uri.scheme_str() {
-        _ if host.is_empty() => Err(format!("`{uri}` has no host")),
+        _ if host.is_empty() => Err(UrlError::NoHost(uri.to_string())),
         Some("https") => Ok(()),
         Some("http") if loopback => Ok(()),
-        Some("http") => Err("http is only allowed for loopback hosts; use https".into()),
-        _ => Err(format!("`{uri}` needs an http(s) scheme")),
+        Some("http") => Err(UrlError::CleartextRemote),
+        _ => Err(UrlError::Scheme(uri.to_string())),
     }
 }

@@ -519,6 +519,6 @@ fn compile_introspection(
 /// in clear text could be swapped on the way).
 fn remote_uri(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
-    portcullis::outbound::check_url(&uri)?;
+    portcullis::outbound::check_url(&uri).map_err(|e| e.to_string())?;
     Ok(uri)
 }

@@ -101,8 +101,11 @@ pub(super) fn compile(
             let uri = match full
                 .parse::<Uri>()
                 .map_err(|_| format!("`{url}` is not a URL"))
-                .and_then(|uri| portcullis::outbound::check_url(&uri).map(|()| uri))
-            {
+                .and_then(|uri| {
+                    portcullis::outbound::check_url(&uri)
+                        .map(|()| uri)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(uri) => uri,
                 Err(message) => {
                     problems.at("policy.opa.url", &opa.url, message);

@@ -53,6 +53,36 @@ pub struct KeyStoreStats {
     pub fetched_at: AtomicU64,
 }
 
+/// Why a key set (or the discovery document naming it) could not be fetched. The last good
+/// keys stay in use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No answer within the fetch timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The request failed (connect, TLS, protocol).
+    #[error("fetch failed: {0}")]
+    Transport(String),
+    /// A non-success status (redirects included: nothing is fetched from anywhere else).
+    #[error("status {0}")]
+    Status(u16),
+    /// The body could not be read, or was too large.
+    #[error("reading the answer failed: {0}")]
+    Read(String),
+    /// The body is not strict JSON.
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// The document is not a key set.
+    #[error("not a key set: {0}")]
+    NotAKeySet(String),
+    /// A key set without a key this issuer may use.
+    #[error("the key set has no usable key")]
+    NoUsableKey,
+    /// The discovery document is unusable (another issuer, no or a bad `jwks_uri`).
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
 /// Where a remote key set is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -174,7 +204,7 @@ impl KeyStore {
     }
 
     /// Fetches the key set now. On failure the last good keys stay in use.
-    pub async fn refresh(&self) -> Result<Duration, String> {
+    pub async fn refresh(&self) -> Result<Duration, FetchError> {
         let Some(remote) = &self.remote else {
             return Ok(Duration::MAX);
         };
@@ -182,11 +212,11 @@ impl KeyStore {
         self.fetch(remote).await
     }
 
-    async fn fetch(&self, remote: &Remote) -> Result<Duration, String> {
+    async fn fetch(&self, remote: &Remote) -> Result<Duration, FetchError> {
         let result =
             tokio::time::timeout(remote.settings.fetch_timeout, fetch_document(remote)).await;
         let outcome = match result {
-            Err(_) => Err("timed out".to_string()),
+            Err(_) => Err(FetchError::Timeout),
             Ok(Err(e)) => Err(e),
             Ok(Ok((document, max_age))) => match KeySet::from_jwks(&document, &self.allowed) {
                 Ok(parsed) if !parsed.keys.is_empty() => {
@@ -204,8 +234,8 @@ impl KeyStore {
                         .unwrap_or(settings.min_refresh * 15)
                         .clamp(settings.min_refresh, settings.max_refresh))
                 }
-                Ok(_) => Err("the key set has no usable key".to_string()),
-                Err(e) => Err(format!("not a key set: {e}")),
+                Ok(_) => Err(FetchError::NoUsableKey),
+                Err(e) => Err(FetchError::NotAKeySet(e.to_string())),
             },
         };
         match &outcome {
@@ -289,7 +319,9 @@ impl KeyStore {
     }
 }
 
-async fn fetch_document(remote: &Remote) -> Result<(serde_json::Value, Option<Duration>), String> {
+async fn fetch_document(
+    remote: &Remote,
+) -> Result<(serde_json::Value, Option<Duration>), FetchError> {
     let known = remote.uri.lock().ok().and_then(|u| u.clone());
     let uri = match (known, &remote.source) {
         (Some(uri), _) => uri,
@@ -316,24 +348,29 @@ async fn fetch_document(remote: &Remote) -> Result<(serde_json::Value, Option<Du
 /// Reads the issuer's discovery document (OpenID Connect Discovery 1.0 §4) and returns its
 /// `jwks_uri`. The document must name exactly this issuer (§4.3), and the key set URL must
 /// be https (or http on loopback).
-async fn discover(remote: &Remote, issuer: &str) -> Result<Uri, String> {
+async fn discover(remote: &Remote, issuer: &str) -> Result<Uri, FetchError> {
     let url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| FetchError::Discovery(format!("`{url}` is not a URL")))?;
     let (document, _) = get_json(remote, uri, "application/json").await?;
     if document.get("issuer").and_then(serde_json::Value::as_str) != Some(issuer) {
-        return Err("the discovery document names another issuer".into());
+        return Err(FetchError::Discovery(
+            "the document names another issuer".into(),
+        ));
     }
     let jwks = document
         .get("jwks_uri")
         .and_then(serde_json::Value::as_str)
-        .ok_or("the discovery document has no jwks_uri")?;
+        .ok_or_else(|| FetchError::Discovery("the document has no jwks_uri".into()))?;
     let jwks: Uri = jwks
         .parse()
-        .map_err(|_| "the discovery document's jwks_uri is not a URL".to_string())?;
-    crate::outbound::check_url(&jwks).map_err(|e| format!("jwks_uri from discovery: {e}"))?;
+        .map_err(|_| FetchError::Discovery("its jwks_uri is not a URL".into()))?;
+    crate::outbound::check_url(&jwks)
+        .map_err(|e| FetchError::Discovery(format!("its jwks_uri: {e}")))?;
     Ok(jwks)
 }
 
@@ -341,19 +378,19 @@ async fn get_json(
     remote: &Remote,
     uri: Uri,
     accept: &'static str,
-) -> Result<(serde_json::Value, Option<Duration>), String> {
+) -> Result<(serde_json::Value, Option<Duration>), FetchError> {
     let request = Request::get(uri)
         .header(header::ACCEPT, accept)
         .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::Transport(e.to_string()))?;
     let response = remote
         .client
         .request(request)
         .await
-        .map_err(|e| format!("fetch failed: {e}"))?;
+        .map_err(FetchError::Transport)?;
     if !response.status().is_success() {
         // Redirects included: a key set is never fetched from anywhere but its URL.
-        return Err(format!("status {}", response.status()));
+        return Err(FetchError::Status(response.status().as_u16()));
     }
     let max_age = response
         .headers()
@@ -368,9 +405,9 @@ async fn get_json(
     let body = Limited::new(response.into_body(), remote.settings.max_bytes)
         .collect()
         .await
-        .map_err(|e| format!("reading the answer failed: {e}"))?
+        .map_err(|e| FetchError::Read(e.to_string()))?
         .to_bytes();
     let document = crate::json::parse_strict(&body, crate::json::JsonLimits::default())
-        .map_err(|e| format!("not valid JSON: {e}"))?;
+        .map_err(|e| FetchError::Json(e.to_string()))?;
     Ok((document, max_age))
 }

@@ -149,6 +149,26 @@ pub fn thumbprint(der: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
+/// Why a `client_identities` pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// A segment (or DNS label) is empty.
+    #[error("has an empty segment")]
+    EmptySegment,
+    /// `**` anywhere but at the open end.
+    #[error("`**` may only end a SPIFFE pattern or start a DNS name pattern")]
+    MisplacedRest,
+    /// `*` as part of a segment.
+    #[error("`*` must stand for a whole segment")]
+    PartialWildcard,
+    /// A SPIFFE pattern whose trust domain is a wildcard.
+    #[error("the trust domain must be written out")]
+    WildcardTrustDomain,
+    /// Neither a `spiffe://` id nor a DNS name.
+    #[error("is neither a spiffe:// id nor a DNS name")]
+    NotAnIdentity,
+}
+
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -173,13 +193,13 @@ pub struct IdentityPattern {
 
 impl IdentityPattern {
     /// Parses a pattern, refusing ones that could never match or are ambiguous.
-    pub fn parse(text: &str) -> Result<IdentityPattern, String> {
+    pub fn parse(text: &str) -> Result<IdentityPattern, PatternError> {
         let (spiffe, parts): (bool, Vec<&str>) = match text.strip_prefix("spiffe://") {
             Some(rest) => (true, rest.split('/').collect()),
             None => (false, text.split('.').rev().collect()),
         };
         if parts.iter().any(|p| p.is_empty()) {
-            return Err("has an empty segment".into());
+            return Err(PatternError::EmptySegment);
         }
         let last = parts.len().saturating_sub(1);
         let mut segments = Vec::with_capacity(parts.len());
@@ -187,30 +207,22 @@ impl IdentityPattern {
             let segment = match *part {
                 "*" => Segment::One,
                 "**" if i == last && i > 0 => Segment::Rest,
-                "**" => {
-                    return Err(if spiffe {
-                        "`**` may only end a SPIFFE pattern".into()
-                    } else {
-                        "`**` may only start a DNS name pattern".into()
-                    });
-                }
-                p if p.contains('*') => {
-                    return Err("`*` must stand for a whole segment".into());
-                }
+                "**" => return Err(PatternError::MisplacedRest),
+                p if p.contains('*') => return Err(PatternError::PartialWildcard),
                 p if spiffe => Segment::Literal(p.to_string()),
                 p => Segment::Literal(p.to_ascii_lowercase()),
             };
             segments.push(segment);
         }
         if spiffe && !matches!(segments.first(), Some(Segment::Literal(_))) {
-            return Err("the trust domain must be written out".into());
+            return Err(PatternError::WildcardTrustDomain);
         }
         if !spiffe
             && !text
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
         {
-            return Err("is neither a spiffe:// id nor a DNS name".into());
+            return Err(PatternError::NotAnIdentity);
         }
         Ok(IdentityPattern {
             text: text.to_string(),
