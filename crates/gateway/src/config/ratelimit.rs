@@ -251,7 +251,7 @@ struct RedisTarget {
 }
 
 impl RedisTarget {
-    fn store(&self) -> Result<RedisStore, String> {
+    fn store(&self) -> Result<RedisStore, portcullis::ratelimit::store::RedisError> {
         if self.cluster {
             let nodes: Vec<String> = self
                 .url

@@ -108,6 +108,20 @@ pub struct RedisStore {
     timeout: Duration,
 }
 
+/// Why the Redis store could not answer (the limiter then falls back as configured).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// The URL or the cluster nodes are not usable.
+    #[error("cannot use the Redis address: {0}")]
+    Address(String),
+    /// Connecting, or the command, failed.
+    #[error("Redis failed: {0}")]
+    Failed(String),
+    /// No answer within the store's timeout.
+    #[error("timed out")]
+    Timeout,
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
@@ -118,10 +132,10 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store at `url`, connected on first use; each check must answer within `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
         Ok(RedisStore {
             backend: Backend::Single {
-                client: redis::Client::open(url).map_err(|e| e.to_string())?,
+                client: redis::Client::open(url).map_err(|e| RedisError::Address(e.to_string()))?,
                 connection: tokio::sync::OnceCell::new(),
             },
             script: redis::Script::new(gcra::LUA),
@@ -130,13 +144,13 @@ impl RedisStore {
     }
 
     /// A store on a Redis Cluster reached through any of `nodes`.
-    pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, String> {
+    pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, RedisError> {
         let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(1)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RedisError::Address(e.to_string()))?;
         Ok(RedisStore {
             backend: Backend::Cluster {
                 client,
@@ -148,7 +162,7 @@ impl RedisStore {
     }
 
     /// A connection to whichever deployment this store uses (made once, then shared).
-    async fn connection(&self) -> Result<Connection, String> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         match &self.backend {
             Backend::Single { client, connection } => {
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -160,21 +174,21 @@ impl RedisStore {
                         redis::aio::ConnectionManager::new_with_config(client.clone(), config)
                     })
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| RedisError::Failed(e.to_string()))?;
                 Ok(Connection::Single(manager.clone()))
             }
             Backend::Cluster { client, connection } => {
                 let cluster = connection
                     .get_or_try_init(|| client.get_async_connection())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| RedisError::Failed(e.to_string()))?;
                 Ok(Connection::Cluster(cluster.clone()))
             }
         }
     }
 
     /// Whether `member` is in the set `key` (for shared IP reputation).
-    pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, String> {
+    pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, RedisError> {
         let work = async {
             let mut connection = self.connection().await?;
             redis::cmd("SISMEMBER")
@@ -182,14 +196,14 @@ impl RedisStore {
                 .arg(member)
                 .query_async::<bool>(&mut connection)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| RedisError::Failed(e.to_string()))
         };
         tokio::time::timeout(self.timeout * 2, work)
             .await
-            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| RedisError::Timeout)?
     }
 
-    async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), String> {
+    async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), RedisError> {
         let (interval, tolerance) = gcra::lua_args(&quota);
         let mut connection = self.connection().await?;
         self.script
@@ -198,11 +212,11 @@ impl RedisStore {
             .arg(tolerance)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| RedisError::Failed(e.to_string()))
     }
 
     /// Checks one request; errors (including a slow answer) mean the store is unavailable.
-    pub async fn check(&self, key: &str, quota: Quota) -> Result<Verdict, String> {
+    pub async fn check(&self, key: &str, quota: Quota) -> Result<Verdict, RedisError> {
         let work = async {
             // One hash tag per limit key: in Redis Cluster the key lives on one slot.
             let (allowed, remaining, retry, reset) = self
@@ -219,7 +233,7 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.timeout * 2, work).await {
             Ok(result) => result,
-            Err(_) => Err("timed out".into()),
+            Err(_) => Err(RedisError::Timeout),
         }
     }
 }
@@ -354,7 +368,7 @@ impl Limiter {
                 Ok(verdict)
             }
             Err(error) => {
-                self.switch(true, Some(error));
+                self.switch(true, Some(error.to_string()));
                 match self.on_error {
                     OnStoreError::Local(share) => {
                         let limit = ((f64::from(quota.limit) * share).floor() as u32).max(1);
