@@ -413,6 +413,17 @@ mod tests {
         req
     }
 
+    fn identity(spiffe: &str) -> Arc<ClientIdentity> {
+        Arc::new(ClientIdentity {
+            subject: "CN=test".into(),
+            spiffe_id: Some(spiffe.into()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            sha256: String::new(),
+            valid: (0, i64::MAX),
+        })
+    }
+
     #[tokio::test]
     async fn refusals_never_reach_the_inner_service() {
         let stub = Counting::default();
@@ -445,28 +456,18 @@ mod tests {
             Some("client_certificate_required")
         );
         let mut stranger = routed(AuthMode::None, &payments);
-        stranger.extensions_mut().insert(Arc::new(ClientIdentity {
-            subject: "CN=web".into(),
-            spiffe_id: Some("spiffe://corp.test/ns/web/sa/frontend".into()),
-            dns_names: Vec::new(),
-            uris: Vec::new(),
-            sha256: String::new(),
-            valid: (0, i64::MAX),
-        }));
+        stranger
+            .extensions_mut()
+            .insert(identity("spiffe://corp.test/ns/web/sa/frontend"));
         assert_eq!(
             reason(service.clone().oneshot(stranger).await),
             Some("client_identity_mismatch")
         );
         assert_eq!(stub.calls(), 0, "a refusal reached the inner service");
         let mut member = routed(AuthMode::None, &payments);
-        member.extensions_mut().insert(Arc::new(ClientIdentity {
-            subject: "CN=api".into(),
-            spiffe_id: Some("spiffe://corp.test/ns/payments/sa/api".into()),
-            dns_names: Vec::new(),
-            uris: Vec::new(),
-            sha256: String::new(),
-            valid: (0, i64::MAX),
-        }));
+        member
+            .extensions_mut()
+            .insert(identity("spiffe://corp.test/ns/payments/sa/api"));
         assert!(service.clone().oneshot(member).await.is_ok());
         assert!(service.oneshot(routed(AuthMode::None, &[])).await.is_ok());
         assert_eq!(stub.calls(), 2);
