@@ -3,7 +3,7 @@
 //! per request; the action is `Action::"<action>"`; the resource is `<type>::"<id>"`, whose
 //! attributes (an `owner`, say) come from the configured entities file.
 
-use super::engine::{Decision, EngineError};
+use super::engine::{Decision, EngineError, PolicyLoadError};
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
     RestrictedExpression,
@@ -83,17 +83,21 @@ impl CedarPolicy {
     pub fn new(
         sources: &[(String, String)],
         entities: Option<&Value>,
-    ) -> Result<CedarPolicy, String> {
+    ) -> Result<CedarPolicy, PolicyLoadError> {
         let mut text = String::new();
         for (name, source) in sources {
-            PolicySet::from_str(source).map_err(|e| format!("{name}: {e}"))?;
+            PolicySet::from_str(source).map_err(|e| PolicyLoadError::Source {
+                file: name.clone(),
+                detail: e.to_string(),
+            })?;
             text.push_str(source);
             text.push('\n');
         }
-        let policies = PolicySet::from_str(&text).map_err(|e| e.to_string())?;
+        let policies =
+            PolicySet::from_str(&text).map_err(|e| PolicyLoadError::Combined(e.to_string()))?;
         let entities = match entities {
             Some(document) => Entities::from_json_value(document.clone(), None)
-                .map_err(|e| format!("entities: {e}"))?,
+                .map_err(|e| PolicyLoadError::Entities(e.to_string()))?,
             None => Entities::empty(),
         };
         Ok(CedarPolicy {

@@ -84,6 +84,39 @@ impl std::fmt::Debug for RegoPolicy {
 /// Longest a single Rego evaluation may run.
 const REGO_TIME_LIMIT: Duration = Duration::from_millis(100);
 
+/// Why a policy (Rego or Cedar) does not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyLoadError {
+    /// A policy file does not compile.
+    #[error("{file}: {detail}")]
+    Source {
+        /// The file's name.
+        file: String,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The policy files do not compile together.
+    #[error("{0}")]
+    Combined(String),
+    /// A Rego data document is refused.
+    #[error("data: {0}")]
+    Data(String),
+    /// The Cedar entities document is refused.
+    #[error("entities: {0}")]
+    Entities(String),
+    /// The Rego query names nothing under `data.`.
+    #[error("query `{0}` must name a rule under data.")]
+    QueryOutsideData(String),
+    /// The Rego query does not compile, or cannot decide.
+    #[error("query `{query}`: {detail}")]
+    Query {
+        /// The query.
+        query: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
 impl RegoPolicy {
     /// Compiles `modules` (`(name, source)`) with `data` documents; `query` names the rule
     /// that decides, e.g. `data.api.authz.allow`.
@@ -91,7 +124,7 @@ impl RegoPolicy {
         modules: &[(String, String)],
         data: &[Value],
         query: &str,
-    ) -> Result<RegoPolicy, String> {
+    ) -> Result<RegoPolicy, PolicyLoadError> {
         let limit = regorus::utils::limits::ExecutionTimerConfig {
             limit: REGO_TIME_LIMIT,
             check_interval: NonZeroU32::MIN,
@@ -103,19 +136,25 @@ impl RegoPolicy {
         for (name, source) in modules {
             engine
                 .add_policy(name.clone(), source.clone())
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|e| PolicyLoadError::Source {
+                    file: name.clone(),
+                    detail: e.to_string(),
+                })?;
         }
         for document in data {
             engine
                 .add_data(regorus::Value::from(document.clone()))
-                .map_err(|e| format!("data: {e}"))?;
+                .map_err(|e| PolicyLoadError::Data(e.to_string()))?;
         }
         if !query.starts_with("data.") {
-            return Err(format!("query `{query}` must name a rule under data."));
+            return Err(PolicyLoadError::QueryOutsideData(query.to_string()));
         }
         let compiled = engine
             .compile_with_entrypoint(&regorus::Rc::from(query))
-            .map_err(|e| format!("query `{query}`: {e}"))?;
+            .map_err(|e| PolicyLoadError::Query {
+                query: query.to_string(),
+                detail: e.to_string(),
+            })?;
         let policy = RegoPolicy {
             compiled,
             query: query.to_string(),
@@ -123,7 +162,10 @@ impl RegoPolicy {
         // A query that names no rule would deny everything forever: refuse it at load.
         policy
             .decide(&Value::Object(Default::default()))
-            .map_err(|e| format!("query `{query}`: {e}"))?;
+            .map_err(|e| PolicyLoadError::Query {
+                query: query.to_string(),
+                detail: e.to_string(),
+            })?;
         Ok(policy)
     }
 

@@ -213,10 +213,13 @@ fn a_runaway_policy_is_stopped_and_refused() {
     );
     // Either the load-time probe or the request-time evaluation hits the time limit.
     match policy {
-        Err(message) => assert!(
-            message.contains("time") || message.contains("limit"),
-            "{message}"
-        ),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("time") || message.contains("limit"),
+                "{message}"
+            )
+        }
         Ok(policy) => assert!(
             policy.decide(&json!({})).is_err(),
             "a runaway evaluation must fail, never allow"
