@@ -137,9 +137,9 @@ where
                     response.extensions_mut().insert(PreflightAnswered);
                     DenialOr::ready(response)
                 }
-                Err(detail) => DenialOr::denied(Denial::Forbidden {
+                Err(refusal) => DenialOr::denied(Denial::Forbidden {
                     reason: "cors_preflight_refused",
-                    detail,
+                    detail: refusal.to_string(),
                     required_action: String::new(),
                     resource_type: String::new(),
                 }),
@@ -169,38 +169,55 @@ where
     }
 }
 
+/// Why a preflight is refused (for the event; the browser only sees a 403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PreflightRefusal {
+    #[error("origin not allowed")]
+    Origin,
+    #[error("unreadable Access-Control-Request-Method")]
+    UnreadableMethod,
+    #[error("method {0} not allowed")]
+    Method(Method),
+    #[error("unreadable Access-Control-Request-Headers")]
+    UnreadableHeaders,
+    #[error("header `{0}` not allowed")]
+    Header(String),
+    #[error("too many requested headers")]
+    TooManyHeaders,
+}
+
 /// The headers of an allowed preflight, or why it is refused.
 fn preflight_headers(
     rule: &CorsRule,
     origin: Option<HeaderValue>,
     request: &HeaderMap,
     headers: &mut HeaderMap,
-) -> Result<(), String> {
+) -> Result<(), PreflightRefusal> {
     headers.append(
         header::VARY,
         HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
     );
-    let origin = origin.ok_or("origin not allowed")?;
+    let origin = origin.ok_or(PreflightRefusal::Origin)?;
     let method = request
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .ok_or("unreadable Access-Control-Request-Method")?;
+        .ok_or(PreflightRefusal::UnreadableMethod)?;
     if !rule.allow_methods.contains(&method) {
-        return Err(format!("method {method} not allowed"));
+        return Err(PreflightRefusal::Method(method));
     }
     let mut asked = Vec::new();
     for value in request.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         let text = value
             .to_str()
-            .map_err(|_| "unreadable Access-Control-Request-Headers")?;
+            .map_err(|_| PreflightRefusal::UnreadableHeaders)?;
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let name = name.to_ascii_lowercase();
             if !rule.allow_headers.iter().any(|h| h.as_str() == name) {
-                return Err(format!("header `{name}` not allowed"));
+                return Err(PreflightRefusal::Header(name));
             }
             asked.push(name);
             if asked.len() > 64 {
-                return Err("too many requested headers".into());
+                return Err(PreflightRefusal::TooManyHeaders);
             }
         }
     }
@@ -275,7 +292,7 @@ mod tests {
         }
     }
 
-    fn preflight(origin: &str, method: &str, headers: &str) -> Result<HeaderMap, String> {
+    fn preflight(origin: &str, method: &str, headers: &str) -> Result<HeaderMap, PreflightRefusal> {
         let mut request = HeaderMap::new();
         request.insert(
             header::ACCESS_CONTROL_REQUEST_METHOD,

@@ -31,6 +31,23 @@ pub struct IntrospectionSettings {
     pub timeout: Duration,
 }
 
+/// Why the introspection endpoint gave no usable answer (the token is then refused).
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    /// The request failed.
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// A non-success status.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body could not be read, or was too large.
+    #[error("reading the answer failed: {0}")]
+    Read(String),
+    /// The body is not strict JSON.
+    #[error("not valid JSON: {0}")]
+    Json(#[from] crate::json::JsonError),
+}
+
 /// The last second of the year 9999: later timestamps are not plausible answers.
 const MAX_TIMESTAMP: f64 = 253_402_300_799.0;
 
@@ -116,25 +133,31 @@ impl Introspector {
         answer
     }
 
-    async fn ask(&self, token: &str) -> Result<Value, String> {
+    async fn ask(&self, token: &str) -> Result<Value, AskError> {
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let request = Request::post(self.settings.endpoint.clone())
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await?;
+            .map_err(|e| AskError::Transport(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(AskError::Transport)?;
         if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
+            return Err(AskError::Status(response.status().as_u16()));
         }
         let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| AskError::Read(e.to_string()))?
             .to_bytes();
-        crate::json::parse_strict(&bytes, crate::json::JsonLimits::default())
-            .map_err(|e| e.to_string())
+        Ok(crate::json::parse_strict(
+            &bytes,
+            crate::json::JsonLimits::default(),
+        )?)
     }
 
     fn judge(&self, document: &Value) -> Answer {
