@@ -51,7 +51,7 @@ pub enum RecordError {
 
 struct Job {
     record: Map<String, Value>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<(), RecordError>>>,
 }
 
 /// A running decision log.
@@ -135,7 +135,7 @@ impl DecisionLog {
                 }
                 match rx.await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(RecordError::Io(e)),
+                    Ok(Err(e)) => Err(e),
                     Err(_) => Err(RecordError::Io("writer stopped".into())),
                 }
             }
@@ -193,7 +193,7 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: &mut [Job]) -> Result<(), String> {
+    fn write_batch(&mut self, batch: &mut [Job]) -> Result<(), RecordError> {
         let mut buffer = Vec::with_capacity(batch.len() * 256);
         let mut prev = self.prev_hash.clone();
         for job in batch.iter_mut() {
@@ -207,15 +207,19 @@ impl Writer {
             buffer.extend_from_slice(line.as_bytes());
             buffer.push(b'\n');
         }
-        self.file.write_all(&buffer).map_err(|e| e.to_string())?;
+        self.file
+            .write_all(&buffer)
+            .map_err(|e| RecordError::Io(e.to_string()))?;
         let needs_sync = self.always_sync || batch.iter().any(|j| j.done.is_some());
         if needs_sync {
-            self.file.sync_data().map_err(|e| e.to_string())?;
+            self.file
+                .sync_data()
+                .map_err(|e| RecordError::Io(e.to_string()))?;
         }
         self.prev_hash = prev;
         self.size += buffer.len() as u64;
         if self.size >= self.max_bytes {
-            self.rotate().map_err(|e| e.to_string())?;
+            self.rotate().map_err(|e| RecordError::Io(e.to_string()))?;
         }
         Ok(())
     }
