@@ -478,8 +478,8 @@ impl Builder<'_> {
             compiled,
         ) {
             Ok(param) => Some(param),
-            Err(message) => {
-                self.problem(converter.docs(), &place, message);
+            Err(error) => {
+                self.problem(converter.docs(), &place, error.to_string());
                 None
             }
         }

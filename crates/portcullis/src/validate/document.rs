@@ -119,7 +119,7 @@ impl Documents {
         }
         let text =
             std::fs::read_to_string(&canonical).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let value = parse_document(&text).map_err(fail)?;
+        let value = parse_document(&text).map_err(|e| fail(e.to_string()))?;
         let id = self.files.len();
         self.files.push((path.to_path_buf(), value));
         self.by_path.insert(canonical, id);
@@ -187,24 +187,37 @@ impl Documents {
 
 /// Parses a document as JSON when it looks like JSON, otherwise as YAML. Duplicate keys
 /// are refused in both, so that no two readers of the document can disagree.
-fn parse_document(text: &str) -> Result<Value, String> {
+fn parse_document(text: &str) -> Result<Value, DocumentError> {
     if text.trim_start().starts_with('{') {
         let limits = JsonLimits {
             max_depth: 256,
             max_string_bytes: 1024 * 1024,
         };
-        return parse_strict(text.as_bytes(), limits).map_err(|e| e.to_string());
+        return parse_strict(text.as_bytes(), limits).map_err(DocumentError::Json);
     }
     // The parser's first line says where and what; the rest is a source excerpt.
     serde_saphyr::from_str(text).map_err(|e| {
         let message = e.to_string();
-        message
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        DocumentError::Yaml(
+            message
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        )
     })
+}
+
+/// Why a document's text is not a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum DocumentError {
+    /// Not strict JSON (duplicate keys included).
+    #[error("{0}")]
+    Json(crate::json::JsonError),
+    /// Not YAML (duplicate keys included); the parser's first line.
+    #[error("{0}")]
+    Yaml(String),
 }
 
 /// Escapes one JSON-pointer reference token (RFC 6901).
@@ -220,7 +233,7 @@ mod tests {
     fn yaml_numeric_keys_become_strings_and_duplicates_are_refused() {
         let value = parse_document("responses:\n  200:\n    description: ok\n").unwrap();
         assert!(value.pointer("/responses/200").is_some());
-        let duplicate = parse_document("a: 1\na: 2\n").unwrap_err();
+        let duplicate = parse_document("a: 1\na: 2\n").unwrap_err().to_string();
         assert!(
             duplicate.contains("uplicate") && !duplicate.contains('\n'),
             "{duplicate}"

@@ -125,6 +125,22 @@ pub(crate) struct Parameter {
     pub field: String,
 }
 
+/// Why a parameter declaration cannot be enforced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParameterError {
+    /// Object-typed parameters need a serialisation rule this gateway does not implement.
+    #[error("object-typed parameters are not supported")]
+    ObjectType,
+    /// A style this location does not have (or that is not implemented).
+    #[error("style `{style}` is not supported for {location} parameters")]
+    Style {
+        /// The style as written.
+        style: String,
+        /// `query`, `header`, `path` or `cookie`.
+        location: &'static str,
+    },
+}
+
 impl Parameter {
     /// Builds a parameter; `style` and `explode` as the document gives them (or defaults).
     pub fn new(
@@ -135,7 +151,7 @@ impl Parameter {
         explode: Option<bool>,
         schema_json: &Value,
         schema: Schema,
-    ) -> Result<Parameter, String> {
+    ) -> Result<Parameter, ParameterError> {
         let default_style = match location {
             Location::Query | Location::Cookie => "form",
             Location::Path | Location::Header => "simple",
@@ -153,7 +169,7 @@ impl Parameter {
             _ => false,
         };
         if is_object {
-            return Err("object-typed parameters are not supported".into());
+            return Err(ParameterError::ObjectType);
         }
         let item = schema_json
             .get("items")
@@ -166,10 +182,10 @@ impl Parameter {
             ("spaceDelimited", true) if location == Location::Query => Shape::Delimited(item, ' '),
             ("pipeDelimited", true) if location == Location::Query => Shape::Delimited(item, '|'),
             (other, _) => {
-                return Err(format!(
-                    "style `{other}` is not supported for {} parameters",
-                    location.as_str()
-                ));
+                return Err(ParameterError::Style {
+                    style: other.to_string(),
+                    location: location.as_str(),
+                });
             }
         };
         let field = format!("{}.{name}", location.as_str());

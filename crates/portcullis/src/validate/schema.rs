@@ -433,16 +433,21 @@ pub(crate) struct Schema {
     direction: Direction,
 }
 
+/// A rewritten schema that the JSON Schema compiler refuses (an invalid regex, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(String);
+
 impl Schema {
     /// Compiles a rewritten schema. `pattern` uses a linear-time regex engine, so no
     /// attacker-chosen string can make a pattern check slow.
-    pub fn compile(schema: &Value, direction: Direction) -> Result<Schema, String> {
+    pub fn compile(schema: &Value, direction: Direction) -> Result<Schema, SchemaError> {
         let validator = jsonschema::options()
             .with_draft(Draft::Draft202012)
             .with_pattern_options(PatternOptions::regex())
             .should_validate_formats(true)
             .build(schema)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SchemaError(e.to_string()))?;
         Ok(Schema {
             validator,
             direction,
