@@ -199,6 +199,24 @@ where
         .build(connector)
 }
 
+/// Why a JSON call to another service (key set, discovery, introspection, OPA) gave no
+/// document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The request failed (connect, TLS, protocol).
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// A status other than 2xx.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body could not be read, or was larger than allowed.
+    #[error("reading the answer failed: {0}")]
+    Read(String),
+    /// The body is not strict JSON.
+    #[error("not valid JSON: {0}")]
+    Json(crate::json::JsonError),
+}
+
 /// The client for the gateway's own calls (key sets, discovery, introspection, OPA):
 /// pooled, never following redirects, trusting [`Trust`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -220,6 +238,30 @@ impl HttpClient {
     /// The fingerprint of the trust it was built with.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// Sends `request` and reads its answer as strict JSON of at most `max_bytes`, with the
+    /// answer's headers. Any status but 2xx is an error (redirects included: nothing is read
+    /// from anywhere but the URL asked). Callers bound the exchange with their own timeout.
+    pub async fn json(
+        &self,
+        request: Request<Full<Bytes>>,
+        max_bytes: usize,
+    ) -> Result<(serde_json::Value, http::HeaderMap), CallError> {
+        use http_body_util::{BodyExt, Limited};
+        let response = self.request(request).await.map_err(CallError::Transport)?;
+        if !response.status().is_success() {
+            return Err(CallError::Status(response.status().as_u16()));
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = Limited::new(body, max_bytes)
+            .collect()
+            .await
+            .map_err(|e| CallError::Read(e.to_string()))?
+            .to_bytes();
+        let document = crate::json::parse_strict(&bytes, crate::json::JsonLimits::default())
+            .map_err(CallError::Json)?;
+        Ok((document, parts.headers))
     }
 
     /// Sends one request. Callers bound the whole exchange with their own timeout.

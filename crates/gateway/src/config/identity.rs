@@ -517,7 +517,7 @@ fn compile_introspection(
 
 /// A key or token service URL: `https`, or `http` only for loopback hosts (what is fetched
 /// in clear text could be swapped on the way).
-fn remote_uri(text: &str) -> Result<Uri, String> {
+pub(super) fn remote_uri(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
     portcullis::outbound::check_url(&uri).map_err(|e| e.to_string())?;
     Ok(uri)

@@ -3,7 +3,6 @@
 use super::raw::{RawPolicy, Text};
 use super::secret::Resolver;
 use super::{Problems, Shared};
-use http::Uri;
 use portcullis::authz::cedar::CedarPolicy;
 use portcullis::authz::decision_log::{DecisionLogSettings, Durability};
 use portcullis::authz::engine::{OpaClient, RegoPolicy};
@@ -98,14 +97,7 @@ pub(super) fn compile(
                 return None;
             }
             let full = format!("{}{path}", url.trim_end_matches('/'));
-            let uri = match full
-                .parse::<Uri>()
-                .map_err(|_| format!("`{url}` is not a URL"))
-                .and_then(|uri| {
-                    portcullis::outbound::check_url(&uri)
-                        .map(|()| uri)
-                        .map_err(|e| e.to_string())
-                }) {
+            let uri = match super::identity::remote_uri(&full) {
                 Ok(uri) => uri,
                 Err(message) => {
                     problems.at("policy.opa.url", &opa.url, message);

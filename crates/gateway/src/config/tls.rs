@@ -442,8 +442,9 @@ pub(super) fn compile_outbound(
     match Trust::new(system_roots, &extra) {
         Ok(trust) => trust,
         Err(e) => {
+            // The configuration is refused for this problem; nothing will use this trust.
             problems.add("outbound.ca_files", None, e.to_string());
-            Trust::new(system_roots, &[]).unwrap_or_else(|_| Trust::empty())
+            Trust::empty()
         }
     }
 }

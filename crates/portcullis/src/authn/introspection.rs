@@ -3,10 +3,10 @@
 
 use super::token::TokenError;
 use super::{Principal, now_secs};
-use crate::outbound::HttpClient;
+use crate::outbound::{CallError, HttpClient};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,23 +29,6 @@ pub struct IntrospectionSettings {
     pub cache_ttl: Duration,
     /// Longest wait for the endpoint.
     pub timeout: Duration,
-}
-
-/// Why the introspection endpoint gave no usable answer (the token is then refused).
-#[derive(Debug, thiserror::Error)]
-enum AskError {
-    /// The request failed.
-    #[error("request failed: {0}")]
-    Transport(String),
-    /// A non-success status.
-    #[error("status {0}")]
-    Status(u16),
-    /// The body could not be read, or was too large.
-    #[error("reading the answer failed: {0}")]
-    Read(String),
-    /// The body is not strict JSON.
-    #[error("not valid JSON: {0}")]
-    Json(#[from] crate::json::JsonError),
 }
 
 /// The last second of the year 9999: later timestamps are not plausible answers.
@@ -133,31 +116,16 @@ impl Introspector {
         answer
     }
 
-    async fn ask(&self, token: &str) -> Result<Value, AskError> {
+    async fn ask(&self, token: &str) -> Result<Value, CallError> {
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let request = Request::post(self.settings.endpoint.clone())
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| AskError::Transport(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(AskError::Transport)?;
-        if !response.status().is_success() {
-            return Err(AskError::Status(response.status().as_u16()));
-        }
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| AskError::Read(e.to_string()))?
-            .to_bytes();
-        Ok(crate::json::parse_strict(
-            &bytes,
-            crate::json::JsonLimits::default(),
-        )?)
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let (document, _) = self.client.json(request, MAX_RESPONSE_BYTES).await?;
+        Ok(document)
     }
 
     fn judge(&self, document: &Value) -> Answer {

@@ -6,7 +6,7 @@ use crate::outbound::HttpClient;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -60,18 +60,9 @@ pub enum FetchError {
     /// No answer within the fetch timeout.
     #[error("timed out")]
     Timeout,
-    /// The request failed (connect, TLS, protocol).
-    #[error("fetch failed: {0}")]
-    Transport(String),
-    /// A non-success status (redirects included: nothing is fetched from anywhere else).
-    #[error("status {0}")]
-    Status(u16),
-    /// The body could not be read, or was too large.
-    #[error("reading the answer failed: {0}")]
-    Read(String),
-    /// The body is not strict JSON.
-    #[error("not valid JSON: {0}")]
-    Json(String),
+    /// The request, its status or its body.
+    #[error("{0}")]
+    Call(#[from] crate::outbound::CallError),
     /// The document is not a key set.
     #[error("not a key set: {0}")]
     NotAKeySet(String),
@@ -189,13 +180,6 @@ impl KeyStore {
     /// Where the keys come from (`None` for a fixed set).
     pub fn source(&self) -> Option<&KeySource> {
         self.remote.as_ref().map(|r| &r.source)
-    }
-
-    /// The JWKS URL in use (for discovery: once the discovery document named it).
-    pub fn uri(&self) -> Option<Uri> {
-        self.remote
-            .as_ref()
-            .and_then(|r| r.uri.lock().ok().and_then(|u| u.clone()))
     }
 
     /// Whether keys were loaded at least once.
@@ -382,18 +366,12 @@ async fn get_json(
     let request = Request::get(uri)
         .header(header::ACCEPT, accept)
         .body(Full::new(Bytes::new()))
-        .map_err(|e| FetchError::Transport(e.to_string()))?;
-    let response = remote
+        .map_err(|e| crate::outbound::CallError::Transport(e.to_string()))?;
+    let (document, headers) = remote
         .client
-        .request(request)
-        .await
-        .map_err(FetchError::Transport)?;
-    if !response.status().is_success() {
-        // Redirects included: a key set is never fetched from anywhere but its URL.
-        return Err(FetchError::Status(response.status().as_u16()));
-    }
-    let max_age = response
-        .headers()
+        .json(request, remote.settings.max_bytes)
+        .await?;
+    let max_age = headers
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -402,12 +380,5 @@ async fn get_json(
                 .and_then(|s| s.trim().parse::<u64>().ok())
         })
         .map(Duration::from_secs);
-    let body = Limited::new(response.into_body(), remote.settings.max_bytes)
-        .collect()
-        .await
-        .map_err(|e| FetchError::Read(e.to_string()))?
-        .to_bytes();
-    let document = crate::json::parse_strict(&body, crate::json::JsonLimits::default())
-        .map_err(|e| FetchError::Json(e.to_string()))?;
     Ok((document, max_age))
 }

@@ -4,7 +4,7 @@
 use crate::outbound::HttpClient;
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::Value;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -240,24 +240,11 @@ impl OpaClient {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| EngineError::Failed(e.to_string()))?;
-        let response = self
+        let (answer, _) = self
             .client
-            .request(request)
+            .json(request, MAX_OPA_RESPONSE)
             .await
-            .map_err(|e| EngineError::Failed(format!("OPA unreachable: {e}")))?;
-        if !response.status().is_success() {
-            return Err(EngineError::Failed(format!(
-                "OPA answered {}",
-                response.status()
-            )));
-        }
-        let bytes = Limited::new(response.into_body(), MAX_OPA_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| EngineError::Failed(format!("reading OPA's answer: {e}")))?
-            .to_bytes();
-        let answer = crate::json::parse_strict(&bytes, crate::json::JsonLimits::default())
-            .map_err(|e| EngineError::Failed(format!("OPA's answer is not JSON: {e}")))?;
+            .map_err(|e| EngineError::Failed(format!("OPA: {e}")))?;
         match answer.get("result") {
             // OPA leaves `result` out when the document is undefined: a deny.
             None if answer.is_object() => Ok(Decision {
