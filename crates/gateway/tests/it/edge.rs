@@ -63,10 +63,9 @@ async fn host_rules_refuse_ambiguous_hosts() {
 #[tokio::test]
 async fn the_host_allow_list_answers_421() {
     let upstream = Upstream::start().await;
-    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
-        "listen:\n  address: 127.0.0.1:0\n",
-        "listen:\n  address: 127.0.0.1:0\n  hosts: [api.example.test, 127.0.0.1]\n",
-        1,
+    let config = with_listen(
+        &config_with(&upstream.url(), CATCH_ALL),
+        "  hosts: [api.example.test, 127.0.0.1]\n",
     );
     let gw = Gateway::start(&config).await;
     let port = gw.addr.port();
@@ -81,11 +80,11 @@ async fn the_host_allow_list_answers_421() {
         "case-insensitive"
     );
     assert_eq!(ask(format!("api.example.test:{port}")).await, 200);
-    let hits = upstream.hits();
+    let heads = upstream.heads();
     assert_eq!(ask("evil.test".into()).await, 421);
     assert_eq!(ask("api.example.test:1".into()).await, 421, "another port");
     assert_eq!(ask("api.example.test.evil.test".into()).await, 421);
-    assert_eq!(upstream.hits(), hits);
+    assert_eq!(upstream.heads(), heads);
     let event = gw
         .event_where("misdirected", |e| e["reason"] == "host_not_allowed")
         .await;
@@ -123,10 +122,9 @@ Connection: close\r\n\r\n";
     assert!(!forwarded.contains("evil"), "{forwarded}");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
 
-    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
-        "listen:\n  address: 127.0.0.1:0\n",
-        "listen:\n  address: 127.0.0.1:0\n  trusted_proxies: [127.0.0.1/32]\n",
-        1,
+    let config = with_listen(
+        &config_with(&upstream.url(), CATCH_ALL),
+        "  trusted_proxies: [127.0.0.1/32]\n",
     );
     let trusted = Gateway::start(&config).await;
     assert_eq!(raw_status(&raw(trusted.addr, request).await), 200);
@@ -355,10 +353,9 @@ async fn an_early_413_is_read_whole_while_the_client_still_uploads() {
 async fn a_request_timeout_while_the_body_arrives_is_408() {
     use tokio::io::AsyncWriteExt;
     let upstream = Upstream::start().await;
-    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
-        "monitoring:",
-        "limits:\n  request_timeout: 500ms\nmonitoring:",
-        1,
+    let config = config_with(
+        &upstream.url(),
+        &format!("limits:\n  request_timeout: 500ms\n{CATCH_ALL}"),
     );
     let gw = Gateway::start(&config).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -581,7 +578,7 @@ async fn a_real_browser_can_call_from_the_allowed_origin_only() {
     let seen = upstream.last();
     assert_eq!(seen.method, "POST");
     assert_eq!(
-        upstream.hits(),
+        upstream.heads(),
         1,
         "only the allowed page's request was forwarded"
     );
@@ -682,10 +679,9 @@ async fn http2_control_frame_floods_get_goaway_and_others_are_served() {
     assert_eq!(response.status(), 200);
 
     // With a limit the same traffic stays under, every PING is answered and nothing closes.
-    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
-        "monitoring:",
-        "limits:\n  http2:\n    max_control_frames_per_second: 100000\nmonitoring:",
-        1,
+    let config = config_with(
+        &upstream.url(),
+        &format!("limits:\n  http2:\n    max_control_frames_per_second: 100000\n{CATCH_ALL}"),
     );
     let relaxed = Gateway::start(&config).await;
     let (acks, goaway) = ping_flood(relaxed.addr, 10_000, |acks| acks >= 10_000).await;

@@ -100,9 +100,9 @@ async fn forwarded_for_is_replaced_from_untrusted_peers() {
 #[tokio::test]
 async fn forwarded_for_is_extended_from_trusted_proxies_and_names_the_client() {
     let upstream = Upstream::start().await;
-    let config = config_with(&upstream.url(), CATCH_ALL).replace(
-        "  address: 127.0.0.1:0\nadmin",
-        "  address: 127.0.0.1:0\n  trusted_proxies: [127.0.0.0/8]\nadmin",
+    let config = with_listen(
+        &config_with(&upstream.url(), CATCH_ALL),
+        "  trusted_proxies: [127.0.0.0/8]\n",
     );
     let gw = Gateway::start(&config).await;
     let req = Request::get(gw.url("/nope/../../x"))

@@ -17,11 +17,7 @@ use std::sync::{Arc, Mutex};
 
 /// A configuration like [`config_with`], with `tls` (YAML lines under `listen.tls`).
 fn tls_config(upstream: &str, tls: &str, extra: &str) -> String {
-    config_with(upstream, extra).replacen(
-        "listen:\n  address: 127.0.0.1:0\n",
-        &format!("listen:\n  address: 127.0.0.1:0\n  tls:\n{tls}"),
-        1,
-    )
+    with_listen(&config_with(upstream, extra), &format!("  tls:\n{tls}"))
 }
 
 const SERVER_TLS: &str = "    cert: server.pem\n    key: server.key\n";
@@ -168,10 +164,9 @@ async fn tls_listener_serves_h1_and_h2_and_refuses_old_versions() {
 #[tokio::test]
 async fn plain_http_responses_carry_no_hsts_unless_a_trusted_proxy_saw_https() {
     let upstream = Upstream::start().await;
-    let config = config_with(&upstream.url(), CATCH_ALL).replacen(
-        "listen:\n  address: 127.0.0.1:0\n",
-        "listen:\n  address: 127.0.0.1:0\n  trusted_proxies: [127.0.0.1/32]\n",
-        1,
+    let config = with_listen(
+        &config_with(&upstream.url(), CATCH_ALL),
+        "  trusted_proxies: [127.0.0.1/32]\n",
     );
     let gw = Gateway::start(&config).await;
     let (status, headers, _) = get(&gw.url("/plain")).await.unwrap();
@@ -242,7 +237,7 @@ async fn mtls_refuses_bad_client_certificates_at_the_handshake() {
     let dir = gw.dir.path();
     good.write(dir, "client");
     let ca_file = dir.join("ca.pem");
-    let hits = upstream.hits();
+    let heads = upstream.heads();
     let (ok, out) = curl(&[
         "--cacert",
         ca_file.to_str().unwrap(),
@@ -254,7 +249,7 @@ async fn mtls_refuses_bad_client_certificates_at_the_handshake() {
     ])
     .await;
     assert!(ok, "{out}");
-    assert_eq!(upstream.hits(), hits + 1);
+    assert_eq!(upstream.heads(), heads + 1);
     let (ok, _) = curl(&[
         "--cacert",
         ca_file.to_str().unwrap(),
@@ -262,7 +257,7 @@ async fn mtls_refuses_bad_client_certificates_at_the_handshake() {
     ])
     .await;
     assert!(!ok);
-    assert_eq!(upstream.hits(), hits + 1);
+    assert_eq!(upstream.heads(), heads + 1);
 
     // Every failure is counted, but one client raises one event a minute.
     let events: Vec<_> = gw
@@ -312,7 +307,7 @@ async fn sessions_made_under_another_client_ca_do_not_resume() {
         out.contains("New, TLSv1.3") && out.contains("HTTP/1.1 200"),
         "{out}"
     );
-    assert_eq!(upstream.hits(), 1);
+    assert_eq!(upstream.heads(), 1);
     // The operator drops the first CA.
     std::fs::write(path.join("ca.pem"), &second.pem).unwrap();
     gw.event_where("reload", |e| {
@@ -323,7 +318,7 @@ async fn sessions_made_under_another_client_ca_do_not_resume() {
     assert!(!out.contains("Reused"), "an old session resumed: {out}");
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     assert_eq!(
-        upstream.hits(),
+        upstream.heads(),
         1,
         "the dropped CA's client reached the upstream"
     );
@@ -334,10 +329,10 @@ async fn slow_tls_clients_are_cut_off_by_the_header_timeout() {
     let upstream = Upstream::start().await;
     let ca = Ca::new("Test CA");
     let dir = pki_dir(&ca);
-    let config = tls_config(&upstream.url(), SERVER_TLS, CATCH_ALL).replacen(
-        "monitoring:",
-        "limits:\n  header_read_timeout: 300ms\nmonitoring:",
-        1,
+    let config = tls_config(
+        &upstream.url(),
+        SERVER_TLS,
+        &format!("limits:\n  header_read_timeout: 300ms\n{CATCH_ALL}"),
     );
     let gw = start(dir, &config).await;
     // Silent after connecting: no ClientHello at all.
@@ -434,7 +429,7 @@ async fn identities_reach_routes_and_policies() {
             ("web", Some(&web), 403, 403),
             ("no certificate", None, 403, 403),
         ] {
-            let hits = upstream.hits();
+            let heads = upstream.heads();
             let (response, body) = call(leaf, "/pay/x").await;
             assert_eq!(
                 response.status(),
@@ -448,7 +443,7 @@ async fn identities_reach_routes_and_policies() {
                 "{engine} {who} policy: {body}"
             );
             let passed = usize::from(route_status == 200) + usize::from(policy_status == 200);
-            assert_eq!(upstream.hits(), hits + passed, "{engine} {who}");
+            assert_eq!(upstream.heads(), heads + passed, "{engine} {who}");
         }
         let refused = gw
             .event_where("identity refusal", |e| {

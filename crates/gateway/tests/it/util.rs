@@ -275,6 +275,16 @@ monitoring:\n  events: {{ sink: file, path: events.log }}\nupstreams:\n  main: {
     )
 }
 
+/// `config` (from [`config_with`]) with `lines` (YAML, indented two spaces) added under
+/// `listen:`, such as `"  trusted_proxies: [127.0.0.1/32]\n"`.
+pub fn with_listen(config: &str, lines: &str) -> String {
+    config.replacen(
+        "listen:\n  address: 127.0.0.1:0\n",
+        &format!("listen:\n  address: 127.0.0.1:0\n{lines}"),
+        1,
+    )
+}
+
 /// A policy that allows every authenticated request (tests of other layers need one,
 /// because protected routes always ask a policy). `Gateway::start*` writes `allow.rego`.
 pub const ALLOW_ALL: &str =
