@@ -153,7 +153,7 @@ fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prep
         .authority(upstream.authority.clone())
         .path_and_query(
             PathAndQuery::try_from(path_and_query).map_err(|_| Denial::Malformed {
-                reason: "invalid_path",
+                reason: portcullis::reason::MalformedReason::InvalidPath,
                 detail: "path not representable upstream".into(),
                 close: false,
             })?,

@@ -10,6 +10,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use crate::denial::{Denial, DenialOr};
+use crate::reason::ForbiddenReason;
 use crate::route::PathPattern;
 use crate::scope::RequestScope;
 use http::header::{self, HeaderName, HeaderValue};
@@ -138,7 +139,7 @@ where
                     DenialOr::ready(response)
                 }
                 Err(refusal) => DenialOr::denied(Denial::Forbidden {
-                    reason: "cors_preflight_refused",
+                    reason: ForbiddenReason::CorsPreflightRefused,
                     detail: refusal.to_string(),
                     required_action: String::new(),
                     resource_type: String::new(),

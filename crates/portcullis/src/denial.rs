@@ -1,8 +1,13 @@
 //! [`Denial`]: every refusal the pipeline can make, and the one place that turns a refusal
 //! into an HTTP answer (RFC 9457 problem+json) and into the facts of its security event.
 
+use crate::authn::token::TokenError;
 use crate::body::{self, Body};
 use crate::event::{EventType, Severity};
+pub use crate::reason::{
+    AuthFailure, CredentialProblem, ForbiddenReason, HeaderLimit, InvalidReason, MalformedReason,
+    MediaTypeReason, RateLimitReason, ResponseReason,
+};
 use crate::request_id::RequestId;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use std::future::Future;
@@ -18,8 +23,8 @@ pub enum Denial {
     /// The request is malformed or ambiguous (bad path encoding, smuggling-prone framing, ...).
     #[error("malformed request ({reason}): {detail}")]
     Malformed {
-        /// Machine-readable cause, e.g. `encoded_slash`, `cl_and_te`.
-        reason: &'static str,
+        /// The exact cause, e.g. `encoded_slash`.
+        reason: MalformedReason,
         /// Human-readable detail for the operator.
         detail: String,
         /// Whether the connection must be closed after answering (framing problems).
@@ -54,8 +59,8 @@ pub enum Denial {
     /// The header section is larger, or has more fields, than allowed.
     #[error("header section too large ({reason})")]
     HeadersTooLarge {
-        /// `header_bytes` or `header_count`.
-        reason: &'static str,
+        /// Which limit: bytes or fields.
+        reason: HeaderLimit,
     },
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream {upstream} unreachable: {detail}")]
@@ -78,15 +83,15 @@ pub enum Denial {
     #[error("unauthenticated ({reason}): {detail}")]
     Unauthenticated {
         /// The exact check that failed, e.g. `token_expired`, `bad_signature`.
-        reason: &'static str,
+        reason: AuthFailure,
         /// Human-readable detail for the operator.
         detail: String,
     },
     /// The policy refused the request.
     #[error("forbidden ({reason}): {detail}")]
     Forbidden {
-        /// `policy_denied` or `no_policy`.
-        reason: &'static str,
+        /// The policy's refusal, a missing policy, a client identity or a CORS preflight.
+        reason: ForbiddenReason,
         /// The policy's reasons, for the operator.
         detail: String,
         /// The action that was refused, e.g. `delete_items` (sent to the client).
@@ -114,9 +119,8 @@ pub enum Denial {
     /// A rate limit, a lockout or a threat score refused the request.
     #[error("rate limited ({reason})")]
     RateLimited {
-        /// `rate_limit`, `rate_limit_suspicious`, `threat_block`, `auth_lockout` or
-        /// `store_unavailable`.
-        reason: &'static str,
+        /// A spent quota, a threat score, a lockout or an unavailable store.
+        reason: RateLimitReason,
         /// The limit's name.
         policy: String,
         /// Requests per window (0 when no limit applied).
@@ -139,8 +143,8 @@ pub enum Denial {
     /// The request breaks the API's contract (parameters, JSON, schema).
     #[error("invalid request ({reason})")]
     Invalid {
-        /// The first error's code, e.g. `unknown_property`, `duplicate_key`.
-        reason: &'static str,
+        /// The first error's class, e.g. `unknown_property`, `duplicate_key`.
+        reason: InvalidReason,
         /// Every error found (bounded), sent to the client.
         errors: Vec<crate::problem::FieldError>,
     },
@@ -148,7 +152,7 @@ pub enum Denial {
     #[error("unsupported media type ({reason}): {detail}")]
     UnsupportedMediaType {
         /// E.g. `content_type_undeclared`, `content_type_charset`, `unexpected_body`.
-        reason: &'static str,
+        reason: MediaTypeReason,
         /// Human-readable detail for the operator.
         detail: String,
     },
@@ -178,7 +182,7 @@ pub enum Denial {
     #[error("response violates the contract ({reason}): {detail}")]
     ResponseRejected {
         /// E.g. `response_undeclared_status`, `response_schema`.
-        reason: &'static str,
+        reason: ResponseReason,
         /// What was wrong, for the operator.
         detail: String,
     },
@@ -192,22 +196,7 @@ impl Denial {
     /// read-only properties; other schema findings are `invalid_parameter` or
     /// `schema_violation`.
     pub fn invalid(errors: Vec<crate::problem::FieldError>) -> Denial {
-        let reason = match errors.first() {
-            None => "schema_violation",
-            Some(e) => match e.code {
-                "duplicate_parameter"
-                | "unknown_parameter"
-                | "duplicate_key"
-                | "too_deep"
-                | "string_too_long"
-                | "invalid_json"
-                | "unknown_property"
-                | "read_only" => e.code,
-                "required" if e.field.is_empty() => "missing_body",
-                _ if e.field.starts_with(['/']) || e.field.is_empty() => "schema_violation",
-                _ => "invalid_parameter",
-            },
-        };
+        let reason = InvalidReason::of(errors.first());
         Denial::Invalid { reason, errors }
     }
 
@@ -325,7 +314,12 @@ impl Denial {
             Denial::PolicyEngineError { .. } => EventType::PolicyEngineError,
             Denial::StepUpRequired { .. } => EventType::AuthFailure,
             Denial::RateLimited { score, reason, .. } => {
-                if *score > 50 || matches!(*reason, "threat_block" | "auth_lockout") {
+                if *score > 50
+                    || matches!(
+                        reason,
+                        RateLimitReason::ThreatBlock | RateLimitReason::AuthLockout
+                    )
+                {
                     EventType::SuspiciousActivity
                 } else {
                     EventType::RateLimit
@@ -341,9 +335,10 @@ impl Denial {
             | Denial::UpstreamUnreachable { .. }
             | Denial::UpstreamError { .. }
             | Denial::MisdirectedRequest { .. } => Severity::Medium,
-            Denial::Unauthenticated { reason, .. } => match *reason {
-                "missing_token" | "token_expired" => Severity::Low,
-                _ => Severity::Medium,
+            Denial::Unauthenticated { reason, .. } => match reason {
+                AuthFailure::Credential(CredentialProblem::MissingToken)
+                | AuthFailure::Token(TokenError::Expired) => Severity::Low,
+                AuthFailure::Credential(_) | AuthFailure::Token(_) => Severity::Medium,
             },
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => Severity::Medium,
             Denial::PolicyEngineError { .. } => Severity::High,
@@ -372,25 +367,25 @@ impl Denial {
     /// The exact, machine-readable reason, recorded in the event and in metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Denial::Malformed { reason, .. } => reason,
+            Denial::Malformed { reason, .. } => reason.as_str(),
             Denial::NoRoute => "no_route",
             Denial::MethodNotAllowed { .. } => "method_not_allowed",
             Denial::BodyTimeout => "body_timeout",
             Denial::BodyTooLarge { .. } => "body_too_large",
             Denial::UriTooLong { .. } => "uri_too_long",
-            Denial::HeadersTooLarge { reason } => reason,
+            Denial::HeadersTooLarge { reason } => reason.as_str(),
             Denial::UpstreamUnreachable { .. } => "upstream_unreachable",
             Denial::UpstreamTimeout { .. } => "upstream_timeout",
             Denial::RequestTimeout => "request_timeout",
-            Denial::Unauthenticated { reason, .. } => reason,
+            Denial::Unauthenticated { reason, .. } => reason.as_str(),
             Denial::InsufficientScope { .. } => "insufficient_scope",
-            Denial::Forbidden { reason, .. } => reason,
+            Denial::Forbidden { reason, .. } => reason.as_str(),
             Denial::PolicyEngineError { .. } => "policy_engine_error",
             Denial::StepUpRequired { .. } => "step_up_required",
-            Denial::RateLimited { reason, .. } => reason,
-            Denial::Invalid { reason, .. }
-            | Denial::UnsupportedMediaType { reason, .. }
-            | Denial::ResponseRejected { reason, .. } => reason,
+            Denial::RateLimited { reason, .. } => reason.as_str(),
+            Denial::Invalid { reason, .. } => reason.as_str(),
+            Denial::UnsupportedMediaType { reason, .. } => reason.as_str(),
+            Denial::ResponseRejected { reason, .. } => reason.as_str(),
             Denial::UnknownOperation => "unknown_operation",
             Denial::MisdirectedRequest { .. } => "host_not_allowed",
             Denial::UpstreamError { .. } => "upstream_5xx",
@@ -499,7 +494,7 @@ impl Denial {
         match self {
             // RFC 6750 §3: no error code when no credential was sent at all.
             Denial::Unauthenticated {
-                reason: "missing_token",
+                reason: AuthFailure::Credential(CredentialProblem::MissingToken),
                 ..
             } => {
                 headers.insert(

@@ -13,11 +13,12 @@
 
 #![deny(clippy::arithmetic_side_effects)]
 
+use crate::reason::MalformedReason;
 use std::collections::VecDeque;
 
 /// Set in the request extensions when the request's raw framing was ambiguous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FramingViolation(pub &'static str);
+pub struct FramingViolation(pub MalformedReason);
 
 /// Largest head the scanner follows; past it, the parser refuses the request anyway.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
@@ -50,7 +51,7 @@ enum State {
 #[derive(Debug)]
 pub struct FramingScanner {
     state: State,
-    verdicts: VecDeque<Option<&'static str>>,
+    verdicts: VecDeque<Option<MalformedReason>>,
 }
 
 impl Default for FramingScanner {
@@ -76,7 +77,7 @@ impl FramingScanner {
 
     /// The verdict for the next request head, in order: `Some(reason)` if its framing was
     /// ambiguous. `None` when the scanner has no verdict (it stopped following).
-    pub fn next_verdict(&mut self) -> Option<Option<&'static str>> {
+    pub fn next_verdict(&mut self) -> Option<Option<MalformedReason>> {
         self.verdicts.pop_front()
     }
 
@@ -219,29 +220,29 @@ impl FramingScanner {
         let mut lines = body.split(|b| *b == b'\n');
         let request_line = lines.next().unwrap_or_default();
         if request_line.last() != Some(&b'\r') {
-            syntax = Some("bare_lf");
+            syntax = Some(MalformedReason::BareLf);
         }
         syntax = syntax.or_else(|| target_violation(request_line));
         for raw in lines {
             let Some(line) = raw.strip_suffix(b"\r") else {
-                syntax = syntax.or(Some("bare_lf"));
+                syntax = syntax.or(Some(MalformedReason::BareLf));
                 continue;
             };
             if line.is_empty() {
                 continue;
             }
             if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-                syntax = syntax.or(Some("obsolete_line_folding"));
+                syntax = syntax.or(Some(MalformedReason::ObsoleteLineFolding));
                 continue;
             }
             let Some(colon) = line.iter().position(|b| *b == b':') else {
-                syntax = syntax.or(Some("invalid_header_name"));
+                syntax = syntax.or(Some(MalformedReason::InvalidHeaderName));
                 continue;
             };
             let (name, value) = line.split_at(colon);
             let value = value.get(1..).unwrap_or_default();
             if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
-                syntax = syntax.or(Some("invalid_header_name"));
+                syntax = syntax.or(Some(MalformedReason::InvalidHeaderName));
                 continue;
             }
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -251,8 +252,8 @@ impl FramingScanner {
             }
         }
         let verdict = match (lengths.len(), transfer_encoding) {
-            (n, true) if n > 0 => Some("content_length_and_transfer_encoding"),
-            (n, _) if n > 1 => Some("duplicate_content_length"),
+            (n, true) if n > 0 => Some(MalformedReason::ContentLengthAndTransferEncoding),
+            (n, _) if n > 1 => Some(MalformedReason::DuplicateContentLength),
             _ => syntax,
         };
         self.verdicts.push_back(verdict);
@@ -302,18 +303,18 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// The request-target rules, on the raw request line (`METHOD SP target SP version CR`).
-fn target_violation(line: &[u8]) -> Option<&'static str> {
+fn target_violation(line: &[u8]) -> Option<MalformedReason> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.splitn(3, |b| *b == b' ');
     let (method, target) = (parts.next()?, parts.next()?);
     if target.iter().any(|b| !(0x21..=0x7e).contains(b)) {
-        return Some("invalid_target_byte");
+        return Some(MalformedReason::InvalidTargetByte);
     }
     if target.contains(&b'#') {
-        return Some("fragment_in_target");
+        return Some(MalformedReason::FragmentInTarget);
     }
     if target == b"*" && method != b"OPTIONS" {
-        return Some("asterisk_target");
+        return Some(MalformedReason::AsteriskTarget);
     }
     None
 }
@@ -327,7 +328,9 @@ mod tests {
         for chunk in stream.chunks(split.max(1)) {
             scanner.feed(chunk);
         }
-        std::iter::from_fn(|| scanner.next_verdict()).collect()
+        std::iter::from_fn(|| scanner.next_verdict())
+            .map(|verdict| verdict.map(MalformedReason::as_str))
+            .collect()
     }
 
     const PIPELINE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\

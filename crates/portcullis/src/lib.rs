@@ -37,6 +37,7 @@ pub mod normalize;
 pub mod outbound;
 pub mod problem;
 pub mod ratelimit;
+pub mod reason;
 pub mod request_id;
 pub mod respond;
 pub mod route;

@@ -5,6 +5,7 @@
 use crate::denial::{Denial, DenialOr};
 use crate::framing::FramingViolation;
 use crate::net::TrustedProxies;
+use crate::reason::{HeaderLimit, MalformedReason};
 use crate::scope::{ClientIp, LocalAddr, PeerAddr, RequestScope};
 use crate::timeout::BodyProgress;
 use bytes::Bytes;
@@ -104,7 +105,7 @@ where
     }
 }
 
-fn malformed(reason: &'static str, detail: impl Into<String>, close: bool) -> Denial {
+fn malformed(reason: MalformedReason, detail: impl Into<String>, close: bool) -> Denial {
     Denial::Malformed {
         reason,
         detail: detail.into(),
@@ -131,7 +132,7 @@ where
     check_header_size(settings, &parts.headers)?;
     if let Some(FramingViolation(reason)) = parts.extensions.get::<FramingViolation>() {
         return Err(malformed(
-            reason,
+            *reason,
             "ambiguous message framing on the wire",
             true,
         ));
@@ -190,25 +191,35 @@ fn check_host(settings: &NormalizeSettings, parts: &http::request::Parts) -> Res
     let mut fields = parts.headers.get_all(header::HOST).iter();
     let host = fields.next();
     if fields.next().is_some() {
-        return Err(malformed("duplicate_host", "several Host fields", true));
+        return Err(malformed(
+            MalformedReason::DuplicateHost,
+            "several Host fields",
+            true,
+        ));
     }
     let host = match host {
         None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| malformed("invalid_host", "Host is not visible ASCII", true))?,
-        ),
+        Some(value) => Some(value.to_str().map_err(|_| {
+            malformed(
+                MalformedReason::InvalidHost,
+                "Host is not visible ASCII",
+                true,
+            )
+        })?),
     };
     let authority = parts.uri.authority().map(|a| a.as_str());
     if host.is_some_and(|h| h.contains('@')) || authority.is_some_and(|a| a.contains('@')) {
-        return Err(malformed("userinfo_in_host", "userinfo in the host", true));
+        return Err(malformed(
+            MalformedReason::UserinfoInHost,
+            "userinfo in the host",
+            true,
+        ));
     }
     if let (Some(host), Some(authority)) = (host, authority)
         && !host.eq_ignore_ascii_case(authority)
     {
         return Err(malformed(
-            "host_mismatch",
+            MalformedReason::HostMismatch,
             "Host differs from the request target's authority",
             true,
         ));
@@ -257,7 +268,7 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 fn check_header_size(settings: &NormalizeSettings, headers: &HeaderMap) -> Result<(), Denial> {
     if headers.len() > settings.max_header_count {
         return Err(Denial::HeadersTooLarge {
-            reason: "header_count",
+            reason: HeaderLimit::Count,
         });
     }
     // name + ": " + value + CRLF, as on the wire in HTTP/1.1.
@@ -267,7 +278,7 @@ fn check_header_size(settings: &NormalizeSettings, headers: &HeaderMap) -> Resul
         .sum();
     if bytes > settings.max_header_bytes {
         return Err(Denial::HeadersTooLarge {
-            reason: "header_bytes",
+            reason: HeaderLimit::Bytes,
         });
     }
     Ok(())
@@ -280,14 +291,14 @@ fn check_framing(headers: &HeaderMap) -> Result<Option<u64>, Denial> {
     let first = lengths.next();
     if lengths.next().is_some() {
         return Err(malformed(
-            "duplicate_content_length",
+            MalformedReason::DuplicateContentLength,
             "several Content-Length fields",
             true,
         ));
     }
     if first.is_some() && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(malformed(
-            "content_length_and_transfer_encoding",
+            MalformedReason::ContentLengthAndTransferEncoding,
             "both Content-Length and Transfer-Encoding",
             true,
         ));
@@ -300,7 +311,13 @@ fn check_framing(headers: &HeaderMap) -> Result<Option<u64>, Denial> {
             .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|v| v.parse::<u64>().ok())
             .map(Some)
-            .ok_or_else(|| malformed("invalid_content_length", "unparsable Content-Length", true)),
+            .ok_or_else(|| {
+                malformed(
+                    MalformedReason::InvalidContentLength,
+                    "unparsable Content-Length",
+                    true,
+                )
+            }),
     }
 }
 
@@ -340,12 +357,20 @@ fn with_path(uri: &Uri, path: &str) -> Result<Uri, Denial> {
         None => path.to_string(),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| malformed("invalid_path", "path not representable", false))?,
-    );
-    Uri::from_parts(parts).map_err(|_| malformed("invalid_path", "path not representable", false))
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| {
+        malformed(
+            MalformedReason::InvalidPath,
+            "path not representable",
+            false,
+        )
+    })?);
+    Uri::from_parts(parts).map_err(|_| {
+        malformed(
+            MalformedReason::InvalidPath,
+            "path not representable",
+            false,
+        )
+    })
 }
 
 /// The canonical form of a request path, or the reason it is refused.
@@ -359,7 +384,7 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(malformed(
-            "not_origin_form",
+            MalformedReason::NotOriginForm,
             "path does not start with /",
             false,
         ));
@@ -377,26 +402,50 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'\\' => return Err(malformed("backslash", "backslash in path", false)),
-            b';' => return Err(malformed("path_parameter", "; path parameter", false)),
+            b'\\' => {
+                return Err(malformed(
+                    MalformedReason::Backslash,
+                    "backslash in path",
+                    false,
+                ));
+            }
+            b';' => {
+                return Err(malformed(
+                    MalformedReason::PathParameter,
+                    "; path parameter",
+                    false,
+                ));
+            }
             b'%' => {
                 let hi = bytes.get(i + 1).and_then(|h| (*h as char).to_digit(16));
                 let lo = bytes.get(i + 2).and_then(|h| (*h as char).to_digit(16));
                 let (Some(hi), Some(lo)) = (hi, lo) else {
                     return Err(malformed(
-                        "bad_percent_encoding",
+                        MalformedReason::BadPercentEncoding,
                         "truncated % escape",
                         false,
                     ));
                 };
                 let v = (hi * 16 + lo) as u8;
                 match v {
-                    b'/' => return Err(malformed("encoded_slash", "%2F in path", false)),
-                    b'\\' => return Err(malformed("encoded_backslash", "%5C in path", false)),
-                    0 => return Err(malformed("nul_byte", "NUL in path", false)),
+                    b'/' => {
+                        return Err(malformed(
+                            MalformedReason::EncodedSlash,
+                            "%2F in path",
+                            false,
+                        ));
+                    }
+                    b'\\' => {
+                        return Err(malformed(
+                            MalformedReason::EncodedBackslash,
+                            "%5C in path",
+                            false,
+                        ));
+                    }
+                    0 => return Err(malformed(MalformedReason::NulByte, "NUL in path", false)),
                     v if v.is_ascii_control() => {
                         return Err(malformed(
-                            "control_character",
+                            MalformedReason::ControlCharacter,
                             "control character in path",
                             false,
                         ));
@@ -413,7 +462,7 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
             }
             b if b.is_ascii_control() => {
                 return Err(malformed(
-                    "control_character",
+                    MalformedReason::ControlCharacter,
                     "control character in path",
                     false,
                 ));
@@ -436,7 +485,7 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, Denial> {
     }
     if std::str::from_utf8(&decoded).is_err() {
         return Err(malformed(
-            "invalid_utf8",
+            MalformedReason::InvalidUtf8,
             "escapes are not valid UTF-8",
             false,
         ));
@@ -465,7 +514,7 @@ fn resolve_dot_segments(path: &str) -> Result<String, Denial> {
             ".." => {
                 if segments.pop().is_none() {
                     return Err(malformed(
-                        "escapes_root",
+                        MalformedReason::EscapesRoot,
                         "path climbs above the root",
                         false,
                     ));

@@ -4,6 +4,7 @@
 use super::mtls::{ClientIdentity, IdentityPattern, any_matches};
 use super::{Authenticator, Principal};
 use crate::denial::Denial;
+use crate::reason::{AuthFailure, CredentialProblem, ForbiddenReason};
 use crate::route::RouteMatch;
 use crate::scope::RequestScope;
 use http::{HeaderName, HeaderValue, Method, Request, header};
@@ -138,9 +139,9 @@ impl<S: Clone, T> Clone for Authenticate<S, T> {
     }
 }
 
-fn unauthenticated(reason: &'static str, detail: impl Into<String>) -> Denial {
+fn unauthenticated(problem: CredentialProblem, detail: impl Into<String>) -> Denial {
     Denial::Unauthenticated {
-        reason,
+        reason: AuthFailure::Credential(problem),
         detail: detail.into(),
     }
 }
@@ -150,11 +151,11 @@ fn unauthenticated(reason: &'static str, detail: impl Into<String>) -> Denial {
 fn identity_refused(identity: Option<&Arc<ClientIdentity>>) -> Denial {
     let (reason, detail) = match identity {
         None => (
-            "client_certificate_required",
+            ForbiddenReason::ClientCertificateRequired,
             "no client certificate".to_string(),
         ),
         Some(identity) => (
-            "client_identity_mismatch",
+            ForbiddenReason::ClientIdentityMismatch,
             format!(
                 "client certificate {} ({}) matches none of the route's identities",
                 identity.spiffe_id.as_deref().unwrap_or(&identity.subject),
@@ -178,7 +179,7 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
             .any(|kv| kv.split('=').next() == Some("access_token"))
     {
         return Err(unauthenticated(
-            "token_in_query",
+            CredentialProblem::TokenInQuery,
             "access_token in the query string",
         ));
     }
@@ -188,23 +189,29 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
     };
     if values.next().is_some() {
         return Err(unauthenticated(
-            "multiple_credentials",
+            CredentialProblem::MultipleCredentials,
             "several Authorization headers",
         ));
     }
-    let value = value
-        .to_str()
-        .map_err(|_| unauthenticated("malformed_token", "non-ASCII Authorization header"))?;
+    let value = value.to_str().map_err(|_| {
+        unauthenticated(
+            CredentialProblem::MalformedHeader,
+            "non-ASCII Authorization header",
+        )
+    })?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(unauthenticated(
-            "unsupported_scheme",
+            CredentialProblem::UnsupportedScheme,
             "Authorization scheme is not Bearer",
         ));
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(unauthenticated("malformed_token", "empty bearer token"));
+        return Err(unauthenticated(
+            CredentialProblem::MalformedHeader,
+            "empty bearer token",
+        ));
     }
     Ok(Some(token.to_string()))
 }
@@ -318,12 +325,17 @@ where
                     if mode == AuthMode::Optional {
                         return inner.call(req).await;
                     }
-                    return Err(unauthenticated("missing_token", "no bearer token"));
+                    return Err(unauthenticated(
+                        CredentialProblem::MissingToken,
+                        "no bearer token",
+                    ));
                 };
-                let principal = authenticator
-                    .authenticate(&token)
-                    .await
-                    .map_err(|e| unauthenticated(e.reason(), e.to_string()))?;
+                let principal = authenticator.authenticate(&token).await.map_err(|e| {
+                    Denial::Unauthenticated {
+                        detail: e.to_string(),
+                        reason: AuthFailure::Token(e),
+                    }
+                })?;
                 if let Some(scope) = req.extensions().get::<Arc<RequestScope>>()
                     && let Some(sub) = &principal.subject
                 {

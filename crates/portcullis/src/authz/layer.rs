@@ -5,6 +5,7 @@ use super::{Authorizer, OnError, RequestFacts, RouteAuthorization, policy_input,
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
 use crate::denial::Denial;
+use crate::reason::ForbiddenReason;
 use crate::request_id::RequestId;
 use crate::route::RouteMatch;
 use crate::scope::ClientIp;
@@ -102,7 +103,7 @@ where
         let authorizer = self.authorizer.clone();
         let future: BoxFuture<S::Response> = Box::pin(async move {
             let settings = route.route.target.authz().cloned().unwrap_or_default();
-            let refuse = |reason: &'static str, detail: String| Denial::Forbidden {
+            let refuse = |reason: ForbiddenReason, detail: String| Denial::Forbidden {
                 reason,
                 detail,
                 required_action: String::new(),
@@ -110,7 +111,7 @@ where
             };
             let Some(authorizer) = authorizer else {
                 return Err(refuse(
-                    "no_policy",
+                    ForbiddenReason::NoPolicy,
                     "protected route without a policy".into(),
                 ));
             };
@@ -159,7 +160,7 @@ where
             match outcome {
                 Ok(decision) if decision.allow => inner.call(req).await,
                 Ok(decision) => Err(Denial::Forbidden {
-                    reason: "policy_denied",
+                    reason: ForbiddenReason::PolicyDenied,
                     detail: if decision.reasons.is_empty() {
                         "denied by policy".into()
                     } else {

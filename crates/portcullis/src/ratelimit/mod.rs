@@ -7,6 +7,7 @@ pub mod store;
 
 use crate::authn::{AuthFuture, Principal};
 use crate::denial::Denial;
+use crate::reason::RateLimitReason;
 use crate::route::RouteMatch;
 use crate::scope::{ClientIp, PeerAddr};
 use crate::threat::{self, ClientTracker, ThreatScore, ThreatSettings};
@@ -87,7 +88,7 @@ fn whole_seconds(d: Duration) -> u64 {
 
 /// The refusal for a limit or a threat score.
 fn refusal(
-    reason: &'static str,
+    reason: RateLimitReason,
     verdict: Option<&Verdict>,
     name: &str,
     retry: Duration,
@@ -170,7 +171,7 @@ where
             if view.locked_for > 0 {
                 let retry = Duration::from_secs(view.locked_for);
                 return Err(refusal(
-                    "auth_lockout",
+                    RateLimitReason::AuthLockout,
                     None,
                     "auth_failures",
                     retry,
@@ -179,7 +180,7 @@ where
             }
             if threat.score >= limits.settings.block_score {
                 return Err(refusal(
-                    "threat_block",
+                    RateLimitReason::ThreatBlock,
                     None,
                     "threat",
                     Duration::from_secs(60),
@@ -189,7 +190,7 @@ where
             req.extensions_mut().insert(threat);
             let result = inner.call(req).await;
             match &result {
-                Err(Denial::Unauthenticated { reason, .. }) if *reason != "missing_token" => {
+                Err(Denial::Unauthenticated { reason, .. }) if !reason.is_missing() => {
                     limits.tracker.auth_failure(ip)
                 }
                 Err(
@@ -330,7 +331,7 @@ where
                     .await
                     .map_err(|_| {
                         refusal(
-                            "store_unavailable",
+                            RateLimitReason::StoreUnavailable,
                             None,
                             &rule.name,
                             Duration::from_secs(1),
@@ -339,9 +340,9 @@ where
                     })?;
                 if !verdict.allowed {
                     let reason = if threat.score > 50 {
-                        "rate_limit_suspicious"
+                        RateLimitReason::RateLimitSuspicious
                     } else {
-                        "rate_limit"
+                        RateLimitReason::RateLimit
                     };
                     return Err(refusal(
                         reason,
@@ -456,7 +457,7 @@ mod layer_tests {
             matches!(
                 refused,
                 Some(Denial::RateLimited {
-                    reason: "auth_lockout",
+                    reason: RateLimitReason::AuthLockout,
                     ..
                 })
             ),
@@ -500,7 +501,7 @@ mod layer_tests {
             matches!(
                 refused,
                 Some(Denial::RateLimited {
-                    reason: "rate_limit",
+                    reason: RateLimitReason::RateLimit,
                     ..
                 })
             ),

@@ -9,6 +9,7 @@ use super::{ContractSettings, FieldError};
 use crate::denial::Denial;
 use crate::discovery::{EndpointStats, Inventory};
 use crate::json::{JsonError, JsonLimits, parse_strict};
+use crate::reason::MediaTypeReason;
 use http::Method;
 use serde_json::Value;
 use std::path::Path;
@@ -123,13 +124,13 @@ impl Operation {
     ) -> Result<(), Denial> {
         let media = super::media::parse_content_type(content_type).map_err(|e| {
             Denial::UnsupportedMediaType {
-                reason: e.as_str(),
+                reason: e.reason(),
                 detail: "the Content-Type is malformed".into(),
             }
         })?;
         let specs = self.body.as_ref().map_or(&[][..], |b| b.media.as_slice());
         let index = best_match(specs, &media).ok_or_else(|| Denial::UnsupportedMediaType {
-            reason: "content_type_undeclared",
+            reason: MediaTypeReason::Undeclared,
             detail: format!("not declared for operation {}", self.id),
         })?;
         self.check_buffered_body(index, body, limits)

@@ -12,6 +12,7 @@ use crate::event::request_event;
 use crate::event::{EventBus, EventType, Severity};
 use crate::json::{JsonLimits, parse_strict};
 use crate::normalize::BodyTrip;
+use crate::reason::{MalformedReason, MediaTypeReason, ResponseReason};
 use crate::scope::RequestScope;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header};
@@ -336,7 +337,7 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
             return Ok(BodyPlan::Stream);
         }
         return Err(Denial::UnsupportedMediaType {
-            reason: "unexpected_body",
+            reason: MediaTypeReason::UnexpectedBody,
             detail: format!("operation {} declares no request body", op.id),
         });
     };
@@ -353,21 +354,21 @@ fn plan_body(op: &Operation, headers: &HeaderMap, empty: bool) -> Result<BodyPla
     let mut values = headers.get_all(header::CONTENT_TYPE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Denial::UnsupportedMediaType {
-            reason: "content_type_missing_or_repeated",
+            reason: MediaTypeReason::MissingOrRepeated,
             detail: "a body needs exactly one Content-Type".into(),
         });
     };
     let media = value
         .to_str()
-        .map_err(|_| "content_type_syntax")
-        .and_then(|text| parse_content_type(text).map_err(|e| e.as_str()))
+        .map_err(|_| MediaTypeReason::Syntax)
+        .and_then(|text| parse_content_type(text).map_err(|e| e.reason()))
         .map_err(|reason| Denial::UnsupportedMediaType {
             reason,
             detail: "the Content-Type is malformed or names a charset other than UTF-8".into(),
         })?;
     let Some(index) = best_match(&spec.media, &media) else {
         return Err(Denial::UnsupportedMediaType {
-            reason: "content_type_undeclared",
+            reason: MediaTypeReason::Undeclared,
             detail: format!(
                 "{}/{} is not declared for operation {}",
                 media.kind, media.subtype, op.id
@@ -407,7 +408,7 @@ where
                     Denial::BodyTooLarge { limit: max as u64 }
                 } else {
                     Denial::Malformed {
-                        reason: "body_read_error",
+                        reason: MalformedReason::BodyReadError,
                         detail: error.to_string(),
                         close: true,
                     }
@@ -438,7 +439,10 @@ async fn check_response(
     let violation = |reason, detail: String| Some(Denial::ResponseRejected { reason, detail });
     let Some(spec) = op.response(status) else {
         let detail = format!("status {status} is not documented for operation {}", op.id);
-        return Ok((response, violation("response_undeclared_status", detail)));
+        return Ok((
+            response,
+            violation(ResponseReason::UndeclaredStatus, detail),
+        ));
     };
     if spec.media.is_empty() || response.body().is_end_stream() {
         return Ok((response, None));
@@ -459,7 +463,7 @@ async fn check_response(
         );
         return Ok((
             response,
-            violation("response_undeclared_content_type", detail),
+            violation(ResponseReason::UndeclaredContentType, detail),
         ));
     };
     let Some(schema) = &declared.schema else {
@@ -487,7 +491,7 @@ async fn check_response(
                     let detail = format!("response over {max} bytes could not be checked");
                     return Ok((
                         Response::from_parts(parts, replay),
-                        violation("response_too_large", detail),
+                        violation(ResponseReason::TooLarge, detail),
                     ));
                 }
             }
@@ -503,10 +507,10 @@ async fn check_response(
         max_string_bytes: max,
     };
     let found = match parse_strict(&bytes, limits) {
-        Err(e) => violation("response_invalid_json", format!("response body: {e}")),
+        Err(e) => violation(ResponseReason::InvalidJson, format!("response body: {e}")),
         Ok(value) if !schema.is_valid(&value) => {
             let errors = schema.errors(&value, "");
-            violation("response_schema", crate::problem::describe(&errors))
+            violation(ResponseReason::Schema, crate::problem::describe(&errors))
         }
         Ok(_) => None,
     };

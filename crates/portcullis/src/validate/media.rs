@@ -2,6 +2,7 @@
 //! duplicate parameters, UTF-8 only for JSON) and matching it against the media ranges an
 //! operation declares.
 
+use crate::reason::MediaTypeReason;
 /// A parsed media type or range, lowercased, without parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MediaType {
@@ -55,11 +56,12 @@ pub(crate) enum ContentTypeError {
 }
 
 impl ContentTypeError {
-    pub fn as_str(self) -> &'static str {
+    /// The refusal reason for this error.
+    pub(crate) fn reason(self) -> MediaTypeReason {
         match self {
-            ContentTypeError::Syntax => "content_type_syntax",
-            ContentTypeError::DuplicateParameter => "content_type_duplicate_parameter",
-            ContentTypeError::Charset => "content_type_charset",
+            ContentTypeError::Syntax => MediaTypeReason::Syntax,
+            ContentTypeError::DuplicateParameter => MediaTypeReason::DuplicateParameter,
+            ContentTypeError::Charset => MediaTypeReason::Charset,
         }
     }
 }
