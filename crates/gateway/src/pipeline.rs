@@ -1,6 +1,6 @@
 //! The request pipeline, built in request order from a compiled configuration.
 
-use crate::config::{GatewayConfig, RouteTarget};
+use crate::config::GatewayConfig;
 use crate::proxy::Proxy;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
@@ -21,15 +21,7 @@ pub type Pipeline = Respond<
         Normalize<
             Cors<
                 Router<
-                    OperationMatcher<
-                        Screen<
-                            Authenticate<
-                                RateLimit<Authorize<Validate<Proxy>, RouteTarget>, RouteTarget>,
-                                RouteTarget,
-                            >,
-                        >,
-                    >,
-                    RouteTarget,
+                    OperationMatcher<Screen<Authenticate<RateLimit<Authorize<Validate<Proxy>>>>>>,
                 >,
             >,
         >,
@@ -77,5 +69,9 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         // Only now, for a caller allowed to call it, the API's contract: parameters,
         // content type, strict JSON and its schema (and the response, when asked).
         .layer(ValidateLayer::new(operations))
-        .service(Proxy::new(trusted, config.mask_upstream_errors))
+        .service(Proxy::new(
+            trusted,
+            config.upstreams.clone(),
+            config.mask_upstream_errors,
+        ))
 }

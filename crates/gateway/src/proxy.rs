@@ -1,7 +1,7 @@
 //! Forwarding to upstreams: a pooled keep-alive client, the upstream URI, forwarding
 //! headers, per-upstream timeouts, and transport failures turned into [`Denial`]s.
 
-use crate::config::{HostRule, RouteTarget};
+use crate::config::{HostRule, UpstreamMap};
 use crate::upstream_pool::{ProxyBody, UpstreamClient};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -24,15 +24,21 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Proxy {
     trusted: Arc<TrustedProxies>,
+    upstreams: Arc<UpstreamMap>,
     mask_errors: bool,
 }
 
 impl Proxy {
     /// A proxy believing forwarding headers only from `trusted` peers; with `mask_errors`,
     /// upstream 5xx answers are replaced by a generic problem.
-    pub fn new(trusted: Arc<TrustedProxies>, mask_errors: bool) -> Self {
+    pub fn new(
+        trusted: Arc<TrustedProxies>,
+        upstreams: Arc<UpstreamMap>,
+        mask_errors: bool,
+    ) -> Self {
         Proxy {
             trusted,
+            upstreams,
             mask_errors,
         }
     }
@@ -79,7 +85,7 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let prepared = prepare(req, &self.trusted);
+        let prepared = prepare(req, &self.trusted, &self.upstreams);
         let mask_errors = self.mask_errors;
         Box::pin(async move {
             let (req, client, upstream, timeout, trip) = prepared?;
@@ -122,11 +128,19 @@ type Prepared = (
     BodyTrip,
 );
 
-fn prepare(mut req: Request<ProxyBody>, trusted: &TrustedProxies) -> Result<Prepared, Denial> {
-    let Some(matched) = req.extensions_mut().remove::<RouteMatch<RouteTarget>>() else {
+fn prepare(
+    mut req: Request<ProxyBody>,
+    trusted: &TrustedProxies,
+    upstreams: &UpstreamMap,
+) -> Result<Prepared, Denial> {
+    // Compiled together: a route names only upstreams of its own configuration.
+    let Some(upstream) = req
+        .extensions_mut()
+        .remove::<RouteMatch>()
+        .and_then(|matched| upstreams.get(&matched.route.upstream))
+    else {
         return Err(Denial::NoRoute);
     };
-    let upstream = &matched.route.target.upstream;
     let trip = req
         .extensions()
         .get::<BodyTrip>()

@@ -9,7 +9,8 @@
 
 #![deny(clippy::arithmetic_side_effects)]
 
-use crate::denial::{Denial, DenialOr};
+use crate::denial::Denial;
+use crate::future::ResponseFuture;
 use crate::reason::ForbiddenReason;
 use crate::route::PathPattern;
 use crate::scope::RequestScope;
@@ -95,7 +96,7 @@ where
 {
     type Response = Response<crate::body::Body>;
     type Error = Denial;
-    type Future = DenialOr<S::Future, Response<crate::body::Body>>;
+    type Future = ResponseFuture<S::Future, Response<crate::body::Body>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -107,7 +108,7 @@ where
             .iter()
             .find(|r| r.pattern.matches(req.uri().path()).is_some())
         else {
-            return DenialOr::inner(self.inner.call(req));
+            return ResponseFuture::inner(self.inner.call(req));
         };
         let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
         let origin = req
@@ -136,9 +137,9 @@ where
                     let mut response = Response::new(crate::body::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;
                     response.extensions_mut().insert(PreflightAnswered);
-                    DenialOr::ready(response)
+                    ResponseFuture::ready(response)
                 }
-                Err(refusal) => DenialOr::denied(Denial::Forbidden {
+                Err(refusal) => ResponseFuture::denied(Denial::Forbidden {
                     reason: ForbiddenReason::CorsPreflightRefused,
                     detail: refusal.to_string(),
                     required_action: String::new(),
@@ -166,7 +167,7 @@ where
         if let Some(scope) = &scope {
             scope.set_cors(headers);
         }
-        DenialOr::inner(self.inner.call(req))
+        ResponseFuture::inner(self.inner.call(req))
     }
 }
 

@@ -10,9 +10,6 @@ pub use crate::reason::{
 };
 use crate::request_id::RequestId;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 /// Why the gateway refused a request (or could not complete it).
 ///
@@ -554,59 +551,6 @@ impl Denial {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of a layer that either refused at once or called its inner service.
-    pub struct DenialOr<F, T> {
-        #[pin]
-        future: Option<F>,
-        ready: Option<Result<T, Denial>>,
-    }
-}
-
-impl<F, T> DenialOr<F, T> {
-    /// A future that resolves to the given refusal.
-    pub fn denied(denial: Denial) -> Self {
-        DenialOr {
-            future: None,
-            ready: Some(Err(denial)),
-        }
-    }
-
-    /// A future that resolves to an answer the layer made itself (a CORS preflight).
-    pub fn ready(response: T) -> Self {
-        DenialOr {
-            future: None,
-            ready: Some(Ok(response)),
-        }
-    }
-
-    /// A future that waits on the inner service.
-    pub fn inner(future: F) -> Self {
-        DenialOr {
-            future: Some(future),
-            ready: None,
-        }
-    }
-}
-
-impl<F, T> Future for DenialOr<F, T>
-where
-    F: Future<Output = Result<T, Denial>>,
-{
-    type Output = Result<T, Denial>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.future.as_pin_mut() {
-            Some(future) => future.poll(cx),
-            None => match this.ready.take() {
-                Some(result) => Poll::Ready(result),
-                None => Poll::Pending,
-            },
-        }
     }
 }
 

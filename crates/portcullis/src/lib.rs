@@ -30,6 +30,7 @@ pub mod denial;
 pub mod discovery;
 pub mod event;
 pub mod framing;
+pub mod future;
 pub mod headers;
 pub mod json;
 pub mod net;

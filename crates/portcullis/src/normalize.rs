@@ -2,8 +2,9 @@
 //! head, refuses ambiguous framing and paths, resolves the client address, rewrites the
 //! path to its canonical form, strips hop-by-hop headers and guards the body stream.
 
-use crate::denial::{Denial, DenialOr};
+use crate::denial::Denial;
 use crate::framing::FramingViolation;
+use crate::future::ResponseFuture;
 use crate::net::TrustedProxies;
 use crate::reason::{HeaderLimit, MalformedReason};
 use crate::scope::{ClientIp, LocalAddr, PeerAddr, RequestScope};
@@ -91,7 +92,7 @@ where
 {
     type Response = R;
     type Error = Denial;
-    type Future = DenialOr<S::Future, R>;
+    type Future = ResponseFuture<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -99,8 +100,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match prepare(&self.settings, req) {
-            Ok(req) => DenialOr::inner(self.inner.call(req)),
-            Err(denial) => DenialOr::denied(denial),
+            Ok(req) => ResponseFuture::inner(self.inner.call(req)),
+            Err(denial) => ResponseFuture::denied(denial),
         }
     }
 }

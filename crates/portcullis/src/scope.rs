@@ -1,5 +1,11 @@
 //! [`RequestScope`]: what the layers learn about one request, shared with the outermost
 //! layer so that it can describe the request in the security event and in metrics.
+//!
+//! What a layer proves for the layers *after* it travels as a typed request extension (the
+//! `RouteMatch`, the `Principal`, the client address). The scope is the one other channel,
+//! and it runs the other way: the outermost `Respond` layer gave the request away and gets
+//! back only a response or a `Denial`, so the facts it must put in the event (route, operation, user,
+//! client address) are written here, once each, by the layer that established them.
 
 use crate::request_id::RequestId;
 use http::Method;

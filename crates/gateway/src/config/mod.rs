@@ -17,15 +17,13 @@ pub use tls::WatchedCert;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Uri};
 use portcullis::authn::mtls::IdentityPattern;
-use portcullis::authn::{
-    AuthMode, Authenticator, ForwardSettings, RouteAuth, RouteSecurity, ScopeRule,
-};
-use portcullis::authz::{Authorizer, RouteAuthorization, RouteAuthz};
+use portcullis::authn::{AuthMode, Authenticator, ForwardSettings, RouteAuth, ScopeRule};
+use portcullis::authz::{Authorizer, RouteAuthz};
 use portcullis::event::EventSink;
 use portcullis::headers::SecurityHeaders;
 use portcullis::net::{IpNet, TrustedProxies};
 use portcullis::normalize::NormalizeSettings;
-use portcullis::route::{PathPattern, Route, RouteTable};
+use portcullis::route::{PathPattern, Route, RoutePolicy, RouteTable};
 use raw::{RawConfig, Text, Unsupported};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -145,36 +143,8 @@ pub struct Upstream {
     )>,
 }
 
-/// What a route leads to.
-#[derive(Debug)]
-pub struct RouteTarget {
-    /// The upstream requests on this route are forwarded to.
-    pub upstream: Arc<Upstream>,
-    /// Who may call it.
-    pub auth: RouteAuth,
-    /// What the policy is asked (`None` on public routes).
-    pub authz: Option<RouteAuthz>,
-    /// The route's own rate limit, on top of the default.
-    pub limit: Option<portcullis::ratelimit::LimitRule>,
-}
-
-impl portcullis::ratelimit::RouteLimit for RouteTarget {
-    fn limit(&self) -> Option<&portcullis::ratelimit::LimitRule> {
-        self.limit.as_ref()
-    }
-}
-
-impl RouteAuthorization for RouteTarget {
-    fn authz(&self) -> Option<&RouteAuthz> {
-        self.authz.as_ref()
-    }
-}
-
-impl RouteSecurity for RouteTarget {
-    fn auth(&self) -> &RouteAuth {
-        &self.auth
-    }
-}
+/// Every upstream by name: where the proxy sends what a route names.
+pub type UpstreamMap = std::collections::BTreeMap<Arc<str>, Arc<Upstream>>;
 
 /// The admin listener's settings.
 #[derive(Debug, Clone)]
@@ -232,7 +202,7 @@ pub struct GatewayConfig {
     /// problem, their body only the event.
     pub mask_upstream_errors: bool,
     /// Every upstream, by name.
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Arc<UpstreamMap>,
     /// The admin listener, when configured.
     pub admin: Option<AdminSettings>,
     /// Connection-level limits.
@@ -242,7 +212,7 @@ pub struct GatewayConfig {
     /// Request normalisation settings.
     pub normalize: Arc<NormalizeSettings>,
     /// The routes, first match wins.
-    pub routes: Arc<RouteTable<RouteTarget>>,
+    pub routes: Arc<RouteTable>,
     /// The `cors` rules, first match wins.
     pub cors: Arc<[portcullis::cors::CorsRule]>,
     /// Response security headers.
@@ -279,7 +249,7 @@ impl GatewayConfig {
     /// Makes this configuration's certificates the ones presented: called when it starts
     /// serving (never for a configuration that was refused).
     pub fn activate(&self) {
-        for upstream in &self.upstreams {
+        for upstream in self.upstreams.values() {
             if let Some((holder, key)) = &upstream.client_cert {
                 holder.replace(key.clone());
             }
@@ -630,7 +600,7 @@ fn compile(
                 .is_some_and(|t| t.value.client_ca.is_some()),
         };
         if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
-            if route.target.auth.mode == AuthMode::None {
+            if route.policy.auth.mode == AuthMode::None {
                 warnings.push(Problem {
                     path: format!("routes[{i}]"),
                     line: raw
@@ -722,7 +692,12 @@ fn compile(
         tls: listen_tls,
         mask_upstream_errors,
         certificates: cert_facts.certs,
-        upstreams: upstreams.values().cloned().collect(),
+        upstreams: Arc::new(
+            upstreams
+                .iter()
+                .map(|(name, upstream)| (Arc::from(*name), upstream.clone()))
+                .collect(),
+        ),
         admin,
         server,
         request_timeout,
@@ -897,7 +872,7 @@ fn compile_route(
     context: RouteContext,
     resolver: &secret::Resolver,
     problems: &mut Problems,
-) -> Option<Route<RouteTarget>> {
+) -> Option<Route> {
     let path = format!("routes[{i}]");
     let route_line = line_of(&raw.matcher.referenced);
     let mode = match raw.auth.as_ref().map(|a| a.value.as_str()) {
@@ -1037,8 +1012,7 @@ fn compile_route(
         endpoint: Arc::from(endpoint),
         pattern: pattern?,
         methods,
-        target: RouteTarget {
-            upstream: upstream?,
+        policy: RoutePolicy {
             auth: RouteAuth {
                 mode,
                 scopes,
@@ -1047,6 +1021,7 @@ fn compile_route(
             authz,
             limit,
         },
+        upstream: Arc::from(upstream?.name.as_str()),
     })
 }
 

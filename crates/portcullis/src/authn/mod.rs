@@ -8,13 +8,12 @@ pub mod keys;
 mod layer;
 pub mod mtls;
 pub mod revocation;
+pub mod settings;
 pub mod sign;
 pub mod token;
 
-pub use layer::{
-    AuthFuture, AuthMode, Authenticate, AuthenticateLayer, ForwardSettings, RouteAuth,
-    RouteSecurity, ScopeRule,
-};
+pub use layer::{Authenticate, AuthenticateLayer};
+pub use settings::{AuthMode, ForwardSettings, RouteAuth, ScopeRule};
 
 use cache::TokenCache;
 use jwks::KeyStore;

@@ -1,108 +1,80 @@
 //! [`AuthorizeLayer`]: step-up, then a policy decision, recorded, on every request of a
 //! protected route.
 
-use super::{Authorizer, OnError, RequestFacts, RouteAuthorization, policy_input, record};
+use super::{Authorizer, OnError, RequestFacts, policy_input, record};
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
 use crate::denial::Denial;
+use crate::future::{BoxedResponse, ResponseFuture};
 use crate::reason::ForbiddenReason;
 use crate::request_id::RequestId;
 use crate::route::RouteMatch;
 use crate::scope::ClientIp;
 use http::Request;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 /// Decides every request on routes that have authorization settings.
-pub struct AuthorizeLayer<T> {
+#[derive(Clone)]
+pub struct AuthorizeLayer {
     authorizer: Option<Arc<Authorizer>>,
-    _target: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for AuthorizeLayer<T> {
-    fn clone(&self) -> Self {
-        AuthorizeLayer {
-            authorizer: self.authorizer.clone(),
-            _target: PhantomData,
-        }
-    }
-}
-
-impl<T> AuthorizeLayer<T> {
+impl AuthorizeLayer {
     /// A layer deciding with `authorizer`; with `None`, protected routes are refused (a
     /// protected route without a policy is a configuration error the gateway never runs).
     pub fn new(authorizer: Option<Arc<Authorizer>>) -> Self {
-        AuthorizeLayer {
-            authorizer,
-            _target: PhantomData,
-        }
+        AuthorizeLayer { authorizer }
     }
 }
 
-impl<S, T> Layer<S> for AuthorizeLayer<T> {
-    type Service = Authorize<S, T>;
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Authorize {
             inner,
             authorizer: self.authorizer.clone(),
-            _target: PhantomData,
         }
     }
 }
 
 /// The service produced by [`AuthorizeLayer`].
-pub struct Authorize<S, T> {
+#[derive(Clone)]
+pub struct Authorize<S> {
     inner: S,
     authorizer: Option<Arc<Authorizer>>,
-    _target: PhantomData<fn() -> T>,
 }
 
-impl<S: Clone, T> Clone for Authorize<S, T> {
-    fn clone(&self) -> Self {
-        Authorize {
-            inner: self.inner.clone(),
-            authorizer: self.authorizer.clone(),
-            _target: PhantomData,
-        }
-    }
-}
-
-type BoxFuture<R> = Pin<Box<dyn Future<Output = Result<R, Denial>> + Send>>;
-
-impl<S, T, B> Service<Request<B>> for Authorize<S, T>
+impl<S, B> Service<Request<B>> for Authorize<S>
 where
     S: Service<Request<B>, Error = Denial> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
-    T: RouteAuthorization + Send + Sync + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
     type Error = Denial;
-    type Future = crate::authn::AuthFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = req.extensions().get::<RouteMatch<T>>().cloned();
+        let route = req.extensions().get::<RouteMatch>().cloned();
         let Some(route) = route else {
-            return crate::authn::AuthFuture::ready(Err(Denial::NoRoute));
+            return ResponseFuture::denied(Denial::NoRoute);
         };
-        if route.route.target.authz().is_none() {
-            return crate::authn::AuthFuture::direct(self.inner.call(req));
+        if route.route.policy.authz.is_none() {
+            return ResponseFuture::inner(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authorizer = self.authorizer.clone();
-        let future: BoxFuture<S::Response> = Box::pin(async move {
-            let settings = route.route.target.authz().cloned().unwrap_or_default();
+        let future: BoxedResponse<S::Response> = Box::pin(async move {
+            let settings = route.route.policy.authz.clone().unwrap_or_default();
             let refuse = |reason: ForbiddenReason, detail: String| Denial::Forbidden {
                 reason,
                 detail,
@@ -180,7 +152,7 @@ where
                 }),
             }
         });
-        crate::authn::AuthFuture::boxed(future)
+        ResponseFuture::boxed(future)
     }
 }
 
@@ -190,17 +162,8 @@ mod tests {
     use crate::authz::engine::RegoPolicy;
     use crate::authz::{PolicyEngine, RouteAuthz};
     use crate::event::EventBus;
-    use crate::route::{PathPattern, Route};
-    use crate::test_support::{Counting, request};
+    use crate::test_support::{Counting, public_policy, request};
     use tower::{ServiceBuilder, ServiceExt};
-
-    struct Target(Option<RouteAuthz>);
-
-    impl RouteAuthorization for Target {
-        fn authz(&self) -> Option<&RouteAuthz> {
-            self.0.as_ref()
-        }
-    }
 
     fn authorizer(allow: bool) -> Arc<Authorizer> {
         let source = format!("package t\n\nallow := {allow}\n");
@@ -218,18 +181,16 @@ mod tests {
         method: &str,
         authz: Option<RouteAuthz>,
     ) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
-        let mut req = request(method, "/api/items/7");
-        let route = Route {
-            endpoint: Arc::from("/api/items/{id}"),
-            pattern: PathPattern::template("/api/items/{id}").unwrap(),
-            methods: None,
-            target: Target(authz),
+        let policy = crate::route::RoutePolicy {
+            authz,
+            ..public_policy()
         };
-        req.extensions_mut().insert(RouteMatch {
-            route: Arc::new(route),
-            params: vec![(Arc::from("id"), "7".to_string())],
-        });
-        req
+        crate::test_support::routed(
+            request(method, "/api/items/7"),
+            "/api/items/{id}",
+            policy,
+            &[("id", "7")],
+        )
     }
 
     #[tokio::test]
@@ -242,7 +203,7 @@ mod tests {
         };
         let layer = |authorizer| {
             ServiceBuilder::new()
-                .layer(AuthorizeLayer::<Target>::new(authorizer))
+                .layer(AuthorizeLayer::new(authorizer))
                 .service(stub.clone())
         };
         let reason = |result: Result<_, Denial>| result.err().map(|d| d.reason());

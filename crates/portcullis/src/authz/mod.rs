@@ -5,8 +5,10 @@ pub mod cedar;
 pub mod decision_log;
 pub mod engine;
 mod layer;
+pub mod settings;
 
 pub use layer::{Authorize, AuthorizeLayer};
+pub use settings::RouteAuthz;
 
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
@@ -17,23 +19,6 @@ use http::{HeaderMap, Method};
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// A route's authorization settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RouteAuthz {
-    /// The resource type in the policy input (and in the `<method>_<type>` action).
-    pub resource_type: String,
-    /// A template for the resource id, such as `{id}`; `None` means no id.
-    pub resource_id: Option<String>,
-    /// Methods that need proof of multi-factor authentication (step-up, RFC 9470).
-    pub require_mfa: Vec<Method>,
-}
-
-/// Implemented by route targets that carry authorization settings.
-pub trait RouteAuthorization {
-    /// The route's authorization settings; `None` for public routes (no decision).
-    fn authz(&self) -> Option<&RouteAuthz>;
-}
 
 /// Which engine decides.
 #[derive(Debug)]

@@ -3,51 +3,26 @@
 //! lowered for hostile-looking callers, in memory or shared through Redis.
 
 pub mod gcra;
+pub mod rule;
 pub mod store;
 
-use crate::authn::{AuthFuture, Principal};
+pub use rule::{LimitKey, LimitRule};
+
+use crate::authn::Principal;
 use crate::denial::Denial;
+use crate::future::ResponseFuture;
 use crate::reason::RateLimitReason;
 use crate::route::RouteMatch;
 use crate::scope::{ClientIp, PeerAddr};
 use crate::threat::{self, ClientTracker, ThreatScore, ThreatSettings};
-use gcra::{Quota, Verdict};
+use gcra::Verdict;
 use http::{HeaderValue, Request, Response};
-use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use store::Limiter;
 use tower::{Layer, Service};
-
-/// What a limit is counted per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKey {
-    /// The authenticated principal (anonymous callers: their address).
-    PrincipalOrIp,
-    /// The authenticated principal only (anonymous callers share one key per route).
-    Principal,
-    /// The client address.
-    Ip,
-}
-
-/// A named limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitRule {
-    /// The name in `RateLimit-Policy` headers.
-    pub name: String,
-    /// How many per window.
-    pub quota: Quota,
-    /// Per what.
-    pub key: LimitKey,
-}
-
-/// Implemented by route targets that carry a per-route limit.
-pub trait RouteLimit {
-    /// The route's own limit, applied on top of the default.
-    fn limit(&self) -> Option<&LimitRule>;
-}
 
 /// Settings of the limiting layers.
 #[derive(Debug)]
@@ -146,7 +121,7 @@ where
 {
     type Response = S::Response;
     type Error = Denial;
-    type Future = AuthFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -155,12 +130,12 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let ip = client_ip(&req).filter(|_| self.limits.settings.screen);
         let Some(ip) = ip else {
-            return AuthFuture::direct(self.inner.call(req));
+            return ResponseFuture::inner(self.inner.call(req));
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();
-        AuthFuture::boxed(Box::pin(async move {
+        ResponseFuture::boxed(Box::pin(async move {
             let view = limits.tracker.observe(ip);
             let settings = &limits.settings.threat;
             let listed = match &settings.redis_set {
@@ -206,57 +181,34 @@ where
 }
 
 /// Builds [`RateLimit`] services: runs after authentication.
-pub struct RateLimitLayer<T> {
+#[derive(Clone)]
+pub struct RateLimitLayer {
     limits: Arc<RateLimiting>,
-    _target: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for RateLimitLayer<T> {
-    fn clone(&self) -> Self {
-        RateLimitLayer {
-            limits: self.limits.clone(),
-            _target: PhantomData,
-        }
-    }
-}
-
-impl<T> RateLimitLayer<T> {
+impl RateLimitLayer {
     /// A limit layer using `limits`.
     pub fn new(limits: Arc<RateLimiting>) -> Self {
-        RateLimitLayer {
-            limits,
-            _target: PhantomData,
-        }
+        RateLimitLayer { limits }
     }
 }
 
-impl<S, T> Layer<S> for RateLimitLayer<T> {
-    type Service = RateLimit<S, T>;
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit {
             inner,
             limits: self.limits.clone(),
-            _target: PhantomData,
         }
     }
 }
 
 /// Counts every request against the default and the route's limit.
-pub struct RateLimit<S, T> {
+#[derive(Clone)]
+pub struct RateLimit<S> {
     inner: S,
     limits: Arc<RateLimiting>,
-    _target: PhantomData<fn() -> T>,
-}
-
-impl<S: Clone, T> Clone for RateLimit<S, T> {
-    fn clone(&self) -> Self {
-        RateLimit {
-            inner: self.inner.clone(),
-            limits: self.limits.clone(),
-            _target: PhantomData,
-        }
-    }
 }
 
 fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
@@ -274,27 +226,24 @@ fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
     format!("{}:{route}:{who}", rule.name)
 }
 
-impl<S, T, B, RB> Service<Request<B>> for RateLimit<S, T>
+impl<S, B, RB> Service<Request<B>> for RateLimit<S>
 where
     S: Service<Request<B>, Response = Response<RB>, Error = Denial> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    T: RouteLimit + Send + Sync + 'static,
     B: Send + 'static,
     RB: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = Denial;
-    type Future = AuthFuture<S::Future, Response<RB>>;
+    type Future = ResponseFuture<S::Future, Response<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let matched = req.extensions().get::<RouteMatch<T>>().cloned();
-        let route_rule = matched
-            .as_ref()
-            .and_then(|m| m.route.target.limit().cloned());
+        let matched = req.extensions().get::<RouteMatch>().cloned();
+        let route_rule = matched.as_ref().and_then(|m| m.route.policy.limit.clone());
         let rules: Vec<LimitRule> = self
             .limits
             .settings
@@ -304,7 +253,7 @@ where
             .chain(route_rule)
             .collect();
         if rules.is_empty() {
-            return AuthFuture::direct(self.inner.call(req));
+            return ResponseFuture::inner(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -312,7 +261,7 @@ where
         let route = matched
             .map(|m| m.route.endpoint.to_string())
             .unwrap_or_default();
-        AuthFuture::boxed(Box::pin(async move {
+        ResponseFuture::boxed(Box::pin(async move {
             let threat = req
                 .extensions()
                 .get::<ThreatScore>()
@@ -391,30 +340,13 @@ pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict)
 mod layer_tests {
     use super::*;
     use crate::event::EventBus;
-    use crate::route::{PathPattern, Route};
-    use crate::test_support::{Counting, request};
+    use crate::ratelimit::gcra::Quota;
+    use crate::test_support::{Counting, public_policy, request};
     use tower::{ServiceBuilder, ServiceExt};
 
-    struct Target;
-
-    impl RouteLimit for Target {
-        fn limit(&self) -> Option<&LimitRule> {
-            None
-        }
-    }
-
     fn routed() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
-        let mut req = request("GET", "/api/x");
-        let route = Route {
-            endpoint: Arc::from("/api/*"),
-            pattern: PathPattern::prefix("/api/").unwrap(),
-            methods: None,
-            target: Target,
-        };
-        req.extensions_mut().insert(RouteMatch {
-            route: Arc::new(route),
-            params: Vec::new(),
-        });
+        let mut req =
+            crate::test_support::routed(request("GET", "/api/x"), "/api/*", public_policy(), &[]);
         req.extensions_mut()
             .insert(ClientIp("203.0.113.9".parse().unwrap()));
         req
@@ -491,7 +423,7 @@ mod layer_tests {
             }),
         );
         let service = ServiceBuilder::new()
-            .layer(RateLimitLayer::<Target>::new(limits))
+            .layer(RateLimitLayer::new(limits))
             .service(stub.clone());
         for _ in 0..2 {
             assert!(service.clone().oneshot(routed()).await.is_ok());

@@ -6,10 +6,11 @@ use super::media::parse_content_type;
 use super::params::{self, Sent};
 use super::{FieldError, ResponseMode, UnknownOperations};
 use crate::body::{self, Body};
-use crate::denial::{Denial, DenialOr};
+use crate::denial::Denial;
 use crate::discovery::Inventory;
 use crate::event::request_event;
 use crate::event::{EventBus, EventType, Severity};
+use crate::future::ResponseFuture;
 use crate::json::{JsonLimits, parse_strict};
 use crate::normalize::BodyTrip;
 use crate::reason::{MalformedReason, MediaTypeReason, ResponseReason};
@@ -19,7 +20,6 @@ use http::{HeaderMap, Method, Request, Response, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -86,7 +86,7 @@ where
 {
     type Response = S::Response;
     type Error = Denial;
-    type Future = DenialOr<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -94,7 +94,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(contract) = &self.operations.contract else {
-            return DenialOr::inner(self.inner.call(req));
+            return ResponseFuture::inner(self.inner.call(req));
         };
         match contract.find(req.method(), req.uri().path()) {
             Some(matched) => {
@@ -105,7 +105,9 @@ where
                 req.extensions_mut().insert(matched);
             }
             None => match contract.settings.unknown_operations {
-                UnknownOperations::Reject => return DenialOr::denied(Denial::UnknownOperation),
+                UnknownOperations::Reject => {
+                    return ResponseFuture::denied(Denial::UnknownOperation);
+                }
                 UnknownOperations::Log => {
                     let first = self
                         .operations
@@ -127,7 +129,7 @@ where
                 }
             },
         }
-        DenialOr::inner(self.inner.call(req))
+        ResponseFuture::inner(self.inner.call(req))
     }
 }
 
@@ -162,40 +164,6 @@ pub struct Validate<S> {
     operations: Operations,
 }
 
-type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Denial>> + Send>>;
-
-pin_project_lite::pin_project! {
-    /// The future of [`Validate`]: direct when nothing must be read first, boxed when the
-    /// body or the response is checked.
-    #[project = ValidateFutureProj]
-    #[allow(missing_docs)] // the variants' fields are private in all but name
-    pub enum ValidateFuture<F> {
-        /// Refused at once, or passed straight on.
-        Direct {
-            #[pin]
-            future: DenialOr<F, Response<Body>>,
-        },
-        /// Reads and checks the body, or the response.
-        Checked {
-            future: BoxedResponse,
-        },
-    }
-}
-
-impl<F> Future for ValidateFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, Denial>>,
-{
-    type Output = Result<Response<Body>, Denial>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ValidateFutureProj::Direct { future } => future.poll(cx),
-            ValidateFutureProj::Checked { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
 /// What must happen to the body before forwarding.
 enum BodyPlan {
     /// Forward as it streams (no body, or a declared non-JSON type).
@@ -217,7 +185,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Denial;
-    type Future = ValidateFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, Response<Body>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -230,13 +198,9 @@ where
             req.extensions_mut().remove::<OperationMatch>(),
         ) else {
             let future = self.inner.call(req.map(Validated::streaming));
-            return ValidateFuture::Direct {
-                future: DenialOr::inner(future),
-            };
+            return ResponseFuture::inner(future);
         };
-        let denied = |denial| ValidateFuture::Direct {
-            future: DenialOr::denied(denial),
-        };
+        let denied = |denial| ResponseFuture::denied(denial);
         let op = matched.operation;
         let mut errors = Vec::new();
         let sent = Sent {
@@ -255,9 +219,7 @@ where
         let check_responses = contract.settings.responses != ResponseMode::Off;
         if matches!(plan, BodyPlan::Stream) && !check_responses {
             let future = self.inner.call(req.map(Validated::streaming));
-            return ValidateFuture::Direct {
-                future: DenialOr::inner(future),
-            };
+            return ResponseFuture::inner(future);
         }
         // The clone that was made ready serves this request (tower's readiness contract).
         let clone = self.inner.clone();
@@ -266,49 +228,45 @@ where
         if !check_responses {
             // Kept apart from the response checks so that this future stays small: it is
             // built and moved to the heap on every checked request.
-            return ValidateFuture::Checked {
-                future: Box::pin(async move {
-                    let req = read_body(req, &op, plan, limits).await?;
-                    inner.call(req).await
-                }),
-            };
+            return ResponseFuture::boxed(Box::pin(async move {
+                let req = read_body(req, &op, plan, limits).await?;
+                inner.call(req).await
+            }));
         }
         let contract = contract.clone();
         let events = self.operations.events.clone();
-        ValidateFuture::Checked {
-            future: Box::pin(async move {
-                let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
-                let is_head = req.method() == Method::HEAD;
-                let req = read_body(req, &op, plan, limits).await?;
-                let response = inner.call(req).await?;
-                if is_head {
-                    return Ok(response);
-                }
-                let max = contract.settings.max_response_bytes;
-                let (response, violation) = check_response(&op, response, max).await?;
-                let Some(violation) = violation else {
-                    return Ok(response);
-                };
-                if contract.settings.responses == ResponseMode::Block {
-                    return Err(violation);
-                }
-                if let Some(scope) = &scope {
-                    let mut event = request_event(
-                        violation.event_type(),
-                        violation.severity(),
-                        violation.reason(),
-                        scope,
-                    );
-                    event.details = serde_json::json!({
-                        "status": response.status().as_u16(),
-                        "detail": violation.detail(),
-                        "action": "logged",
-                    });
-                    events.emit(event);
-                }
-                Ok(response)
-            }),
-        }
+        ResponseFuture::boxed(Box::pin(async move {
+            let scope = req.extensions().get::<Arc<RequestScope>>().cloned();
+            let is_head = req.method() == Method::HEAD;
+            let req = read_body(req, &op, plan, limits).await?;
+            let response = inner.call(req).await?;
+            if is_head {
+                return Ok(response);
+            }
+            let max = contract.settings.max_response_bytes;
+            let (response, violation) = check_response(&op, response, max).await?;
+            let Some(violation) = violation else {
+                return Ok(response);
+            };
+            if contract.settings.responses == ResponseMode::Block {
+                return Err(violation);
+            }
+            if let Some(scope) = &scope {
+                let mut event = request_event(
+                    violation.event_type(),
+                    violation.severity(),
+                    violation.reason(),
+                    scope,
+                );
+                event.details = serde_json::json!({
+                    "status": response.status().as_u16(),
+                    "detail": violation.detail(),
+                    "action": "logged",
+                });
+                events.emit(event);
+            }
+            Ok(response)
+        }))
     }
 }
 

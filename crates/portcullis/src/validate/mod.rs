@@ -53,10 +53,7 @@ mod schema;
 
 pub use contract::{ApiContract, Operation, OperationMatch};
 pub use document::LoadProblem;
-pub use layer::{
-    OperationLayer, OperationMatcher, Operations, Validate, ValidateFuture, ValidateLayer,
-    Validated,
-};
+pub use layer::{OperationLayer, OperationMatcher, Operations, Validate, ValidateLayer, Validated};
 // Where they were before `problem` became their own leaf module.
 pub(crate) use crate::problem::MAX_ERRORS;
 pub use crate::problem::{FieldError, describe};
