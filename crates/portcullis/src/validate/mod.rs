@@ -48,12 +48,18 @@ mod contract;
 mod document;
 mod layer;
 mod media;
+mod operation;
 mod params;
+mod request_body;
+mod response;
 mod schema;
+mod validated;
 
 pub use contract::{ApiContract, Operation, OperationMatch};
 pub use document::LoadProblem;
-pub use layer::{OperationLayer, OperationMatcher, Operations, Validate, ValidateLayer, Validated};
+pub use layer::{Validate, ValidateLayer};
+pub use operation::{OperationLayer, OperationMatcher, Operations};
+pub use validated::Validated;
 // Where they were before `problem` became their own leaf module.
 pub(crate) use crate::problem::MAX_ERRORS;
 pub use crate::problem::{FieldError, describe};
