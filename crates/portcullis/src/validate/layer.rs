@@ -151,10 +151,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{Counting, request};
-    use crate::validate::ContractSettings;
     use crate::discovery::Inventory;
     use crate::event::EventBus;
+    use crate::test_support::{Counting, request};
+    use crate::validate::ContractSettings;
     use crate::validate::{ApiContract, OperationLayer};
     use tower::{ServiceBuilder, ServiceExt};
 

@@ -44,7 +44,9 @@
 //! or the bytes that were read and checked. Wrap the whole stack in
 //! [`crate::respond::RespondLayer`] to turn refusals into problem answers and events.
 
+mod builder;
 mod contract;
+mod convert;
 mod document;
 mod layer;
 mod media;

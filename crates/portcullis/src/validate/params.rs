@@ -489,7 +489,7 @@ fn cookies(headers: &HeaderMap) -> Vec<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::schema::Direction;
+    use crate::validate::convert::Direction;
 
     fn param(name: &str, location: Location, schema: Value, style: Option<&str>) -> Parameter {
         let compiled = Schema::compile(&schema, Direction::Request).unwrap();
