@@ -14,6 +14,9 @@ pub struct RequestTimeoutLayer {
 }
 
 impl RequestTimeoutLayer {
+    /// The bound on a whole exchange unless configured otherwise.
+    pub const DEFAULT: Duration = Duration::from_secs(30);
+
     /// Refuses with [`Denial::RequestTimeout`] once `limit` has passed.
     pub fn new(limit: Duration) -> Self {
         RequestTimeoutLayer { limit }

@@ -208,9 +208,6 @@ pub struct Identity {
     pub revocations: Arc<Revocations>,
 }
 
-const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
-const DEFAULT_CACHE: usize = 16_384;
-
 pub(super) fn compile(
     raw: Option<&RawIdentity>,
     max_token_bytes: Option<usize>,
@@ -219,13 +216,13 @@ pub(super) fn compile(
     (shared, client): (&Shared, &HttpClient),
     problems: &mut Problems,
 ) -> Identity {
-    let max_token_bytes = max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    let max_token_bytes = max_token_bytes.unwrap_or(Authenticator::DEFAULT_MAX_TOKEN_BYTES);
     let mut issuers = Vec::new();
     let mut forward = ForwardSettings {
         token: true,
         identity_headers: Vec::new(),
     };
-    let mut cache = DEFAULT_CACHE;
+    let mut cache = Authenticator::DEFAULT_CACHE_ENTRIES;
     let mut revocation_store = None;
     if let Some(raw) = raw {
         for (i, jwt) in raw.jwt.iter().enumerate() {
@@ -263,7 +260,9 @@ pub(super) fn compile(
                 }
             }
         }
-        cache = raw.token_cache_size.unwrap_or(DEFAULT_CACHE);
+        cache = raw
+            .token_cache_size
+            .unwrap_or(Authenticator::DEFAULT_CACHE_ENTRIES);
     }
     let max_lifetime = issuers
         .iter()

@@ -188,8 +188,10 @@ pub(super) fn compile(
             let settings = DecisionLogSettings {
                 path,
                 durability,
-                max_bytes: log.max_bytes.unwrap_or(64 * 1024 * 1024),
-                queue: 65_536,
+                max_bytes: log
+                    .max_bytes
+                    .unwrap_or(DecisionLogSettings::DEFAULT_MAX_BYTES),
+                queue: DecisionLogSettings::DEFAULT_QUEUE,
             };
             match shared.decision_log(&settings) {
                 Ok(log) => log,

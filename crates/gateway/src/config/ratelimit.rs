@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const DEFAULT_MAX_KEYS: usize = 1_000_000;
 const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 /// A limit rule from its raw form.
@@ -144,15 +143,22 @@ pub(super) fn compile(
         }
         files.push(full);
     }
+    let defaults = RateLimitSettings::default();
     let settings = RateLimitSettings {
         screen: true,
         default,
-        adaptive: adaptive.and_then(|a| a.enabled).unwrap_or(true),
-        block_score: adaptive.and_then(|a| a.block_score).unwrap_or(90),
+        adaptive: adaptive
+            .and_then(|a| a.enabled)
+            .unwrap_or(defaults.adaptive),
+        block_score: adaptive
+            .and_then(|a| a.block_score)
+            .unwrap_or(defaults.block_score),
         threat: ThreatSettings {
             deny_list,
             redis_set: raw.ip_reputation.as_ref().and_then(|r| r.redis_set.clone()),
-            frequency_per_second: adaptive.and_then(|a| a.frequency_per_second).unwrap_or(50),
+            frequency_per_second: adaptive
+                .and_then(|a| a.frequency_per_second)
+                .unwrap_or(defaults.threat.frequency_per_second),
             auth_failures,
         },
     };
@@ -181,7 +187,7 @@ pub(super) fn compile(
             OnStoreError::Local(1.0)
         }
     };
-    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    let max_keys = raw.max_keys.unwrap_or(Limiter::DEFAULT_MAX_KEYS);
     let wants_shared_set = raw
         .ip_reputation
         .as_ref()

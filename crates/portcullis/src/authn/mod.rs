@@ -79,6 +79,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Longest token accepted unless configured otherwise.
+    pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+    /// Verified tokens cached unless configured otherwise.
+    pub const DEFAULT_CACHE_ENTRIES: usize = 16_384;
+
     /// An authenticator over these issuers.
     pub fn new(
         issuers: Vec<Issuer>,

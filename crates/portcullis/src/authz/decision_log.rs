@@ -38,6 +38,13 @@ pub struct DecisionLogSettings {
     pub queue: usize,
 }
 
+impl DecisionLogSettings {
+    /// Size at which a file is rotated unless configured otherwise.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// Records that may wait for the writer.
+    pub const DEFAULT_QUEUE: usize = 65_536;
+}
+
 /// Why a decision could not be recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {

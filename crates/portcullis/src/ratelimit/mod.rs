@@ -38,6 +38,18 @@ pub struct RateLimitSettings {
     pub threat: ThreatSettings,
 }
 
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            screen: true,
+            default: None,
+            adaptive: true,
+            block_score: 90,
+            threat: ThreatSettings::default(),
+        }
+    }
+}
+
 /// Shared state of the limiting layers (kept across configuration reloads).
 #[derive(Debug)]
 pub struct RateLimiting {

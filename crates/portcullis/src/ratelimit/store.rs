@@ -312,6 +312,9 @@ impl std::fmt::Debug for Limiter {
 pub struct StoreDown;
 
 impl Limiter {
+    /// Keys an in-process store keeps unless configured otherwise.
+    pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
     /// A limiter with only local (memory) state.
     pub fn memory(max_keys: usize, events: Arc<EventBus>) -> Self {
         Limiter {

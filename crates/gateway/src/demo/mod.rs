@@ -2,24 +2,19 @@
 //! upstream; the demo writes a real configuration file for it and runs the gateway from
 //! that file, exactly as `portcullis run` would.
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+mod items_api;
+
+use items_api::start_items_api;
 use portcullis::authn::sign::SigningKey;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The example policy and its data, the same files as `examples/policies/`.
-const DEMO_POLICY: &str = include_str!("../../../examples/policies/authz.rego");
-const DEMO_DATA: &str = include_str!("../../../examples/policies/data.json");
+const DEMO_POLICY: &str = include_str!("../../../../examples/policies/authz.rego");
+const DEMO_DATA: &str = include_str!("../../../../examples/policies/data.json");
 /// The demo API's OpenAPI document, the same file as `examples/openapi/items.yaml`.
-const DEMO_OPENAPI: &str = include_str!("../../../examples/openapi/items.yaml");
+const DEMO_OPENAPI: &str = include_str!("../../../../examples/openapi/items.yaml");
 
 /// The demo identity provider's issuer and the demo API's audience.
 const ISSUER: &str = "https://idp.portcullis.demo";
@@ -373,164 +368,4 @@ fn tls_banner(gw: &str, dir: &str) -> String {
 "#,
         listen = gw.trim_start_matches("https://"),
     )
-}
-
-/// One item of the demo API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    name: String,
-    owner: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct NewItem {
-    name: String,
-}
-
-#[derive(Default)]
-struct Store {
-    next_id: u64,
-    items: BTreeMap<u64, Item>,
-}
-
-type Shared = Arc<Mutex<Store>>;
-
-/// Starts the demo upstream on an ephemeral loopback port.
-async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<SocketAddr> {
-    let mut store = Store {
-        next_id: 1,
-        ..Store::default()
-    };
-    for name in ["hammer", "anvil"] {
-        let id = store.next_id;
-        store.next_id += 1;
-        store.items.insert(
-            id,
-            Item {
-                id,
-                name: name.into(),
-                owner: "alice".into(),
-            },
-        );
-    }
-    let state: Shared = Arc::new(Mutex::new(store));
-    let app = axum::Router::new()
-        .route("/api/items", get(list).post(create))
-        .route("/api/items/{id}", get(read).put(update).delete(remove))
-        .route(
-            "/api/public/status",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/api/partner/status",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/.well-known/jwks.json",
-            get(move || async move { Json(jwks) }),
-        )
-        .layer(axum::middleware::map_response(
-            |mut response: Response| async move {
-                // Like many real APIs, the demo leaks its stack; the gateway removes these.
-                let headers = response.headers_mut();
-                headers.insert(
-                    "server",
-                    axum::http::HeaderValue::from_static("demo-items/1.0"),
-                );
-                headers.insert("x-powered-by", axum::http::HeaderValue::from_static("axum"));
-                response
-            },
-        ))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the demo upstream: {e}"))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(addr)
-}
-
-fn owner(headers: &HeaderMap) -> String {
-    headers
-        .get("x-user-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("anonymous")
-        .to_string()
-}
-
-fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({ "error": "no such item" })),
-    )
-        .into_response()
-}
-
-async fn list(State(state): State<Shared>) -> Response {
-    let items: Vec<Item> = match state.lock() {
-        Ok(store) => store.items.values().cloned().collect(),
-        Err(_) => Vec::new(),
-    };
-    Json(items).into_response()
-}
-
-async fn create(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Json(new): Json<NewItem>,
-) -> Response {
-    let Ok(mut store) = state.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let id = store.next_id;
-    store.next_id += 1;
-    let item = Item {
-        id,
-        name: new.name,
-        owner: owner(&headers),
-    };
-    store.items.insert(id, item.clone());
-    (StatusCode::CREATED, Json(item)).into_response()
-}
-
-async fn read(State(state): State<Shared>, Path(id): Path<u64>) -> Response {
-    match state
-        .lock()
-        .ok()
-        .and_then(|store| store.items.get(&id).cloned())
-    {
-        Some(item) => Json(item).into_response(),
-        None => not_found(),
-    }
-}
-
-async fn update(
-    State(state): State<Shared>,
-    Path(id): Path<u64>,
-    Json(new): Json<NewItem>,
-) -> Response {
-    let Ok(mut store) = state.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    match store.items.get_mut(&id) {
-        Some(item) => {
-            item.name = new.name;
-            Json(item.clone()).into_response()
-        }
-        None => not_found(),
-    }
-}
-
-async fn remove(State(state): State<Shared>, Path(id): Path<u64>) -> Response {
-    match state
-        .lock()
-        .ok()
-        .and_then(|mut store| store.items.remove(&id))
-    {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => not_found(),
-    }
 }
