@@ -52,8 +52,10 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let generation = gateway.current();
     let issuers = generation.config.authenticator.issuers();
     let logs = gateway.shared.decision_logs();
+    let alerter = gateway.alerter();
     let text = gateway.metrics.encode(
         gateway.events.dropped(),
+        alerter.as_deref().map(|a| a.counts()),
         issuers,
         &logs,
         &gateway.shared.limiters(),

@@ -5,6 +5,7 @@ use crate::config::{self, GatewayConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use arc_swap::ArcSwap;
+use portcullis::alert::Alerter;
 use portcullis::event::{EventBus, EventType, SecurityEvent, Severity};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub shared: config::Shared,
     last_text: tokio::sync::Mutex<String>,
     ready: AtomicBool,
+    /// The alert sender of the current settings; kept across reloads that leave them alone.
+    alerter: std::sync::Mutex<Option<Arc<Alerter>>>,
 }
 
 /// What a reload did.
@@ -69,7 +72,7 @@ impl Gateway {
         let text = fingerprint(&text, &config);
         config.activate();
         let pipeline = pipeline::build(&config, events.clone());
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             config_path,
             current: ArcSwap::from_pointee(Generation { config, pipeline }),
             events,
@@ -77,7 +80,10 @@ impl Gateway {
             shared,
             last_text: tokio::sync::Mutex::new(text),
             ready: AtomicBool::new(false),
-        }))
+            alerter: std::sync::Mutex::new(None),
+        });
+        gateway.install_alerts(&gateway.current().config);
+        Ok(gateway)
     }
 
     /// The generation new requests should use.
@@ -121,6 +127,7 @@ impl Gateway {
                 let restart_needed = restart_needed(&old.config, &config);
                 let pipeline = pipeline::build(&config, self.events.clone());
                 config.activate();
+                self.install_alerts(&config);
                 self.current
                     .store(Arc::new(Generation { config, pipeline }));
                 *last_text = text;
@@ -129,6 +136,43 @@ impl Gateway {
         };
         self.report_reload(trigger, &outcome);
         outcome
+    }
+
+    /// Starts, replaces or stops the alert sender to match `config`. A replaced sender
+    /// flushes its pending counts in the background.
+    fn install_alerts(&self, config: &config::GatewayConfig) {
+        let Ok(mut current) = self.alerter.lock() else {
+            return;
+        };
+        let wanted = config.alerts.as_ref().map(|(settings, _)| settings);
+        if current.as_ref().map(|a| a.settings()) == wanted {
+            return;
+        }
+        let next = config
+            .alerts
+            .as_ref()
+            .map(|(settings, client)| Alerter::start(settings.clone(), client.clone()));
+        self.events.set_observer(
+            next.clone()
+                .map(|a| a as Arc<dyn portcullis::event::EventObserver>),
+        );
+        if let Some(old) = std::mem::replace(&mut *current, next) {
+            tokio::spawn(async move { old.shutdown().await });
+        }
+    }
+
+    /// The alert sender, if alerts are configured.
+    pub fn alerter(&self) -> Option<Arc<Alerter>> {
+        self.alerter.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Sends what alerts are pending (at shutdown).
+    pub async fn stop_alerts(&self) {
+        let alerter = self.alerter.lock().ok().and_then(|mut a| a.take());
+        if let Some(alerter) = alerter {
+            self.events.set_observer(None);
+            alerter.shutdown().await;
+        }
     }
 
     fn report_reload(&self, trigger: &'static str, outcome: &ReloadOutcome) {

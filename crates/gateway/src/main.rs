@@ -186,7 +186,9 @@ mod serve {
         });
         let grace = generation.config.request_timeout + Duration::from_secs(1);
         drop(generation);
-        server::serve(gateway, listener, shutdown_rx, grace).await;
+        server::serve(gateway.clone(), listener, shutdown_rx, grace).await;
+        // The last alert counts go out after the last request (bounded wait).
+        gateway.stop_alerts().await;
         eprintln!("portcullis: stopped");
         Ok(())
     }

@@ -58,6 +58,9 @@ pub struct Metrics {
     open_connections: Gauge,
     reloads: Family<ResultLabel, Counter>,
     events_dropped: Gauge,
+    alerts_sent: Gauge,
+    alerts_failed: Gauge,
+    alerts_dropped: Gauge,
     jwks_age: Family<IssuerLabel, Gauge>,
     jwks_refreshes: Family<IssuerLabel, Gauge>,
     jwks_failures: Family<IssuerLabel, Gauge>,
@@ -123,6 +126,24 @@ impl Metrics {
             "events_dropped",
             "Security event lines dropped because the writer fell behind",
             events_dropped.clone(),
+        );
+        let alerts_sent = Gauge::default();
+        let alerts_failed = Gauge::default();
+        let alerts_dropped = Gauge::default();
+        registry.register(
+            "alerts_sent",
+            "Alert webhook calls that succeeded (since the alert settings last changed)",
+            alerts_sent.clone(),
+        );
+        registry.register(
+            "alerts_failed",
+            "Alerts given up on after their retries, or refused by the webhook",
+            alerts_failed.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alert-worthy events not queued because the alert queue was full",
+            alerts_dropped.clone(),
         );
         let tls_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -196,6 +217,9 @@ impl Metrics {
             open_connections,
             reloads,
             events_dropped,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
             no_route: Arc::from("(none)"),
         }
     }
@@ -256,6 +280,7 @@ impl Metrics {
     pub fn encode(
         &self,
         events_dropped: u64,
+        alerts: Option<&portcullis::alert::AlertCounts>,
         issuers: &[portcullis::authn::Issuer],
         logs: &[Arc<portcullis::authz::decision_log::DecisionLog>],
         limiters: &[Arc<portcullis::ratelimit::store::Limiter>],
@@ -274,6 +299,14 @@ impl Metrics {
             .set(i64::try_from(dropped).unwrap_or(i64::MAX));
         self.events_dropped
             .set(i64::try_from(events_dropped).unwrap_or(i64::MAX));
+        let count = |c: Option<&std::sync::atomic::AtomicU64>| {
+            c.map_or(0, |c| {
+                i64::try_from(c.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
+            })
+        };
+        self.alerts_sent.set(count(alerts.map(|a| &a.sent)));
+        self.alerts_failed.set(count(alerts.map(|a| &a.failed)));
+        self.alerts_dropped.set(count(alerts.map(|a| &a.dropped)));
         let now = portcullis::authn::now_secs() as i64;
         // Only the current configuration's certificates: a replaced one must not linger.
         self.cert_expiry.clear();

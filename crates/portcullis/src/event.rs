@@ -132,6 +132,13 @@ pub struct RecentEvent {
     pub event: SecurityEvent,
 }
 
+/// Something that watches every event as it is emitted (alerts, detectors). It is called on
+/// the emitting thread, so it must only queue or count, never wait.
+pub trait EventObserver: Send + Sync + std::fmt::Debug {
+    /// Sees one event.
+    fn observe(&self, event: &SecurityEvent);
+}
+
 /// Accepts events from any thread and writes them on a background thread, so a slow
 /// disk or terminal never delays a response. Keeps the most recent ones in memory.
 #[derive(Debug)]
@@ -141,6 +148,7 @@ pub struct EventBus {
     next_seq: AtomicU64,
     dropped: AtomicU64,
     emitted: AtomicU64,
+    observer: std::sync::RwLock<Option<Arc<dyn EventObserver>>>,
 }
 
 impl EventBus {
@@ -175,6 +183,7 @@ impl EventBus {
             next_seq: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             emitted: AtomicU64::new(0),
+            observer: std::sync::RwLock::new(None),
         }
     }
 
@@ -182,6 +191,11 @@ impl EventBus {
     /// dropped and counted (see [`EventBus::dropped`]) but the event stays in memory.
     pub fn emit(&self, event: SecurityEvent) {
         self.emitted.fetch_add(1, Ordering::Relaxed);
+        if let Ok(observer) = self.observer.read()
+            && let Some(observer) = observer.as_ref()
+        {
+            observer.observe(&event);
+        }
         if let Some(queue) = &self.queue
             && let Ok(line) = serde_json::to_string(&event)
         {
@@ -198,6 +212,18 @@ impl EventBus {
                 recent.pop_front();
             }
             recent.push_back(RecentEvent { seq, event });
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the observer that sees every event; returns the one
+    /// it replaces.
+    pub fn set_observer(
+        &self,
+        observer: Option<Arc<dyn EventObserver>>,
+    ) -> Option<Arc<dyn EventObserver>> {
+        match self.observer.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, observer),
+            Err(_) => None,
         }
     }
 

@@ -22,6 +22,7 @@
 //! # let _ = stack;
 //! ```
 
+pub mod alert;
 pub mod authn;
 pub mod authz;
 pub mod body;

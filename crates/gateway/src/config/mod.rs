@@ -1,6 +1,7 @@
 //! Configuration: the YAML file (SPEC §2) read into [`raw`] types, then compiled into the
 //! runtime [`GatewayConfig`], collecting every problem with its key path and line.
 
+mod alerts;
 mod cors;
 pub mod duration;
 mod headers;
@@ -122,7 +123,6 @@ fn compile(
     problems: &mut Problems,
 ) -> Option<GatewayConfig> {
     let resolver = secret::Resolver::new(base_dir);
-    problems.unsupported("monitoring.alerts", &raw.monitoring.alerts, "alerting");
     let mut cert_facts = tls::CertFacts::default();
     let trust = tls::compile_outbound(
         raw.outbound.as_ref(),
@@ -457,6 +457,13 @@ fn compile(
         }
     };
 
+    let alerts = raw
+        .monitoring
+        .alerts
+        .as_ref()
+        .and_then(|section| alerts::compile(section, &resolver, problems))
+        .map(|settings| (settings, client.clone()));
+
     warnings.append(&mut cert_facts.warnings);
     let mut watched_files = policy.as_ref().map(|p| p.files.clone()).unwrap_or_default();
     watched_files.extend(limit_files);
@@ -469,6 +476,7 @@ fn compile(
         listen: listen?,
         tls: listen_tls,
         mask_upstream_errors,
+        alerts,
         certificates: cert_facts.certs,
         upstreams: Arc::new(
             upstreams

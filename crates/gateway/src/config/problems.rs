@@ -1,7 +1,7 @@
 //! Configuration problems: each with its path in the file and its line, all reported
 //! together.
 
-use super::raw::{Text, Unsupported};
+use super::raw::Text;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -65,16 +65,6 @@ impl Problems {
 
     pub(super) fn at(&mut self, path: impl Into<String>, text: &Text, message: impl Into<String>) {
         self.add(path, line_of(&text.referenced), message);
-    }
-
-    pub(super) fn unsupported(&mut self, path: &str, section: &Unsupported, what: &str) {
-        if let Some(spanned) = section {
-            self.add(
-                path,
-                line_of(&spanned.referenced),
-                format!("{what} is not supported yet; remove this section"),
-            );
-        }
     }
 }
 

@@ -3,14 +3,11 @@
 
 use super::duration::ConfigDuration;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 
 /// A string with the place it was written.
 pub type Text = Spanned<String>;
-/// A section that is parsed for its position only, because its feature is not built yet.
-pub type Unsupported = Option<Spanned<IgnoredAny>>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -164,7 +161,18 @@ pub enum HeaderSetting {
 pub struct RawMonitoring {
     #[serde(default)]
     pub events: RawEvents,
-    pub alerts: Unsupported,
+    pub alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub webhook: Text,
+    pub format: Option<Text>,
+    pub routing_key: Option<Text>,
+    pub min_severity: Option<Text>,
+    pub dedup_window: Option<ConfigDuration>,
+    pub max_per_minute: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

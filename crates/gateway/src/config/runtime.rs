@@ -167,6 +167,11 @@ pub struct GatewayConfig {
     pub authorizer: Option<Arc<Authorizer>>,
     /// Files whose change triggers a reload (policies, data).
     pub watched_files: Vec<PathBuf>,
+    /// Where alerts go (`monitoring.alerts`), with the outbound client that sends them.
+    pub alerts: Option<(
+        portcullis::alert::AlertSettings,
+        portcullis::outbound::HttpClient,
+    )>,
     /// Things that are allowed but risky, for `check` to show.
     pub warnings: Vec<Problem>,
     /// Rate limiting and threat screening.

@@ -79,13 +79,28 @@ routes:
 }
 
 #[test]
-fn unsupported_sections_are_refused_not_ignored() {
-    let yaml = format!("{MINIMAL}monitoring:\n  alerts:\n    min_severity: high\n");
-    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+fn alert_settings_are_checked() {
+    let alerts = |body: &str| format!("{MINIMAL}monitoring:\n  alerts:\n{body}");
+    let errors = |yaml: String| compile(&yaml).err().unwrap_or_default().join("\n");
+    let plain = errors(alerts("    webhook: https://hooks.example.test/abc\n"));
     assert!(
-        errors.contains("monitoring.alerts") && errors.contains("not supported yet"),
-        "{errors}"
+        plain.contains("monitoring.alerts.webhook") && plain.contains("literal secret"),
+        "{plain}"
     );
+    let bad = errors(alerts(
+        "    webhook: ${env:PORTCULLIS_TEST_HOOK}\n    format: teams\n    min_severity: urgent\n    max_per_minute: 0\n",
+    ));
+    for path in [
+        "alerts.format",
+        "alerts.min_severity",
+        "alerts.max_per_minute",
+    ] {
+        assert!(bad.contains(path), "{path} not reported: {bad}");
+    }
+    let pagerduty = errors(alerts(
+        "    webhook: ${env:PORTCULLIS_TEST_HOOK}\n    format: pagerduty\n",
+    ));
+    assert!(pagerduty.contains("alerts.routing_key"), "{pagerduty}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod pki;
 mod util;
 
 mod admin;
+mod alerts;
 mod authz;
 mod cli;
 mod edge;
