@@ -55,7 +55,7 @@ total_instructions() {
   if [ "$count" -gt 0 ]; then
     local urls=()
     for _ in $(seq 1 "$count"); do urls+=("http://127.0.0.1:$GW_PORT$path"); done
-    curl -fsS -o /dev/null "$@" "${urls[@]}"
+    curl -sS "$@" "${urls[@]}" >/dev/null
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   awk '/^summary:/ {print $2}' "$out"

@@ -85,6 +85,15 @@ impl Webhook {
     fn bodies(&self) -> Vec<serde_json::Value> {
         self.bodies.lock().expect("bodies").clone()
     }
+
+    /// Waits (with the suite's deadline) until at least `n` alerts arrived.
+    async fn received(&self, n: usize) -> Vec<serde_json::Value> {
+        eventually(&format!("{n} alerts"), || {
+            let bodies = self.bodies();
+            (bodies.len() >= n).then_some(bodies)
+        })
+        .await
+    }
 }
 
 /// A gateway whose alerts (`alerts`, YAML under `monitoring.alerts:`) go to `webhook`.
@@ -132,11 +141,7 @@ async fn repeats_are_counted_and_summarised_when_the_window_closes() {
     for _ in 0..5 {
         suspicious(&gateway).await;
     }
-    let bodies = eventually("the alert and its summary", || {
-        let bodies = webhook.bodies();
-        (bodies.len() >= 2).then_some(bodies)
-    })
-    .await;
+    let bodies = webhook.received(2).await;
     assert_eq!(bodies[0]["count"], 1, "{bodies:?}");
     assert_eq!(bodies[0]["alert"]["reason"], "encoded_slash");
     assert_eq!(bodies[0]["alert"]["severity"], "medium");
@@ -177,10 +182,7 @@ async fn events_below_the_threshold_are_not_alerted_and_pending_counts_go_out_at
         suspicious(&strict).await;
         suspicious(&lenient).await;
     }
-    eventually("the first alert", || {
-        (!webhook.bodies().is_empty()).then_some(())
-    })
-    .await;
+    webhook.received(1).await;
     // Both stop; each sends what it still owes before it exits.
     strict.signal("TERM");
     lenient.signal("TERM");
@@ -205,11 +207,7 @@ async fn a_failing_webhook_is_retried_and_pagerduty_gets_its_fields() {
     )
     .await;
     suspicious(&gateway).await;
-    let bodies = eventually("the alert after two 503s", || {
-        let bodies = webhook.bodies();
-        (!bodies.is_empty()).then_some(bodies)
-    })
-    .await;
+    let bodies = webhook.received(1).await;
     assert_eq!(webhook.calls.load(Ordering::SeqCst), 3);
     assert_eq!(bodies[0]["routing_key"], "R0UT1NG-KEY");
     assert_eq!(bodies[0]["event_action"], "trigger");
@@ -258,11 +256,7 @@ async fn slack_gets_a_line_a_person_reads() {
     )
     .await;
     suspicious(&gateway).await;
-    let bodies = eventually("the slack message", || {
-        let bodies = webhook.bodies();
-        (!bodies.is_empty()).then_some(bodies)
-    })
-    .await;
+    let bodies = webhook.received(1).await;
     let text = bodies[0]["text"].as_str().unwrap_or_default();
     assert!(
         text.starts_with("[MEDIUM] suspicious_activity (encoded_slash) from 127.0.0.1"),
