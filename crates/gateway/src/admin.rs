@@ -21,6 +21,8 @@ pub async fn serve(
     let protected = Router::new()
         .route("/admin/reload", post(reload))
         .route("/admin/events", get(events))
+        .route("/admin/events/stream", get(events_stream))
+        .route("/admin/offenders", get(offenders))
         .route("/admin/inventory", get(inventory))
         .route("/admin/revocations", post(revoke))
         .layer(middleware::from_fn_with_state(
@@ -99,6 +101,24 @@ struct SinceQuery {
 
 async fn events(State(gateway): State<Arc<Gateway>>, Query(query): Query<SinceQuery>) -> Response {
     axum::Json(gateway.events.recent_since(query.since.unwrap_or(0))).into_response()
+}
+
+/// Clients listed by `/admin/offenders` at most.
+const MAX_OFFENDERS: usize = 50;
+
+/// The clients with the highest threat scores now, with their factors and failures.
+async fn offenders(State(gateway): State<Arc<Gateway>>) -> Response {
+    let current = gateway.current();
+    let clients = current.config.rate_limiting.tracker.top(MAX_OFFENDERS);
+    axum::Json(serde_json::json!({ "clients": clients })).into_response()
+}
+
+async fn events_stream(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<SinceQuery>,
+) -> Response {
+    crate::event_stream::stream(gateway, &headers, query.since)
 }
 
 /// `{"jti": "..."}` (optionally with the token's `exp`) or `{"sub": "..."}`.

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod config;
 mod demo;
+mod event_stream;
 mod flood;
 mod gateway;
 mod metrics;

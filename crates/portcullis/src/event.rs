@@ -149,6 +149,8 @@ pub struct EventBus {
     dropped: AtomicU64,
     emitted: AtomicU64,
     observer: std::sync::RwLock<Option<Arc<dyn EventObserver>>>,
+    /// Woken on every event, for live streams.
+    new_event: tokio::sync::Notify,
 }
 
 impl EventBus {
@@ -184,6 +186,7 @@ impl EventBus {
             dropped: AtomicU64::new(0),
             emitted: AtomicU64::new(0),
             observer: std::sync::RwLock::new(None),
+            new_event: tokio::sync::Notify::new(),
         }
     }
 
@@ -206,13 +209,16 @@ impl EventBus {
                 }
             }
         }
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
+            // Numbered under the lock, so the buffer is always in sequence order and a
+            // reader that resumes after `seq` misses nothing.
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             if recent.len() == RECENT_CAPACITY {
                 recent.pop_front();
             }
             recent.push_back(RecentEvent { seq, event });
         }
+        self.new_event.notify_waiters();
     }
 
     /// Sets (or, with `None`, removes) the observer that sees every event; returns the one
@@ -225,6 +231,25 @@ impl EventBus {
             Ok(mut current) => std::mem::replace(&mut *current, observer),
             Err(_) => None,
         }
+    }
+
+    /// Resolves at the next event. Enable it (`Notified::enable`) before reading
+    /// [`EventBus::recent_since`], so that an event in between is not missed.
+    pub fn next_event(&self) -> tokio::sync::futures::Notified<'_> {
+        self.new_event.notified()
+    }
+
+    /// The sequence number of the latest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// The sequence number of the oldest event still kept, if any.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.recent
+            .lock()
+            .ok()
+            .and_then(|recent| recent.front().map(|e| e.seq))
     }
 
     /// Recent events with a sequence number above `since`, oldest first.

@@ -66,6 +66,31 @@ struct ClientState {
     validation_failures: u32,
     locked_until: u64,
     last_seen: u64,
+    /// The latest request's score and (up to [`MAX_FACTORS`]) factors.
+    score: u8,
+    factors: [Option<&'static str>; MAX_FACTORS],
+}
+
+/// Factors remembered per client (the scorer never names more).
+const MAX_FACTORS: usize = 8;
+
+/// A client the tracker remembers, as `/admin/offenders` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Offender {
+    /// The client address.
+    pub ip: IpAddr,
+    /// The threat score of its latest request.
+    pub score: u8,
+    /// The factors of that score.
+    pub factors: Vec<&'static str>,
+    /// Authentication failures in the current window.
+    pub auth_failures: u32,
+    /// Validation failures in the current window.
+    pub validation_failures: u32,
+    /// Seconds left of a lockout (0: not locked).
+    pub locked_for: u64,
+    /// Unix seconds of its latest request.
+    pub last_seen: u64,
 }
 
 /// What the tracker knows about a client when a request arrives.
@@ -157,6 +182,50 @@ impl ClientTracker {
         });
     }
 
+    /// Remembers the score of a client's latest request.
+    pub fn record_score(&self, ip: IpAddr, threat: &ThreatScore) {
+        self.with(ip, |state, _| {
+            state.score = threat.score;
+            state.factors = [None; MAX_FACTORS];
+            for (slot, factor) in state.factors.iter_mut().zip(&threat.factors) {
+                *slot = Some(*factor);
+            }
+        });
+    }
+
+    /// The `n` clients with the highest scores now (locked-out clients first), ties broken
+    /// by their failures. Clients with nothing against them are left out.
+    pub fn top(&self, n: usize) -> Vec<Offender> {
+        let now = now_secs();
+        let Ok(clients) = self.clients.lock() else {
+            return Vec::new();
+        };
+        let mut offenders: Vec<Offender> = clients
+            .iter()
+            .map(|(ip, c)| {
+                let current = now.saturating_sub(c.failure_window) < self.policy.window_secs;
+                Offender {
+                    ip: *ip,
+                    score: c.score,
+                    factors: c.factors.iter().flatten().copied().collect(),
+                    auth_failures: if current { c.auth_failures } else { 0 },
+                    validation_failures: if current { c.validation_failures } else { 0 },
+                    locked_for: c.locked_until.saturating_sub(now),
+                    last_seen: c.last_seen,
+                }
+            })
+            .filter(|o| {
+                o.score > 0 || o.auth_failures > 0 || o.validation_failures > 0 || o.locked_for > 0
+            })
+            .collect();
+        offenders.sort_by(|a, b| {
+            let failures = |o: &Offender| o.auth_failures.saturating_add(o.validation_failures);
+            (b.locked_for > 0, b.score, failures(b)).cmp(&(a.locked_for > 0, a.score, failures(a)))
+        });
+        offenders.truncate(n);
+        offenders
+    }
+
     /// Records a validation failure (a malformed or invalid request).
     pub fn validation_failure(&self, ip: IpAddr) {
         self.with(ip, |state, _| {
@@ -220,11 +289,11 @@ pub fn score<B>(
         factors.push("ip_reputation");
     }
     if view.auth_failures > 0 {
-        score += (view.auth_failures * 10).min(30);
+        score += view.auth_failures.saturating_mul(10).min(30);
         factors.push("auth_failures");
     }
     if view.validation_failures > 0 {
-        score += (view.validation_failures * 10).min(20);
+        score += view.validation_failures.saturating_mul(10).min(20);
         factors.push("validation_failures");
     }
     ThreatScore {

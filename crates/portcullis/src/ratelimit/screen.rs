@@ -75,6 +75,7 @@ where
                 None => false,
             };
             let threat = threat::score(&req, ip, view, settings, listed);
+            limits.tracker.record_score(ip, &threat);
             if view.locked_for > 0 {
                 let retry = Duration::from_secs(view.locked_for);
                 return Err(refusal(
