@@ -130,10 +130,27 @@ struct Revocation {
     sub: Option<String>,
 }
 
-/// Observed endpoints: documented operations with their counts, then shadow endpoints.
-async fn inventory(State(gateway): State<Arc<Gateway>>) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryQuery {
+    format: Option<String>,
+}
+
+/// Observed endpoints: documented operations with their counts, then shadow endpoints;
+/// with `?format=openapi`, the shadow endpoints as an OpenAPI 3.1 document.
+async fn inventory(
+    State(gateway): State<Arc<Gateway>>,
+    Query(query): Query<InventoryQuery>,
+) -> Response {
     let current = gateway.current();
     let inventory = &current.config.inventory;
+    match query.format.as_deref() {
+        None | Some("json") => {}
+        Some("openapi") => return axum::Json(inventory.openapi()).into_response(),
+        Some(_) => {
+            return (StatusCode::BAD_REQUEST, "format is json or openapi\n").into_response();
+        }
+    }
     axum::Json(serde_json::json!({
         "endpoints": inventory.entries(),
         "shadow_overflow": inventory.shadow_overflow(),

@@ -35,7 +35,8 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         config.contract.clone(),
         config.inventory.clone(),
         events.clone(),
-    );
+    )
+    .with_inferred_templates(config.infer_templates);
     ServiceBuilder::new()
         // Ids every request; turns each refusal into one problem answer and one event;
         // puts the security headers on every response.

@@ -477,6 +477,12 @@ fn compile(
         tls: listen_tls,
         mask_upstream_errors,
         alerts,
+        infer_templates: raw
+            .monitoring
+            .discovery
+            .as_ref()
+            .and_then(|d| d.infer_templates)
+            .unwrap_or(true),
         certificates: cert_facts.certs,
         upstreams: Arc::new(
             upstreams

@@ -162,6 +162,13 @@ pub struct RawMonitoring {
     #[serde(default)]
     pub events: RawEvents,
     pub alerts: Option<RawAlerts>,
+    pub discovery: Option<RawDiscovery>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub infer_templates: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -297,6 +297,65 @@ async fn shadow_endpoints_are_forwarded_recorded_and_listed() {
     assert_eq!(find("/v1/orders", "POST")["count"], 0);
 }
 
+#[tokio::test]
+async fn shadow_ids_fold_into_templates_and_export_as_openapi() {
+    let upstream = Upstream::start().await;
+    let gw = with_contract(
+        &upstream,
+        &format!("validation:\n  openapi: api.yaml\n  unknown_operations: log\n{CATCH_ALL}"),
+    )
+    .await;
+    for path in [
+        "/v1/legacy/users/17?verbose=1",
+        "/v1/legacy/users/18",
+        "/v1/legacy/users/550e8400-e29b-41d4-a716-446655440000/avatar",
+    ] {
+        let (status, _, _) = get(&gw.url(path)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let admin = |path: &str| {
+        Request::get(gw.admin_url(path))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    let (_, _, body) = send(admin("/admin/inventory")).await.unwrap();
+    let endpoints = json(&body)["endpoints"].as_array().unwrap().clone();
+    let shadow: Vec<(String, u64)> = endpoints
+        .iter()
+        .filter(|e| e["documented"] == false)
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shadow,
+        vec![
+            ("/v1/legacy/users/{id}".to_string(), 2),
+            ("/v1/legacy/users/{uuid}/avatar".to_string(), 1),
+        ],
+        "{body}"
+    );
+    let (status, _, body) = send(admin("/admin/inventory?format=openapi"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let doc = json(&body);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let op = &doc["paths"]["/v1/legacy/users/{id}"]["get"];
+    assert_eq!(
+        op["parameters"][0],
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}})
+    );
+    assert_eq!(op["parameters"][1]["name"], "verbose");
+    assert_eq!(op["x-portcullis-observed"]["count"], 2);
+    // Documented operations are never re-inferred into the export.
+    assert!(doc["paths"].get("/v1/health").is_none(), "{body}");
+}
+
 const RESPONSES_DOC: &str = r#"{
   "openapi": "3.1.0",
   "info": {"title": "echo", "version": "1"},

@@ -4,7 +4,7 @@
 use super::UnknownOperations;
 use super::contract::ApiContract;
 use crate::denial::Denial;
-use crate::discovery::Inventory;
+use crate::discovery::{Inventory, ShadowCall};
 use crate::event::request_event;
 use crate::event::{EventBus, EventType, Severity};
 use crate::future::ResponseFuture;
@@ -21,6 +21,7 @@ pub struct Operations {
     pub(super) contract: Option<Arc<ApiContract>>,
     inventory: Arc<Inventory>,
     pub(super) events: Arc<EventBus>,
+    infer_templates: bool,
 }
 
 impl Operations {
@@ -34,7 +35,15 @@ impl Operations {
             contract,
             inventory,
             events,
+            infer_templates: true,
         }
+    }
+
+    /// Whether undocumented paths are folded into templates (`/users/{id}`) in the
+    /// inventory (the default) or kept as they were called.
+    pub fn with_inferred_templates(mut self, infer: bool) -> Self {
+        self.infer_templates = infer;
+        self
     }
 }
 
@@ -98,10 +107,17 @@ where
                     return ResponseFuture::denied(Denial::UnknownOperation);
                 }
                 UnknownOperations::Log => {
-                    let first = self
-                        .operations
-                        .inventory
-                        .shadow(req.method(), req.uri().path());
+                    let first = self.operations.inventory.shadow(ShadowCall {
+                        method: req.method(),
+                        path: req.uri().path(),
+                        query: req.uri().query(),
+                        authenticated: req.headers().contains_key(http::header::AUTHORIZATION),
+                        content_type: req
+                            .headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok()),
+                        infer: self.operations.infer_templates,
+                    });
                     if first && let Some(scope) = req.extensions().get::<Arc<RequestScope>>() {
                         let mut event = request_event(
                             EventType::Anomaly,
