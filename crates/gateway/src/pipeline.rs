@@ -5,6 +5,7 @@ use crate::proxy::Proxy;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::cors::{Cors, CorsLayer};
+use portcullis::detect::{Detect, DetectLayer, Detectors};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
@@ -17,11 +18,15 @@ use tower::ServiceBuilder;
 
 /// The whole stack, outermost layer first.
 pub type Pipeline = Respond<
-    RequestTimeout<
-        Normalize<
-            Cors<
-                Router<
-                    OperationMatcher<Screen<Authenticate<RateLimit<Authorize<Validate<Proxy>>>>>>,
+    Detect<
+        RequestTimeout<
+            Normalize<
+                Cors<
+                    Router<
+                        OperationMatcher<
+                            Screen<Authenticate<RateLimit<Authorize<Validate<Proxy>>>>>,
+                        >,
+                    >,
                 >,
             >,
         >,
@@ -40,7 +45,12 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
     ServiceBuilder::new()
         // Ids every request; turns each refusal into one problem answer and one event;
         // puts the security headers on every response.
-        .layer(RespondLayer::new(config.headers.clone(), events))
+        .layer(RespondLayer::new(config.headers.clone(), events.clone()))
+        // Watches every answer on its way out (never delaying it) and flags clients whose
+        // responses look like exfiltration, which raises their threat score.
+        .layer(DetectLayer::new(config.exfiltration.map(|settings| {
+            Detectors::new(settings, config.rate_limiting.tracker.clone(), events)
+        })))
         // Bounds the whole exchange, upstream included.
         .layer(RequestTimeoutLayer::new(config.request_timeout))
         // Cheap checks first: head size, framing, canonical path, client address, body guard.

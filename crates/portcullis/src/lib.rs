@@ -28,6 +28,7 @@ pub mod authz;
 pub mod body;
 pub mod cors;
 pub mod denial;
+pub mod detect;
 pub mod discovery;
 pub mod event;
 pub mod framing;

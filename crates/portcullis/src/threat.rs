@@ -66,6 +66,8 @@ struct ClientState {
     validation_failures: u32,
     locked_until: u64,
     last_seen: u64,
+    /// Until when a detector's flag raises the score (Unix seconds).
+    flagged_until: u64,
     /// The latest request's score and (up to [`MAX_FACTORS`]) factors.
     score: u8,
     factors: [Option<&'static str>; MAX_FACTORS],
@@ -104,6 +106,8 @@ pub struct ClientView {
     pub validation_failures: u32,
     /// Seconds left of a lockout (0: not locked).
     pub locked_for: u64,
+    /// Whether a detector flagged the client (exfiltration, enumeration, ...).
+    pub flagged: bool,
 }
 
 /// Per-client memory, bounded in the number of clients.
@@ -136,7 +140,11 @@ impl ClientTracker {
         let mut clients = self.clients.lock().ok()?;
         if clients.len() >= self.max_clients && !clients.contains_key(&ip) {
             // Forget clients idle for a while first; under a flood, forget arbitrary ones.
-            clients.retain(|_, c| now.saturating_sub(c.last_seen) < 60 || c.locked_until > now);
+            clients.retain(|_, c| {
+                now.saturating_sub(c.last_seen) < 60
+                    || c.locked_until > now
+                    || c.flagged_until > now
+            });
             if clients.len() >= self.max_clients
                 && let Some(victim) = clients.keys().next().copied()
             {
@@ -166,6 +174,7 @@ impl ClientTracker {
                 auth_failures: state.auth_failures,
                 validation_failures: state.validation_failures,
                 locked_for: state.locked_until.saturating_sub(now),
+                flagged: state.flagged_until > now,
             }
         })
         .unwrap_or_default()
@@ -179,6 +188,13 @@ impl ClientTracker {
             if state.auth_failures > policy.limit {
                 state.locked_until = now + policy.lockout_secs;
             }
+        });
+    }
+
+    /// A detector flagged the client: its requests score higher for `duration`.
+    pub fn flag(&self, ip: IpAddr, duration: std::time::Duration) {
+        self.with(ip, |state, now| {
+            state.flagged_until = now.saturating_add(duration.as_secs());
         });
     }
 
@@ -295,6 +311,10 @@ pub fn score<B>(
     if view.validation_failures > 0 {
         score += view.validation_failures.saturating_mul(10).min(20);
         factors.push("validation_failures");
+    }
+    if view.flagged {
+        score += 20;
+        factors.push("detector_flag");
     }
     ThreatScore {
         score: score.min(100) as u8,

@@ -457,6 +457,29 @@ fn compile(
         }
     };
 
+    let exfiltration = raw
+        .monitoring
+        .detection
+        .as_ref()
+        .and_then(|d| d.exfiltration.as_ref())
+        .and_then(|e| {
+            let defaults = portcullis::detect::ExfiltrationSettings::default();
+            let factor = e.factor.as_ref().map_or(defaults.factor, |f| f.value);
+            if !(factor > 1.0 && factor.is_finite()) {
+                if let Some(f) = &e.factor {
+                    problems.add(
+                        "monitoring.detection.exfiltration.factor",
+                        line_of(&f.referenced),
+                        "must be a number greater than 1",
+                    );
+                }
+                return None;
+            }
+            Some(portcullis::detect::ExfiltrationSettings {
+                factor,
+                min_bytes: e.min_bytes.unwrap_or(defaults.min_bytes),
+            })
+        });
     let alerts = raw
         .monitoring
         .alerts
@@ -477,6 +500,7 @@ fn compile(
         tls: listen_tls,
         mask_upstream_errors,
         alerts,
+        exfiltration,
         infer_templates: raw
             .monitoring
             .discovery

@@ -163,6 +163,20 @@ pub struct RawMonitoring {
     pub events: RawEvents,
     pub alerts: Option<RawAlerts>,
     pub discovery: Option<RawDiscovery>,
+    pub detection: Option<RawDetection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetection {
+    pub exfiltration: Option<RawExfiltration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExfiltration {
+    pub factor: Option<Spanned<f64>>,
+    pub min_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

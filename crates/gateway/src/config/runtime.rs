@@ -167,6 +167,8 @@ pub struct GatewayConfig {
     pub authorizer: Option<Arc<Authorizer>>,
     /// Files whose change triggers a reload (policies, data).
     pub watched_files: Vec<PathBuf>,
+    /// When a response counts as exfiltration (`monitoring.detection.exfiltration`).
+    pub exfiltration: Option<portcullis::detect::ExfiltrationSettings>,
     /// Whether shadow paths are folded into templates (`monitoring.discovery`).
     pub infer_templates: bool,
     /// Where alerts go (`monitoring.alerts`), with the outbound client that sends them.

@@ -15,6 +15,7 @@ mod admin;
 mod alerts;
 mod authz;
 mod cli;
+mod detect;
 mod edge;
 mod identity;
 mod limits;
