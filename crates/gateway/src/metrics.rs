@@ -29,6 +29,16 @@ struct DenialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    route: Arc<str>,
+    action: Arc<str>,
+}
+
+/// Distinct policy actions given their own label at most; others count as `other`, so a
+/// client sending odd methods cannot grow the metric set.
+const MAX_ACTIONS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabel {
     issuer: Arc<str>,
 }
@@ -55,6 +65,8 @@ pub struct Metrics {
     latency: Family<RouteLabel, Histogram>,
     denials: Family<DenialLabels, Counter>,
     upstream_errors: Family<DenialLabels, Counter>,
+    authz_denials: Family<ActionLabels, Counter>,
+    actions: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     open_connections: Gauge,
     reloads: Family<ResultLabel, Counter>,
     events_dropped: Gauge,
@@ -89,6 +101,12 @@ impl Metrics {
         );
         let denials = Family::<DenialLabels, Counter>::default();
         let upstream_errors = Family::<DenialLabels, Counter>::default();
+        let authz_denials = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "authz_denials",
+            "Requests the policy refused, by route and action",
+            authz_denials.clone(),
+        );
         let open_connections = Gauge::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let events_dropped = Gauge::default();
@@ -214,6 +232,8 @@ impl Metrics {
             latency,
             denials,
             upstream_errors,
+            authz_denials,
+            actions: std::sync::Mutex::default(),
             open_connections,
             reloads,
             events_dropped,
@@ -230,6 +250,7 @@ impl Metrics {
         route: Option<&Arc<str>>,
         status: u16,
         denial: Option<&'static str>,
+        denied_action: Option<&str>,
         elapsed: Duration,
     ) {
         let route = route.unwrap_or(&self.no_route).clone();
@@ -244,6 +265,15 @@ impl Metrics {
                 route: route.clone(),
             })
             .observe(elapsed.as_secs_f64());
+        if let Some(action) = denied_action {
+            let action = self.action_label(action);
+            self.authz_denials
+                .get_or_create(&ActionLabels {
+                    route: route.clone(),
+                    action,
+                })
+                .inc();
+        }
         if let Some(reason) = denial {
             let labels = DenialLabels { reason, route };
             if reason.starts_with("upstream_") {
@@ -251,6 +281,27 @@ impl Metrics {
             }
             self.denials.get_or_create(&labels).inc();
         }
+    }
+
+    /// The label for a policy action: itself while the set of actions stays small and the
+    /// text is a plain identifier, else `other`.
+    fn action_label(&self, action: &str) -> Arc<str> {
+        let plain = action.len() <= 64
+            && action
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let Ok(mut actions) = self.actions.lock() else {
+            return Arc::from("other");
+        };
+        if let Some(known) = actions.get(action) {
+            return known.clone();
+        }
+        if !plain || actions.len() >= MAX_ACTIONS {
+            return Arc::from("other");
+        }
+        let label: Arc<str> = Arc::from(action);
+        actions.insert(label.clone());
+        label
     }
 
     /// A client connection opened.

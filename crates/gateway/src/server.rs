@@ -431,6 +431,7 @@ async fn handle(
         outcome.and_then(|o| o.route.as_ref()),
         response.status().as_u16(),
         outcome.and_then(|o| o.denial_reason),
+        outcome.and_then(|o| o.denied_action.as_deref()),
         started.elapsed(),
     );
     Ok(response)

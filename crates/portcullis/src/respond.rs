@@ -23,6 +23,8 @@ pub struct Outcome {
     pub route: Option<Arc<str>>,
     /// The refusal's reason, when the gateway refused.
     pub denial_reason: Option<&'static str>,
+    /// The policy action that was refused (`delete_items`), for authorization refusals.
+    pub denied_action: Option<String>,
 }
 
 /// Builds [`Respond`] services.
@@ -97,11 +99,21 @@ where
         let headers = self.headers.clone();
         let events = self.events.clone();
         Box::pin(async move {
-            let (mut response, denial_reason) = match future.await {
-                Ok(response) => (response, None),
+            let (mut response, denial_reason, denied_action) = match future.await {
+                Ok(response) => (response, None, None),
                 Err(denial) => {
                     events.emit(event_for(&denial, &scope, &uri));
-                    (denial.to_response(scope.id()), Some(denial.reason()))
+                    let action = match &denial {
+                        Denial::Forbidden {
+                            required_action, ..
+                        } if !required_action.is_empty() => Some(required_action.clone()),
+                        _ => None,
+                    };
+                    (
+                        denial.to_response(scope.id()),
+                        Some(denial.reason()),
+                        action,
+                    )
                 }
             };
             headers.apply(response.headers_mut(), https);
@@ -114,6 +126,7 @@ where
             response.extensions_mut().insert(Outcome {
                 route: scope.route().cloned(),
                 denial_reason,
+                denied_action,
             });
             Ok(response)
         })

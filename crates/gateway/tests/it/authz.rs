@@ -154,6 +154,18 @@ async fn embedded_rego_ownership_step_up_and_decision_records() {
     let problem = json(&body);
     assert_eq!(problem["required_action"], "put_items");
     assert_eq!(problem["resource_type"], "items");
+    let metrics = Request::get(gw.admin_url("/metrics"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::default())
+        .unwrap();
+    let (_, _, text) = send(metrics).await.unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("portcullis_authz_denials_total{")
+                && l.contains("action=\"put_items\"")
+                && l.ends_with(" 1")),
+        "no denial by action in the metrics: {text}"
+    );
     assert!(
         !body.contains("owner") && !body.contains("rego"),
         "policy detail leaked: {body}"
