@@ -32,7 +32,10 @@ pub fn stream(gateway: Arc<Gateway>, headers: &HeaderMap, since: Option<u64>) ->
         return (StatusCode::SERVICE_UNAVAILABLE, "too many event streams\n").into_response();
     }
     let (tx, rx) = mpsc::channel(64);
-    let after = resume.unwrap_or_else(|| gateway.events.last_seq());
+    // An id from the future (a client of an earlier process: numbering restarts) resumes
+    // from now, or it would wait for the numbers to catch up.
+    let last = gateway.events.last_seq();
+    let after = resume.filter(|id| *id <= last).unwrap_or(last);
     tokio::spawn(async move {
         feed(&gateway, after, tx).await;
         OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);

@@ -140,6 +140,10 @@ async fn the_event_stream_is_live_and_resumes_after_last_event_id() {
         "a seen event was sent again: {next}"
     );
     assert!(id_of(&next, "encoded_backslash") > id);
+    // An id from an earlier process (numbering restarted) resumes from now, not never.
+    let mut stale = open_stream(&gateway, "Last-Event-ID: 999999\r\n").await;
+    let _ = get(&gateway.url("/files/e%2Ff")).await.expect("answer");
+    read_until(&mut stale, "encoded_slash").await;
     assert_eq!(upstream.heads(), 0);
     // Without the admin token there is no stream.
     let (status, _, _) = get(&gateway.admin_url("/admin/events/stream"))
