@@ -352,6 +352,7 @@ async fn shadow_ids_fold_into_templates_and_export_as_openapi() {
     );
     assert_eq!(op["parameters"][1]["name"], "verbose");
     assert_eq!(op["x-portcullis-observed"]["count"], 2);
+    assert_eq!(op["responses"]["200"]["description"], "observed", "{body}");
     // Documented operations are never re-inferred into the export.
     assert!(doc["paths"].get("/v1/health").is_none(), "{body}");
 }

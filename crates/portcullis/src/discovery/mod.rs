@@ -74,6 +74,8 @@ pub struct Observed {
     pub query_parameters: Vec<String>,
     /// Body content types seen (at most 16).
     pub content_types: Vec<String>,
+    /// Answer statuses seen (at most 16), the gateway's refusals included.
+    pub statuses: Vec<u16>,
 }
 
 /// One call to an undocumented endpoint, as the operation layer saw it.
@@ -102,6 +104,34 @@ struct Shadow {
     anonymous: AtomicBool,
     path_parameters: Vec<String>,
     names: Mutex<(BTreeSet<String>, BTreeSet<String>)>,
+    statuses: Mutex<BTreeSet<u16>>,
+}
+
+/// Records the answer of one call to a shadow endpoint.
+#[derive(Debug, Clone)]
+pub struct StatusRecorder(Arc<Shadow>);
+
+impl StatusRecorder {
+    /// The call was answered with `status`.
+    pub fn record(&self, status: u16) {
+        let mut statuses = self
+            .0
+            .statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if statuses.len() < MAX_NAMES {
+            statuses.insert(status);
+        }
+    }
+}
+
+/// What [`Inventory::shadow`] saw.
+#[derive(Debug)]
+pub struct ShadowSeen {
+    /// Whether this is the endpoint's first call.
+    pub first: bool,
+    /// Where to record the answer's status (none past the inventory's bound).
+    pub recorder: Option<StatusRecorder>,
 }
 
 impl Shadow {
@@ -138,6 +168,13 @@ impl Shadow {
             path_parameters: self.path_parameters.clone(),
             query_parameters: names.0.iter().cloned().collect(),
             content_types: names.1.iter().cloned().collect(),
+            statuses: self
+                .statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied()
+                .collect(),
         }
     }
 }
@@ -165,8 +202,8 @@ impl Inventory {
     }
 
     /// Records a call to an undocumented endpoint (folded into its template unless told
-    /// otherwise); true the first time the endpoint is seen.
-    pub fn shadow(&self, call: ShadowCall<'_>) -> bool {
+    /// otherwise), saying whether it is the first time the endpoint is seen.
+    pub fn shadow(&self, call: ShadowCall<'_>) -> ShadowSeen {
         let (path, path_parameters) = if call.infer {
             template::infer(call.path)
         } else {
@@ -179,11 +216,17 @@ impl Inventory {
         let mut map = self.shadow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(shadow) = map.get(&key) {
             shadow.observe(&call);
-            return false;
+            return ShadowSeen {
+                first: false,
+                recorder: Some(StatusRecorder(shadow.clone())),
+            };
         }
         if map.len() >= MAX_SHADOW {
             self.shadow_overflow.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return ShadowSeen {
+                first: false,
+                recorder: None,
+            };
         }
         let shadow = Arc::new(Shadow {
             first_seen: crate::time::unix_now(),
@@ -191,8 +234,11 @@ impl Inventory {
             ..Shadow::default()
         });
         shadow.observe(&call);
-        map.insert(key, shadow);
-        true
+        map.insert(key, shadow.clone());
+        ShadowSeen {
+            first: true,
+            recorder: Some(StatusRecorder(shadow)),
+        }
     }
 
     /// Calls to shadow endpoints beyond the remembered ones.
@@ -258,10 +304,26 @@ impl Inventory {
                     |name| serde_json::json!({ "name": name, "in": "query", "schema": string }),
                 ),
             );
+            let mut responses: serde_json::Map<String, serde_json::Value> = observed
+                .statuses
+                .iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        serde_json::json!({ "description": "observed" }),
+                    )
+                })
+                .collect();
+            if responses.is_empty() {
+                responses.insert(
+                    "default".into(),
+                    serde_json::json!({ "description": "not observed yet" }),
+                );
+            }
             let mut operation = serde_json::json!({
                 "summary": "observed, not documented",
                 "parameters": parameters,
-                "responses": { "default": { "description": "not observed yet" } },
+                "responses": responses,
                 "x-portcullis-observed": {
                     "count": entry.count,
                     "first_seen": observed.first_seen,
@@ -316,8 +378,8 @@ mod tests {
             content_type: None,
             infer: false,
         };
-        assert!(inventory.shadow(call("/a")));
-        assert!(!inventory.shadow(call("/a")));
+        assert!(inventory.shadow(call("/a")).first);
+        assert!(!inventory.shadow(call("/a")).first);
         for i in 0..MAX_SHADOW + 10 {
             let path = format!("/scan/{i}");
             inventory.shadow(ShadowCall {
@@ -336,7 +398,7 @@ mod tests {
         let inventory = Inventory::default();
         for (i, auth) in [(17, false), (18, true), (19, false)] {
             let path = format!("/legacy/users/{i}");
-            inventory.shadow(ShadowCall {
+            let seen = inventory.shadow(ShadowCall {
                 method: &Method::POST,
                 path: &path,
                 query: Some("verbose=1&fields=a"),
@@ -344,6 +406,9 @@ mod tests {
                 content_type: Some("application/json; charset=utf-8"),
                 infer: true,
             });
+            if let Some(recorder) = seen.recorder {
+                recorder.record(if auth { 201 } else { 401 });
+            }
         }
         let entries = inventory.entries();
         assert_eq!(entries.len(), 1, "{entries:?}");
@@ -365,5 +430,6 @@ mod tests {
         assert!(op["requestBody"]["content"]["application/json"].is_object());
         assert_eq!(op["x-portcullis-observed"]["authenticated"], true);
         assert_eq!(op["x-portcullis-observed"]["anonymous"], true);
+        assert!(op["responses"]["201"].is_object() && op["responses"]["401"].is_object());
     }
 }

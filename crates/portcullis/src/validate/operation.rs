@@ -78,9 +78,11 @@ pub struct OperationMatcher<S> {
     operations: Operations,
 }
 
-impl<S, B> Service<Request<B>> for OperationMatcher<S>
+impl<S, B, RB> Service<Request<B>> for OperationMatcher<S>
 where
-    S: Service<Request<B>, Error = Denial>,
+    S: Service<Request<B>, Response = http::Response<RB>, Error = Denial>,
+    S::Future: Send + 'static,
+    RB: 'static,
 {
     type Response = S::Response;
     type Error = Denial;
@@ -107,7 +109,7 @@ where
                     return ResponseFuture::denied(Denial::UnknownOperation);
                 }
                 UnknownOperations::Log => {
-                    let first = self.operations.inventory.shadow(ShadowCall {
+                    let seen = self.operations.inventory.shadow(ShadowCall {
                         method: req.method(),
                         path: req.uri().path(),
                         query: req.uri().query(),
@@ -118,7 +120,9 @@ where
                             .and_then(|v| v.to_str().ok()),
                         infer: self.operations.infer_templates,
                     });
-                    if first && let Some(scope) = req.extensions().get::<Arc<RequestScope>>() {
+                    if seen.first
+                        && let Some(scope) = req.extensions().get::<Arc<RequestScope>>()
+                    {
                         let mut event = request_event(
                             EventType::Anomaly,
                             Severity::Medium,
@@ -130,6 +134,19 @@ where
                             "path": crate::problem::truncated(req.uri().path(), 256),
                         });
                         self.operations.events.emit(event);
+                    }
+                    if let Some(recorder) = seen.recorder {
+                        // The one path that waits on the answer: shadow calls are rare,
+                        // and their statuses are what a reviewer needs to document them.
+                        let future = self.inner.call(req);
+                        return ResponseFuture::boxed(Box::pin(async move {
+                            let result = future.await;
+                            recorder.record(match &result {
+                                Ok(response) => response.status().as_u16(),
+                                Err(denial) => denial.status().as_u16(),
+                            });
+                            result
+                        }));
                     }
                 }
             },
