@@ -333,6 +333,8 @@ Try these (each answer carries x-request-id and the security headers):
   curl -s {admin}/metrics | grep portcullis_requests
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/events
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/inventory   # calls per documented operation
+  curl -sN -H 'authorization: Bearer {token}' {admin}/admin/events/stream   # live (SSE); Ctrl-C to stop
+  curl -s -H 'authorization: Bearer {token}' {admin}/admin/offenders   # clients by threat score
   curl -s -X POST -H 'authorization: Bearer {token}' {admin}/admin/reload
 
 {tls_part}Security events follow below as JSON lines. Ctrl-C stops.
