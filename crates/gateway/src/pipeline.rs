@@ -41,7 +41,7 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         config.inventory.clone(),
         events.clone(),
     )
-    .with_inferred_templates(config.infer_templates);
+    .with_templates(config.templates.clone());
     ServiceBuilder::new()
         // Ids every request; turns each refusal into one problem answer and one event;
         // puts the security headers on every response.

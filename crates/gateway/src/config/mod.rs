@@ -480,6 +480,26 @@ fn compile(
                 min_bytes: e.min_bytes.unwrap_or(defaults.min_bytes),
             })
         });
+    let template_defaults = portcullis::discovery::TemplateRules::default();
+    let templates = match &raw.monitoring.discovery {
+        None => Some(template_defaults),
+        Some(d) if d.infer_templates == Some(false) => None,
+        Some(d) => {
+            if d.max_templates_per_prefix == Some(0) {
+                problems.add(
+                    "monitoring.discovery.max_templates_per_prefix",
+                    None,
+                    "must be greater than 0",
+                );
+            }
+            Some(portcullis::discovery::TemplateRules {
+                reserved: d.reserved_segments.clone(),
+                max_per_prefix: d
+                    .max_templates_per_prefix
+                    .unwrap_or(template_defaults.max_per_prefix),
+            })
+        }
+    };
     let alerts = raw
         .monitoring
         .alerts
@@ -501,12 +521,7 @@ fn compile(
         mask_upstream_errors,
         alerts,
         exfiltration,
-        infer_templates: raw
-            .monitoring
-            .discovery
-            .as_ref()
-            .and_then(|d| d.infer_templates)
-            .unwrap_or(true),
+        templates,
         certificates: cert_facts.certs,
         upstreams: Arc::new(
             upstreams

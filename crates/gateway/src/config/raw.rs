@@ -183,6 +183,9 @@ pub struct RawExfiltration {
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
     pub infer_templates: Option<bool>,
+    #[serde(default)]
+    pub reserved_segments: Vec<String>,
+    pub max_templates_per_prefix: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,8 +169,9 @@ pub struct GatewayConfig {
     pub watched_files: Vec<PathBuf>,
     /// When a response counts as exfiltration (`monitoring.detection.exfiltration`).
     pub exfiltration: Option<portcullis::detect::ExfiltrationSettings>,
-    /// Whether shadow paths are folded into templates (`monitoring.discovery`).
-    pub infer_templates: bool,
+    /// How shadow paths are folded into templates (`monitoring.discovery`; none: kept as
+    /// called).
+    pub templates: Option<portcullis::discovery::TemplateRules>,
     /// Where alerts go (`monitoring.alerts`), with the outbound client that sends them.
     pub alerts: Option<(
         portcullis::alert::AlertSettings,

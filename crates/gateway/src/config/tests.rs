@@ -79,6 +79,27 @@ routes:
 }
 
 #[test]
+fn discovery_settings_compile() {
+    let with = |body: &str| format!("{MINIMAL}monitoring:\n  discovery:\n{body}");
+    let config = compile(&with(
+        "    reserved_segments: [me]\n    max_templates_per_prefix: 7\n",
+    ));
+    let rules = config.ok().and_then(|c| c.templates);
+    assert_eq!(
+        rules,
+        Some(portcullis::discovery::TemplateRules {
+            reserved: vec!["me".into()],
+            max_per_prefix: 7,
+        })
+    );
+    let off = compile(&with("    infer_templates: false\n"));
+    assert!(off.is_ok_and(|c| c.templates.is_none()));
+    let zero = compile(&with("    max_templates_per_prefix: 0\n"));
+    let errors = zero.err().unwrap_or_default().join("\n");
+    assert!(errors.contains("max_templates_per_prefix"), "{errors}");
+}
+
+#[test]
 fn alert_settings_are_checked() {
     let alerts = |body: &str| format!("{MINIMAL}monitoring:\n  alerts:\n{body}");
     let errors = |yaml: String| compile(&yaml).err().unwrap_or_default().join("\n");

@@ -6,7 +6,7 @@
 
 mod template;
 
-pub use template::infer as infer_template;
+pub use template::{TemplateRules, infer as infer_template};
 
 use http::Method;
 use serde::Serialize;
@@ -91,8 +91,8 @@ pub struct ShadowCall<'a> {
     pub authenticated: bool,
     /// Its body's content type, if any.
     pub content_type: Option<&'a str>,
-    /// Whether to fold the path into a template.
-    pub infer: bool,
+    /// How to fold the path into a template (none: kept as called).
+    pub templates: Option<&'a TemplateRules>,
 }
 
 /// The counters and observations of one shadow endpoint.
@@ -204,10 +204,9 @@ impl Inventory {
     /// Records a call to an undocumented endpoint (folded into its template unless told
     /// otherwise), saying whether it is the first time the endpoint is seen.
     pub fn shadow(&self, call: ShadowCall<'_>) -> ShadowSeen {
-        let (path, path_parameters) = if call.infer {
-            template::infer(call.path)
-        } else {
-            (call.path.to_string(), Vec::new())
+        let (path, path_parameters) = match call.templates {
+            Some(rules) => template::infer(call.path, rules),
+            None => (call.path.to_string(), Vec::new()),
         };
         let key = (
             call.method.clone(),
@@ -221,7 +220,11 @@ impl Inventory {
                 recorder: Some(StatusRecorder(shadow.clone())),
             };
         }
-        if map.len() >= MAX_SHADOW {
+        let crowded = call.templates.is_some_and(|rules| {
+            let prefix = prefix_of(&key.1);
+            map.keys().filter(|(_, p)| prefix_of(p) == prefix).count() >= rules.max_per_prefix
+        });
+        if map.len() >= MAX_SHADOW || crowded {
             self.shadow_overflow.fetch_add(1, Ordering::Relaxed);
             return ShadowSeen {
                 first: false,
@@ -363,6 +366,15 @@ impl Inventory {
     }
 }
 
+/// The first two segments of a path (`/v1/legacy` of `/v1/legacy/users/{id}`).
+fn prefix_of(path: &str) -> &str {
+    let end = path
+        .match_indices('/')
+        .nth(2)
+        .map_or(path.len(), |(index, _)| index);
+    path.get(..end).unwrap_or(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +388,7 @@ mod tests {
             query: None,
             authenticated: false,
             content_type: None,
-            infer: false,
+            templates: None,
         };
         assert!(inventory.shadow(call("/a")).first);
         assert!(!inventory.shadow(call("/a")).first);
@@ -404,7 +416,7 @@ mod tests {
                 query: Some("verbose=1&fields=a"),
                 authenticated: auth,
                 content_type: Some("application/json; charset=utf-8"),
-                infer: true,
+                templates: Some(&TemplateRules::default()),
             });
             if let Some(recorder) = seen.recorder {
                 recorder.record(if auth { 201 } else { 401 });
@@ -431,5 +443,37 @@ mod tests {
         assert_eq!(op["x-portcullis-observed"]["authenticated"], true);
         assert_eq!(op["x-portcullis-observed"]["anonymous"], true);
         assert!(op["responses"]["201"].is_object() && op["responses"]["401"].is_object());
+    }
+
+    #[test]
+    fn one_prefix_cannot_fill_the_inventory() {
+        let inventory = Inventory::default();
+        let rules = TemplateRules {
+            reserved: Vec::new(),
+            max_per_prefix: 3,
+        };
+        for word in ["a", "b", "c", "d", "e"] {
+            let path = format!("/noisy/x/{word}");
+            inventory.shadow(ShadowCall {
+                method: &Method::GET,
+                path: &path,
+                query: None,
+                authenticated: false,
+                content_type: None,
+                templates: Some(&rules),
+            });
+        }
+        inventory.shadow(ShadowCall {
+            method: &Method::GET,
+            path: "/quiet/y",
+            query: None,
+            authenticated: false,
+            content_type: None,
+            templates: Some(&rules),
+        });
+        assert_eq!(inventory.entries().len(), 4);
+        assert_eq!(inventory.shadow_overflow(), 2);
+        assert_eq!(prefix_of("/v1/legacy/users/{id}"), "/v1/legacy");
+        assert_eq!(prefix_of("/v1"), "/v1");
     }
 }

@@ -2,13 +2,33 @@
 //! `/users/{id}/orders/{hex}`, so that a scan of ids is one shadow endpoint, not thousands.
 //! Words (`api`, `v2`, `users`) are kept as they are.
 
+/// How undocumented paths are folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRules {
+    /// Segments kept as they are even when they look like identifiers (`2fa`, `me`).
+    pub reserved: Vec<String>,
+    /// Templates remembered per prefix (the first two segments) at most; later ones are
+    /// only counted, so one noisy prefix cannot fill the inventory.
+    pub max_per_prefix: usize,
+}
+
+impl Default for TemplateRules {
+    fn default() -> Self {
+        TemplateRules {
+            reserved: Vec::new(),
+            max_per_prefix: 100,
+        }
+    }
+}
+
 /// The template of a canonical path, and the names of the parameters it introduced.
-pub fn infer(path: &str) -> (String, Vec<String>) {
+pub fn infer(path: &str, rules: &TemplateRules) -> (String, Vec<String>) {
     let mut template = String::with_capacity(path.len());
     let mut names: Vec<String> = Vec::new();
     for segment in path.split('/').skip(1) {
         template.push('/');
-        match kind(segment) {
+        let reserved = rules.reserved.iter().any(|r| r == segment);
+        match kind(segment).filter(|_| !reserved) {
             None => template.push_str(segment),
             Some(kind) => {
                 // Names must be unique within a template (OpenAPI path parameters).
@@ -103,9 +123,15 @@ mod tests {
             ("/v1/deadbeef", "/v1/deadbeef"),
             ("/", "/"),
         ];
+        let rules = TemplateRules::default();
         for (path, template) in cases {
-            assert_eq!(infer(path).0, template, "{path}");
+            assert_eq!(infer(path, &rules).0, template, "{path}");
         }
-        assert_eq!(infer("/a/1/b/2").1, vec!["id", "id_2"]);
+        assert_eq!(infer("/a/1/b/2", &rules).1, vec!["id", "id_2"]);
+        let reserved = TemplateRules {
+            reserved: vec!["2026-12-01".into()],
+            ..TemplateRules::default()
+        };
+        assert_eq!(infer("/r/2026-12-01/7", &reserved).0, "/r/2026-12-01/{id}");
     }
 }

@@ -4,7 +4,7 @@
 use super::UnknownOperations;
 use super::contract::ApiContract;
 use crate::denial::Denial;
-use crate::discovery::{Inventory, ShadowCall};
+use crate::discovery::{Inventory, ShadowCall, TemplateRules};
 use crate::event::request_event;
 use crate::event::{EventBus, EventType, Severity};
 use crate::future::ResponseFuture;
@@ -21,7 +21,7 @@ pub struct Operations {
     pub(super) contract: Option<Arc<ApiContract>>,
     inventory: Arc<Inventory>,
     pub(super) events: Arc<EventBus>,
-    infer_templates: bool,
+    templates: Option<Arc<TemplateRules>>,
 }
 
 impl Operations {
@@ -35,14 +35,14 @@ impl Operations {
             contract,
             inventory,
             events,
-            infer_templates: true,
+            templates: Some(Arc::new(TemplateRules::default())),
         }
     }
 
-    /// Whether undocumented paths are folded into templates (`/users/{id}`) in the
-    /// inventory (the default) or kept as they were called.
-    pub fn with_inferred_templates(mut self, infer: bool) -> Self {
-        self.infer_templates = infer;
+    /// How undocumented paths are folded into templates (`/users/{id}`) in the inventory
+    /// (by default, with no reserved segments), or `None` to keep them as called.
+    pub fn with_templates(mut self, rules: Option<TemplateRules>) -> Self {
+        self.templates = rules.map(Arc::new);
         self
     }
 }
@@ -118,7 +118,7 @@ where
                             .headers()
                             .get(http::header::CONTENT_TYPE)
                             .and_then(|v| v.to_str().ok()),
-                        infer: self.operations.infer_templates,
+                        templates: self.operations.templates.as_deref(),
                     });
                     if seen.first
                         && let Some(scope) = req.extensions().get::<Arc<RequestScope>>()
