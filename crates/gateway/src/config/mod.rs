@@ -6,6 +6,7 @@ mod cors;
 pub mod duration;
 mod headers;
 mod identity;
+mod monitoring;
 mod policy;
 mod problems;
 mod ratelimit;
@@ -27,7 +28,6 @@ pub use runtime::{
 
 use headers::compile_headers;
 use portcullis::authn::AuthMode;
-use portcullis::event::EventSink;
 use portcullis::headers::SecurityHeaders;
 use portcullis::net::{IpNet, TrustedProxies};
 use portcullis::normalize::NormalizeSettings;
@@ -422,84 +422,9 @@ fn compile(
         Some(map) => compile_headers(map, problems),
     };
 
-    let events = match (&raw.monitoring.events.sink, &raw.monitoring.events.path) {
-        (None, None) => EventSink::Stdout,
-        (Some(sink), path) => match (sink.value.as_str(), path) {
-            ("stdout", None) => EventSink::Stdout,
-            ("file", Some(path)) => match resolver.text("monitoring.events.path", path, problems) {
-                Some(p) => EventSink::File(base_dir.join(p)),
-                None => EventSink::Stdout,
-            },
-            ("file", None) => {
-                problems.at("monitoring.events.path", sink, "sink `file` needs a `path`");
-                EventSink::Stdout
-            }
-            ("stdout", Some(path)) => {
-                problems.at(
-                    "monitoring.events.path",
-                    path,
-                    "`path` is only used with sink `file`",
-                );
-                EventSink::Stdout
-            }
-            (other, _) => {
-                problems.at(
-                    "monitoring.events.sink",
-                    sink,
-                    format!("unknown sink `{other}` (use stdout or file)"),
-                );
-                EventSink::Stdout
-            }
-        },
-        (None, Some(path)) => {
-            problems.at("monitoring.events.path", path, "`path` needs `sink: file`");
-            EventSink::Stdout
-        }
-    };
-
-    let exfiltration = raw
-        .monitoring
-        .detection
-        .as_ref()
-        .and_then(|d| d.exfiltration.as_ref())
-        .and_then(|e| {
-            let defaults = portcullis::detect::ExfiltrationSettings::default();
-            let factor = e.factor.as_ref().map_or(defaults.factor, |f| f.value);
-            if !(factor > 1.0 && factor.is_finite()) {
-                if let Some(f) = &e.factor {
-                    problems.add(
-                        "monitoring.detection.exfiltration.factor",
-                        line_of(&f.referenced),
-                        "must be a number greater than 1",
-                    );
-                }
-                return None;
-            }
-            Some(portcullis::detect::ExfiltrationSettings {
-                factor,
-                min_bytes: e.min_bytes.unwrap_or(defaults.min_bytes),
-            })
-        });
-    let template_defaults = portcullis::discovery::TemplateRules::default();
-    let templates = match &raw.monitoring.discovery {
-        None => Some(template_defaults),
-        Some(d) if d.infer_templates == Some(false) => None,
-        Some(d) => {
-            if d.max_templates_per_prefix == Some(0) {
-                problems.add(
-                    "monitoring.discovery.max_templates_per_prefix",
-                    None,
-                    "must be greater than 0",
-                );
-            }
-            Some(portcullis::discovery::TemplateRules {
-                reserved: d.reserved_segments.clone(),
-                max_per_prefix: d
-                    .max_templates_per_prefix
-                    .unwrap_or(template_defaults.max_per_prefix),
-            })
-        }
-    };
+    let events = monitoring::events(&raw.monitoring, base_dir, &resolver, problems);
+    let exfiltration = monitoring::exfiltration(&raw.monitoring, problems);
+    let templates = monitoring::templates(&raw.monitoring, problems);
     let alerts = raw
         .monitoring
         .alerts
