@@ -47,10 +47,17 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         // puts the security headers on every response.
         .layer(RespondLayer::new(config.headers.clone(), events.clone()))
         // Watches every answer on its way out (never delaying it) and flags clients whose
-        // responses look like exfiltration, which raises their threat score.
-        .layer(DetectLayer::new(config.exfiltration.map(|settings| {
-            Detectors::new(settings, config.rate_limiting.tracker.clone(), events)
-        })))
+        // responses look like exfiltration or an error spike, which raises their threat score.
+        .layer(DetectLayer::new(
+            (config.exfiltration.is_some() || config.error_spike.is_some()).then(|| {
+                Detectors::new(
+                    config.exfiltration,
+                    config.error_spike,
+                    config.rate_limiting.tracker.clone(),
+                    events,
+                )
+            }),
+        ))
         // Bounds the whole exchange, upstream included.
         .layer(RequestTimeoutLayer::new(config.request_timeout))
         // Cheap checks first: head size, framing, canonical path, client address, body guard.

@@ -50,6 +50,38 @@ impl Default for ExfiltrationSettings {
     }
 }
 
+/// When errors come in a spike: an endpoint's or a client's error answers (4xx/5xx, the
+/// gateway's refusals included) in a window, against the same key's usual count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorSpikeSettings {
+    /// This many times the key's usual count per window ...
+    pub factor: f64,
+    /// ... and at least this many in the window.
+    pub min_count: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for ErrorSpikeSettings {
+    fn default() -> Self {
+        ErrorSpikeSettings {
+            factor: 5.0,
+            min_count: 20,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Error counts of one endpoint or client.
+#[derive(Debug, Clone, Copy)]
+struct ErrorWindow {
+    started: std::time::Instant,
+    count: u32,
+    /// The usual count per window (exponentially weighted over past windows).
+    usual: f64,
+    flagged: bool,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Baseline {
     mean: f64,
@@ -59,29 +91,98 @@ struct Baseline {
 /// The detectors' shared state.
 #[derive(Debug)]
 pub struct Detectors {
-    exfiltration: ExfiltrationSettings,
+    exfiltration: Option<ExfiltrationSettings>,
     baselines: Mutex<HashMap<Arc<str>, Baseline>>,
+    error_spike: Option<ErrorSpikeSettings>,
+    errors: Mutex<HashMap<String, ErrorWindow>>,
     tracker: Arc<ClientTracker>,
     events: Arc<EventBus>,
 }
 
 impl Detectors {
-    /// Exfiltration detection with `settings`, flagging clients in `tracker`.
+    /// The detectors that have settings, flagging clients in `tracker`.
     pub fn new(
-        exfiltration: ExfiltrationSettings,
+        exfiltration: Option<ExfiltrationSettings>,
+        error_spike: Option<ErrorSpikeSettings>,
         tracker: Arc<ClientTracker>,
         events: Arc<EventBus>,
     ) -> Arc<Detectors> {
         Arc::new(Detectors {
             exfiltration,
             baselines: Mutex::new(HashMap::new()),
+            error_spike,
+            errors: Mutex::new(HashMap::new()),
             tracker,
             events,
         })
     }
 
+    /// Counts one answer's status against its endpoint's and its client's usual error rate.
+    fn status(&self, scope: &RequestScope, status: u16) {
+        let Some(settings) = self.error_spike else {
+            return;
+        };
+        if status < 400 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let endpoint = scope.endpoint().map(|e| format!("endpoint {e}"));
+        let client = scope.client_ip().map(|ip| format!("client {ip}"));
+        for key in [endpoint, client].into_iter().flatten() {
+            let spike = {
+                let mut map = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+                if map.len() >= MAX_ENDPOINTS && !map.contains_key(&key) {
+                    // Forget keys idle for a whole window before refusing new ones.
+                    map.retain(|_, w| now.saturating_duration_since(w.started) < settings.window);
+                    if map.len() >= MAX_ENDPOINTS {
+                        continue;
+                    }
+                }
+                let w = map.entry(key.clone()).or_insert(ErrorWindow {
+                    started: now,
+                    count: 0,
+                    usual: 0.0,
+                    flagged: false,
+                });
+                if now.saturating_duration_since(w.started) >= settings.window {
+                    w.usual += 0.3 * (f64::from(w.count) - w.usual);
+                    w.count = 0;
+                    w.started = now;
+                    w.flagged = false;
+                }
+                w.count = w.count.saturating_add(1);
+                let over = w.count >= settings.min_count
+                    && f64::from(w.count) > settings.factor * w.usual.max(1.0);
+                let spike = over && !w.flagged;
+                if spike {
+                    w.flagged = true;
+                }
+                spike.then_some((w.count, w.usual))
+            };
+            let Some((count, usual)) = spike else {
+                continue;
+            };
+            let is_client = key.starts_with("client ");
+            if is_client && let Some(ip) = scope.client_ip() {
+                self.tracker.flag(ip, FLAG_FOR);
+            }
+            let mut event = request_event(EventType::Anomaly, Severity::High, "error_spike", scope);
+            event.details = serde_json::json!({
+                "detail": "error answers far above the usual rate",
+                "scope": if is_client { "client" } else { "endpoint" },
+                "count": count,
+                "usual": usual.round(),
+                "window_secs": settings.window.as_secs(),
+            });
+            self.events.emit(event);
+        }
+    }
+
     /// Judges one complete response of `bytes` on the scope's endpoint.
     fn response(&self, scope: &RequestScope, bytes: u64) {
+        let Some(exfiltration) = self.exfiltration else {
+            return;
+        };
         let Some(endpoint) = scope.endpoint().cloned() else {
             return;
         };
@@ -97,8 +198,8 @@ impl Detectors {
             let entry = map.entry(endpoint).or_default();
             let before = *entry;
             let flagged = before.samples >= WARM_UP
-                && bytes >= self.exfiltration.min_bytes
-                && size > before.mean * self.exfiltration.factor;
+                && bytes >= exfiltration.min_bytes
+                && size > before.mean * exfiltration.factor;
             if flagged {
                 // A flagged answer is not learned from: one leak must not make the next usual.
                 Some(before.mean)
@@ -123,7 +224,7 @@ impl Detectors {
             "detail": "a response far larger than the endpoint's usual",
             "bytes": bytes,
             "baseline_bytes": mean.round(),
-            "factor": self.exfiltration.factor,
+            "factor": exfiltration.factor,
         });
         self.events.emit(event);
     }
@@ -162,7 +263,7 @@ pub struct Detect<S> {
 
 impl<S, B> Service<Request<B>> for Detect<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<Body>, Error = crate::Denial>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -195,21 +296,32 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, E> std::future::Future for ResponseFuture<F>
+impl<F> std::future::Future for ResponseFuture<F>
 where
-    F: std::future::Future<Output = Result<Response<Body>, E>>,
+    F: std::future::Future<Output = Result<Response<Body>, crate::Denial>>,
 {
-    type Output = Result<Response<Body>, E>;
+    type Output = Result<Response<Body>, crate::Denial>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.inner.poll(cx) {
+        let result = match this.inner.poll(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result?,
+            Poll::Ready(result) => result,
         };
         let Some((detectors, scope)) = this.watch.take() else {
-            return Poll::Ready(Ok(response));
+            return Poll::Ready(result);
         };
+        let response = match result {
+            Ok(response) => response,
+            Err(denial) => {
+                detectors.status(&scope, denial.status().as_u16());
+                return Poll::Ready(Err(denial));
+            }
+        };
+        detectors.status(&scope, response.status().as_u16());
+        if detectors.exfiltration.is_none() {
+            return Poll::Ready(Ok(response));
+        }
         Poll::Ready(Ok(response.map(|body| {
             crate::body::boxed(Counted {
                 inner: body,

@@ -424,6 +424,7 @@ fn compile(
 
     let events = monitoring::events(&raw.monitoring, base_dir, &resolver, problems);
     let exfiltration = monitoring::exfiltration(&raw.monitoring, problems);
+    let error_spike = monitoring::error_spike(&raw.monitoring, problems);
     let templates = monitoring::templates(&raw.monitoring, problems);
     let alerts = raw
         .monitoring
@@ -446,6 +447,7 @@ fn compile(
         mask_upstream_errors,
         alerts,
         exfiltration,
+        error_spike,
         templates,
         certificates: cert_facts.certs,
         upstreams: Arc::new(

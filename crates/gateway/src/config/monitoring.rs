@@ -4,7 +4,7 @@
 use super::raw::RawMonitoring;
 use super::secret::Resolver;
 use super::{Problems, line_of};
-use portcullis::detect::ExfiltrationSettings;
+use portcullis::detect::{ErrorSpikeSettings, ExfiltrationSettings};
 use portcullis::discovery::TemplateRules;
 use portcullis::event::EventSink;
 use std::path::Path;
@@ -79,6 +79,52 @@ pub(super) fn exfiltration(
                 min_bytes: e.min_bytes.unwrap_or(defaults.min_bytes),
             })
         })
+}
+
+/// The error-spike detector's settings (`monitoring.detection.error_spike`), if enabled.
+pub(super) fn error_spike(
+    monitoring: &RawMonitoring,
+    problems: &mut Problems,
+) -> Option<ErrorSpikeSettings> {
+    let raw = monitoring.detection.as_ref()?.error_spike.as_ref()?;
+    let path = "monitoring.detection.error_spike";
+    let defaults = ErrorSpikeSettings::default();
+    let factor = raw.factor.as_ref().map_or(defaults.factor, |f| f.value);
+    let mut valid = true;
+    if !(factor > 1.0 && factor.is_finite())
+        && let Some(f) = &raw.factor
+    {
+        problems.add(
+            format!("{path}.factor"),
+            line_of(&f.referenced),
+            "must be a number greater than 1",
+        );
+        valid = false;
+    }
+    let min_count = raw
+        .min_count
+        .as_ref()
+        .map_or(defaults.min_count, |n| n.value);
+    if min_count == 0
+        && let Some(n) = &raw.min_count
+    {
+        problems.add(
+            format!("{path}.min_count"),
+            line_of(&n.referenced),
+            "must be greater than 0",
+        );
+        valid = false;
+    }
+    let window = raw.window.map_or(defaults.window, |w| w.0);
+    if window.is_zero() {
+        problems.add(format!("{path}.window"), None, "must be longer than 0s");
+        valid = false;
+    }
+    valid.then_some(ErrorSpikeSettings {
+        factor,
+        min_count,
+        window,
+    })
 }
 
 /// How shadow paths fold into templates (`monitoring.discovery`); `None` keeps them as called.

@@ -170,6 +170,15 @@ pub struct RawMonitoring {
 #[serde(deny_unknown_fields)]
 pub struct RawDetection {
     pub exfiltration: Option<RawExfiltration>,
+    pub error_spike: Option<RawErrorSpike>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorSpike {
+    pub factor: Option<Spanned<f64>>,
+    pub min_count: Option<Spanned<u32>>,
+    pub window: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

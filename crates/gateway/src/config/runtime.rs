@@ -169,6 +169,8 @@ pub struct GatewayConfig {
     pub watched_files: Vec<PathBuf>,
     /// When a response counts as exfiltration (`monitoring.detection.exfiltration`).
     pub exfiltration: Option<portcullis::detect::ExfiltrationSettings>,
+    /// When errors count as a spike (`monitoring.detection.error_spike`).
+    pub error_spike: Option<portcullis::detect::ErrorSpikeSettings>,
     /// How shadow paths are folded into templates (`monitoring.discovery`; none: kept as
     /// called).
     pub templates: Option<portcullis::discovery::TemplateRules>,

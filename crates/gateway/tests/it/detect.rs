@@ -78,3 +78,57 @@ async fn an_oversized_response_is_flagged_and_raises_the_clients_score() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_error_spike_is_flagged_once_per_window() {
+    let upstream = Upstream::start().await;
+    let extra = format!("rate_limit:\n  default: {{ limit: 10000, window: 60s }}\n{CATCH_ALL}");
+    let config = config_with(&upstream.url(), &extra).replace(
+        "monitoring:\n  events: { sink: file, path: events.log }\n",
+        "monitoring:\n  events: { sink: file, path: events.log }\n  detection:\n    error_spike: { factor: 3, min_count: 5, window: 1m }\n",
+    );
+    let gateway = Gateway::start(&config).await;
+    let refused = || async {
+        let (status, _, _) = get(&gateway.url("/files/a%2Fb")).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    };
+    let spikes = || {
+        gateway
+            .events()
+            .into_iter()
+            .filter(|e| e["reason"] == "error_spike")
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..4 {
+        refused().await;
+    }
+    assert!(spikes().is_empty(), "flagged below min_count");
+    refused().await;
+    let client = gateway
+        .event_where("the client's error spike", |e| {
+            e["reason"] == "error_spike" && e["details"]["scope"] == "client"
+        })
+        .await;
+    assert_eq!(client["ip"], "127.0.0.1");
+    assert_eq!(client["details"]["count"], 5);
+    for _ in 0..5 {
+        refused().await;
+    }
+    // A last, different refusal fences the log: events are written in order, so once it is
+    // there, every spike event the repeats could have raised is there too.
+    let (status, _, _) = get(&gateway.url("/files/c%5Cd")).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    gateway
+        .event_where("the fence", |e| e["reason"] == "encoded_backslash")
+        .await;
+    let by_client = spikes()
+        .iter()
+        .filter(|e| e["details"]["scope"] == "client")
+        .count();
+    assert_eq!(by_client, 1, "one flag per key per window: {:?}", spikes());
+    assert_eq!(
+        upstream.heads(),
+        0,
+        "a refused request reached the upstream"
+    );
+}
