@@ -1,8 +1,12 @@
-//! Detectors that watch answers and feed the threat score. The exfiltration detector keeps
-//! a per-endpoint baseline of response size (an exponentially weighted mean) and flags a
-//! response many times above it: an `anomaly` event with reason `exfiltration`, and the
-//! client flagged in the threat tracker, so its next requests score higher and the adaptive
-//! limiter slows it down.
+//! Detectors that watch answers and feed the threat score.
+//!
+//! - Exfiltration: a per-endpoint baseline of response size (an exponentially weighted
+//!   mean); a response many times above it raises an `anomaly` event (`exfiltration`).
+//! - Error spikes: error answers per endpoint and per client in a window, against the key's
+//!   usual count; a spike raises an `anomaly` event (`error_spike`).
+//!
+//! A flagged client is marked in the threat tracker, so its next requests score higher and
+//! the adaptive limiter slows it down.
 //!
 //! [`DetectLayer`] sits just inside the respond layer. It never delays an answer: the body
 //! is counted as it streams and judged when it ends.
