@@ -279,10 +279,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let watch = match (&self.detectors, req.extensions().get::<Arc<RequestScope>>()) {
-            (Some(detectors), Some(scope)) => Some((detectors.clone(), scope.clone())),
-            _ => None,
-        };
+        // Disabled detectors cost nothing per request, not even the extension lookup.
+        let watch = self.detectors.as_ref().and_then(|detectors| {
+            let scope = req.extensions().get::<Arc<RequestScope>>()?;
+            Some((detectors.clone(), scope.clone()))
+        });
         ResponseFuture {
             inner: self.inner.call(req),
             watch,

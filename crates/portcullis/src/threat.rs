@@ -91,6 +91,8 @@ pub struct Offender {
     pub validation_failures: u32,
     /// Seconds left of a lockout (0: not locked).
     pub locked_for: u64,
+    /// Seconds left of a detector's flag (0: not flagged).
+    pub flagged_for: u64,
     /// Unix seconds of its latest request.
     pub last_seen: u64,
 }
@@ -106,8 +108,10 @@ pub struct ClientView {
     pub validation_failures: u32,
     /// Seconds left of a lockout (0: not locked).
     pub locked_for: u64,
-    /// Whether a detector flagged the client (exfiltration, enumeration, ...).
+    /// Whether a detector flagged the client (exfiltration, error spikes).
     pub flagged: bool,
+    /// The score of the client's previous request (0 for a new client).
+    pub last_score: u8,
 }
 
 /// Per-client memory, bounded in the number of clients.
@@ -175,6 +179,7 @@ impl ClientTracker {
                 validation_failures: state.validation_failures,
                 locked_for: state.locked_until.saturating_sub(now),
                 flagged: state.flagged_until > now,
+                last_score: state.score,
             }
         })
         .unwrap_or_default()
@@ -227,11 +232,16 @@ impl ClientTracker {
                     auth_failures: if current { c.auth_failures } else { 0 },
                     validation_failures: if current { c.validation_failures } else { 0 },
                     locked_for: c.locked_until.saturating_sub(now),
+                    flagged_for: c.flagged_until.saturating_sub(now),
                     last_seen: c.last_seen,
                 }
             })
             .filter(|o| {
-                o.score > 0 || o.auth_failures > 0 || o.validation_failures > 0 || o.locked_for > 0
+                o.score > 0
+                    || o.auth_failures > 0
+                    || o.validation_failures > 0
+                    || o.locked_for > 0
+                    || o.flagged_for > 0
             })
             .collect();
         offenders.sort_by(|a, b| {

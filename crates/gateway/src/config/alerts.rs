@@ -49,13 +49,13 @@ pub(super) fn compile(
             "the pagerduty format needs the integration's routing key (a secret reference)",
         );
     }
-    let defaults = AlertSettings::new(portcullis::secret::Secret::new(""), AlertFormat::Generic);
+    // `None` below: not set (the library's default stays); a problem was recorded instead.
     let min_severity = match raw.min_severity.as_ref().map(|t| t.value.as_str()) {
-        None => Some(defaults.min_severity),
-        Some("low") => Some(Severity::Low),
-        Some("medium") => Some(Severity::Medium),
-        Some("high") => Some(Severity::High),
-        Some("critical") => Some(Severity::Critical),
+        None => Some(None),
+        Some("low") => Some(Some(Severity::Low)),
+        Some("medium") => Some(Some(Severity::Medium)),
+        Some("high") => Some(Some(Severity::High)),
+        Some("critical") => Some(Some(Severity::Critical)),
         Some(other) => {
             if let Some(text) = &raw.min_severity {
                 problems.at(
@@ -68,7 +68,7 @@ pub(super) fn compile(
         }
     };
     let max_per_minute = match &raw.max_per_minute {
-        None => Some(defaults.max_per_minute),
+        None => Some(None),
         Some(n) if n.value == 0 => {
             problems.add(
                 format!("{path}.max_per_minute"),
@@ -77,14 +77,19 @@ pub(super) fn compile(
             );
             None
         }
-        Some(n) => Some(n.value),
+        Some(n) => Some(Some(n.value)),
     };
-    Some(AlertSettings {
-        webhook: webhook?,
-        format: format?,
-        routing_key,
-        min_severity: min_severity?,
-        dedup_window: raw.dedup_window.map_or(defaults.dedup_window, |d| d.0),
-        max_per_minute: max_per_minute?,
-    })
+    let (min_severity, max_per_minute) = (min_severity?, max_per_minute?);
+    let mut settings = AlertSettings::new(webhook?, format?);
+    settings.routing_key = routing_key;
+    if let Some(severity) = min_severity {
+        settings.min_severity = severity;
+    }
+    if let Some(window) = raw.dedup_window {
+        settings.dedup_window = window.0;
+    }
+    if let Some(max) = max_per_minute {
+        settings.max_per_minute = max;
+    }
+    Some(settings)
 }

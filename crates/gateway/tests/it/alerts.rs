@@ -110,9 +110,15 @@ async fn gateway_alerting_to(webhook: &str, alerts: &str, upstream: &Upstream) -
 }
 
 /// A request the gateway refuses with a `medium` event: an encoded slash in the path.
-async fn suspicious(gateway: &Gateway) {
+/// Every call also proves the refusal never reached `upstream`.
+async fn suspicious(gateway: &Gateway, upstream: &Upstream) {
     let (status, _, _) = get(&gateway.url("/files/a%2Fb")).await.expect("answer");
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        upstream.heads(),
+        0,
+        "a refused request reached the upstream"
+    );
 }
 
 async fn metric(gateway: &Gateway, name: &str) -> f64 {
@@ -139,7 +145,7 @@ async fn repeats_are_counted_and_summarised_when_the_window_closes() {
     )
     .await;
     for _ in 0..5 {
-        suspicious(&gateway).await;
+        suspicious(&gateway, &upstream).await;
     }
     let bodies = webhook.received(2).await;
     assert_eq!(bodies[0]["count"], 1, "{bodies:?}");
@@ -179,8 +185,8 @@ async fn events_below_the_threshold_are_not_alerted_and_pending_counts_go_out_at
     )
     .await;
     for _ in 0..3 {
-        suspicious(&strict).await;
-        suspicious(&lenient).await;
+        suspicious(&strict, &upstream).await;
+        suspicious(&lenient, &upstream).await;
     }
     webhook.received(1).await;
     // Both stop; each sends what it still owes before it exits.
@@ -206,7 +212,7 @@ async fn a_failing_webhook_is_retried_and_pagerduty_gets_its_fields() {
         &upstream,
     )
     .await;
-    suspicious(&gateway).await;
+    suspicious(&gateway, &upstream).await;
     let bodies = webhook.received(1).await;
     assert_eq!(webhook.calls.load(Ordering::SeqCst), 3);
     assert_eq!(bodies[0]["routing_key"], "R0UT1NG-KEY");
@@ -228,7 +234,7 @@ async fn redirects_are_never_followed() {
         &upstream,
     )
     .await;
-    suspicious(&gateway).await;
+    suspicious(&gateway, &upstream).await;
     eventually_async("the alert to be given up", || async {
         metric(&gateway, "portcullis_alerts_failed").await == 1.0
     })
@@ -255,7 +261,7 @@ async fn slack_gets_a_line_a_person_reads() {
         &upstream,
     )
     .await;
-    suspicious(&gateway).await;
+    suspicious(&gateway, &upstream).await;
     let bodies = webhook.received(1).await;
     let text = bodies[0]["text"].as_str().unwrap_or_default();
     assert!(

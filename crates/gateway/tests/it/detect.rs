@@ -65,6 +65,10 @@ async fn an_oversized_response_is_flagged_and_raises_the_clients_score() {
         listed["clients"][0]["factors"],
         serde_json::json!(["detector_flag"])
     );
+    assert!(
+        listed["clients"][0]["flagged_for"].as_u64() > Some(500),
+        "{listed}"
+    );
     // Another large answer right after is flagged again, not learned as the new usual.
     let _ = send(agent("/export")).await.unwrap();
     eventually("a second exfiltration event", || {

@@ -75,7 +75,11 @@ where
                 None => false,
             };
             let threat = threat::score(&req, ip, view, settings, listed);
-            limits.tracker.record_score(ip, &threat);
+            // Remembered for /admin/offenders; clean traffic (0 now and before) skips the
+            // second lock.
+            if threat.score > 0 || view.last_score > 0 {
+                limits.tracker.record_score(ip, &threat);
+            }
             if view.locked_for > 0 {
                 let retry = Duration::from_secs(view.locked_for);
                 return Err(refusal(
