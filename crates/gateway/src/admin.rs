@@ -1,6 +1,7 @@
 //! The admin listener (SPEC §5): health, readiness, metrics, recent events and reload.
 
 use crate::gateway::{Gateway, ReloadOutcome};
+use crate::metrics::Readings;
 use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -55,14 +56,15 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let issuers = generation.config.authenticator.issuers();
     let logs = gateway.shared.decision_logs();
     let alerter = gateway.alerter();
-    let text = gateway.metrics.encode(
-        gateway.events.dropped(),
-        alerter.as_deref().map(|a| a.counts()),
+    let text = gateway.metrics.encode(&Readings {
+        events_dropped: gateway.events.dropped(),
+        alerts: alerter.as_deref().map(|a| a.counts()),
+        findings: &gateway.shared.detector_counts,
         issuers,
-        &logs,
-        &gateway.shared.limiters(),
-        &generation.config.certificates,
-    );
+        logs: &logs,
+        limiters: &gateway.shared.limiters(),
+        certificates: &generation.config.certificates,
+    });
     (
         [(
             header::CONTENT_TYPE,
@@ -106,11 +108,14 @@ async fn events(State(gateway): State<Arc<Gateway>>, Query(query): Query<SinceQu
 /// Clients listed by `/admin/offenders` at most.
 const MAX_OFFENDERS: usize = 50;
 
-/// The clients with the highest threat scores now, with their factors and failures.
+/// The clients with the highest threat scores now, with their factors and failures, and the
+/// principals detectors flagged.
 async fn offenders(State(gateway): State<Arc<Gateway>>) -> Response {
     let current = gateway.current();
-    let clients = current.config.rate_limiting.tracker.top(MAX_OFFENDERS);
-    axum::Json(serde_json::json!({ "clients": clients })).into_response()
+    let tracker = &current.config.rate_limiting.tracker;
+    let clients = tracker.top(MAX_OFFENDERS);
+    let principals = tracker.flagged_principals(MAX_OFFENDERS);
+    axum::Json(serde_json::json!({ "clients": clients, "principals": principals })).into_response()
 }
 
 async fn events_stream(

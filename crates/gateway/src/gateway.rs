@@ -161,6 +161,22 @@ impl Gateway {
         }
     }
 
+    /// Every second until `shutdown`: publishes the detector flags raised here to the shared
+    /// rate-limit store and applies those other instances raised (with `store: redis`).
+    pub async fn exchange_flags(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let generation = self.current();
+            let limiting = &generation.config.rate_limiting;
+            limiting.limiter.exchange_flags(&limiting.tracker).await;
+        }
+    }
+
     /// The alert sender, if alerts are configured.
     pub fn alerter(&self) -> Option<Arc<Alerter>> {
         self.alerter.lock().ok().and_then(|a| a.clone())

@@ -156,6 +156,7 @@ mod serve {
                 shutdown_rx.clone(),
             ));
         }
+        tokio::spawn(gateway.clone().exchange_flags(shutdown_rx.clone()));
         reload::on_sighup(gateway.clone())?;
         let _watch = reload::on_file_change(gateway.clone(), &config_path)?;
         gateway.set_ready();

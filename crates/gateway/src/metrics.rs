@@ -58,6 +58,24 @@ struct CertLabel {
     cert: String,
 }
 
+/// State other parts keep that the exposition mirrors, read at each scrape.
+pub struct Readings<'a> {
+    /// Event lines dropped.
+    pub events_dropped: u64,
+    /// The alert sender's counts, if alerts are configured.
+    pub alerts: Option<&'a portcullis::alert::AlertCounts>,
+    /// Detector findings.
+    pub findings: &'a portcullis::detect::DetectorCounts,
+    /// The issuers (key set ages, refreshes).
+    pub issuers: &'a [portcullis::authn::Issuer],
+    /// The decision logs.
+    pub logs: &'a [Arc<portcullis::authz::decision_log::DecisionLog>],
+    /// The rate-limit stores.
+    pub limiters: &'a [Arc<portcullis::ratelimit::store::Limiter>],
+    /// The configured certificates.
+    pub certificates: &'a [crate::config::WatchedCert],
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +83,8 @@ pub struct Metrics {
     latency: Family<RouteLabel, Histogram>,
     denials: Family<DenialLabels, Counter>,
     upstream_errors: Family<DenialLabels, Counter>,
+    auth_failures: Family<DenialLabels, Counter>,
+    detector_findings: Family<ReasonLabel, Gauge>,
     authz_denials: Family<ActionLabels, Counter>,
     actions: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     open_connections: Gauge,
@@ -101,6 +121,18 @@ impl Metrics {
         );
         let denials = Family::<DenialLabels, Counter>::default();
         let upstream_errors = Family::<DenialLabels, Counter>::default();
+        let auth_failures = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests whose credentials failed authentication, by reason and route",
+            auth_failures.clone(),
+        );
+        let detector_findings = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "detector_findings",
+            "Anomalies the detectors raised (each flags its client and principal), by reason",
+            detector_findings.clone(),
+        );
         let authz_denials = Family::<ActionLabels, Counter>::default();
         registry.register(
             "authz_denials",
@@ -232,6 +264,8 @@ impl Metrics {
             latency,
             denials,
             upstream_errors,
+            auth_failures,
+            detector_findings,
             authz_denials,
             actions: std::sync::Mutex::default(),
             open_connections,
@@ -251,6 +285,7 @@ impl Metrics {
         status: u16,
         denial: Option<&'static str>,
         denied_action: Option<&str>,
+        auth_failure: bool,
         elapsed: Duration,
     ) {
         let route = route.unwrap_or(&self.no_route).clone();
@@ -276,6 +311,9 @@ impl Metrics {
         }
         if let Some(reason) = denial {
             let labels = DenialLabels { reason, route };
+            if auth_failure {
+                self.auth_failures.get_or_create(&labels).inc();
+            }
             if reason.starts_with("upstream_") {
                 self.upstream_errors.get_or_create(&labels).inc();
             }
@@ -328,15 +366,16 @@ impl Metrics {
     }
 
     /// The exposition text; gauges that mirror other state are read now.
-    pub fn encode(
-        &self,
-        events_dropped: u64,
-        alerts: Option<&portcullis::alert::AlertCounts>,
-        issuers: &[portcullis::authn::Issuer],
-        logs: &[Arc<portcullis::authz::decision_log::DecisionLog>],
-        limiters: &[Arc<portcullis::ratelimit::store::Limiter>],
-        certificates: &[crate::config::WatchedCert],
-    ) -> String {
+    pub fn encode(&self, readings: &Readings<'_>) -> String {
+        let Readings {
+            events_dropped,
+            alerts,
+            findings,
+            issuers,
+            logs,
+            limiters,
+            certificates,
+        } = *readings;
         let degraded = limiters.iter().any(|l| l.is_degraded());
         self.store_degraded.set(i64::from(degraded));
         let switches: u64 = limiters.iter().map(|l| l.switches()).sum();
@@ -358,6 +397,11 @@ impl Metrics {
         self.alerts_sent.set(count(alerts.map(|a| &a.sent)));
         self.alerts_failed.set(count(alerts.map(|a| &a.failed)));
         self.alerts_dropped.set(count(alerts.map(|a| &a.dropped)));
+        for (reason, count) in findings.snapshot() {
+            self.detector_findings
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let now = portcullis::authn::now_secs() as i64;
         // Only the current configuration's certificates: a replaced one must not linger.
         self.cert_expiry.clear();

@@ -5,7 +5,7 @@ use crate::proxy::Proxy;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::cors::{Cors, CorsLayer};
-use portcullis::detect::{Detect, DetectLayer, Detectors};
+use portcullis::detect::{Detect, DetectLayer};
 use portcullis::event::EventBus;
 use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
@@ -48,16 +48,7 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         .layer(RespondLayer::new(config.headers.clone(), events.clone()))
         // Watches every answer on its way out (never delaying it) and flags clients whose
         // responses look like exfiltration or an error spike, which raises their threat score.
-        .layer(DetectLayer::new(
-            (config.exfiltration.is_some() || config.error_spike.is_some()).then(|| {
-                Detectors::new(
-                    config.exfiltration,
-                    config.error_spike,
-                    config.rate_limiting.tracker.clone(),
-                    events,
-                )
-            }),
-        ))
+        .layer(DetectLayer::new(config.detectors.clone()))
         // Bounds the whole exchange, upstream included.
         .layer(RequestTimeoutLayer::new(config.request_timeout))
         // Cheap checks first: head size, framing, canonical path, client address, body guard.

@@ -432,6 +432,7 @@ async fn handle(
         response.status().as_u16(),
         outcome.and_then(|o| o.denial_reason),
         outcome.and_then(|o| o.denied_action.as_deref()),
+        outcome.is_some_and(|o| o.auth_failure),
         started.elapsed(),
     );
     Ok(response)

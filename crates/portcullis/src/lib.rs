@@ -33,6 +33,7 @@ pub mod discovery;
 pub mod event;
 pub mod framing;
 pub mod future;
+pub mod generations;
 pub mod headers;
 pub mod json;
 pub mod net;

@@ -25,6 +25,9 @@ pub struct Outcome {
     pub denial_reason: Option<&'static str>,
     /// The policy action that was refused (`delete_items`), for authorization refusals.
     pub denied_action: Option<String>,
+    /// Whether the refusal was a failed authentication (a credential was presented or
+    /// required and did not prove an identity).
+    pub auth_failure: bool,
 }
 
 /// Builds [`Respond`] services.
@@ -99,8 +102,8 @@ where
         let headers = self.headers.clone();
         let events = self.events.clone();
         Box::pin(async move {
-            let (mut response, denial_reason, denied_action) = match future.await {
-                Ok(response) => (response, None, None),
+            let (mut response, denial_reason, denied_action, auth_failure) = match future.await {
+                Ok(response) => (response, None, None, false),
                 Err(denial) => {
                     events.emit(event_for(&denial, &scope, &uri));
                     let action = match &denial {
@@ -109,10 +112,12 @@ where
                         } if !required_action.is_empty() => Some(required_action.clone()),
                         _ => None,
                     };
+                    let auth_failure = matches!(denial, Denial::Unauthenticated { .. });
                     (
                         denial.to_response(scope.id()),
                         Some(denial.reason()),
                         action,
+                        auth_failure,
                     )
                 }
             };
@@ -127,6 +132,7 @@ where
                 route: scope.route().cloned(),
                 denial_reason,
                 denied_action,
+                auth_failure,
             });
             Ok(response)
         })

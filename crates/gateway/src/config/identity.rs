@@ -10,6 +10,8 @@ use portcullis::authn::keys::{Algorithm, KeySet};
 use portcullis::authn::revocation::{RedisRevocations, Revocations};
 use portcullis::authn::{Authenticator, ForwardSettings, Issuer};
 use portcullis::authz::decision_log::{DecisionLog, DecisionLogSettings};
+use portcullis::detect::{DetectionSettings, DetectorCounts, Detectors};
+use portcullis::discovery::TemplateRules;
 use portcullis::event::EventBus;
 use portcullis::outbound::{HttpClient, Trust};
 use portcullis::ratelimit::store::Limiter;
@@ -41,6 +43,10 @@ pub struct Shared {
     http_clients: Mutex<HashMap<[u8; 32], HttpClient>>,
     /// Upstream clients per trust and TLS settings, likewise.
     pub(super) upstream_clients: Mutex<HashMap<String, crate::upstream_pool::PooledUpstream>>,
+    /// The detectors of the latest settings (one set: changed settings start afresh).
+    detectors: Mutex<Option<(String, Arc<Detectors>)>>,
+    /// Detector findings since start, for metrics.
+    pub detector_counts: Arc<DetectorCounts>,
 }
 
 impl Default for Shared {
@@ -59,6 +65,8 @@ impl Default for Shared {
             tls: super::tls::TlsState::default(),
             http_clients: Mutex::default(),
             upstream_clients: Mutex::default(),
+            detectors: Mutex::default(),
+            detector_counts: Arc::default(),
         }
     }
 }
@@ -104,6 +112,36 @@ impl Shared {
         match map.lock() {
             Ok(mut map) => map.entry(key).or_insert_with(|| Arc::new(make())).clone(),
             Err(_) => Arc::new(make()),
+        }
+    }
+
+    /// The detectors for `settings`: the running ones when nothing they depend on changed.
+    pub(super) fn detectors(
+        &self,
+        settings: DetectionSettings,
+        templates: TemplateRules,
+        tracker: Arc<ClientTracker>,
+    ) -> Arc<Detectors> {
+        let key = format!("{settings:?} {templates:?} {:p}", Arc::as_ptr(&tracker));
+        let make = || {
+            Detectors::new(
+                settings,
+                templates,
+                tracker,
+                self.events.clone(),
+                self.detector_counts.clone(),
+            )
+        };
+        let Ok(mut current) = self.detectors.lock() else {
+            return make();
+        };
+        match &*current {
+            Some((k, detectors)) if *k == key => detectors.clone(),
+            _ => {
+                let detectors = make();
+                *current = Some((key, detectors.clone()));
+                detectors
+            }
         }
     }
 

@@ -423,9 +423,15 @@ fn compile(
     };
 
     let events = monitoring::events(&raw.monitoring, base_dir, &resolver, problems);
-    let exfiltration = monitoring::exfiltration(&raw.monitoring, problems);
-    let error_spike = monitoring::error_spike(&raw.monitoring, problems);
+    let detection = monitoring::detection(&raw.monitoring, problems);
     let templates = monitoring::templates(&raw.monitoring, problems);
+    let detectors = detection.any().then(|| {
+        shared.detectors(
+            detection,
+            templates.clone().unwrap_or_default(),
+            rate_limiting.tracker.clone(),
+        )
+    });
     let alerts = raw
         .monitoring
         .alerts
@@ -446,8 +452,7 @@ fn compile(
         tls: listen_tls,
         mask_upstream_errors,
         alerts,
-        exfiltration,
-        error_spike,
+        detectors,
         templates,
         certificates: cert_facts.certs,
         upstreams: Arc::new(

@@ -1,13 +1,19 @@
 //! `monitoring:` compiled: where events go, what the detectors flag, how shadow paths fold.
 //! (Alerts have their own module.)
 
-use super::raw::RawMonitoring;
+use super::duration::ConfigDuration;
+use super::raw::{RawEnumeration, RawErrorSpike, RawEscalation, RawExfiltration, RawMonitoring};
 use super::secret::Resolver;
 use super::{Problems, line_of};
-use portcullis::detect::{ErrorSpikeSettings, ExfiltrationSettings};
+use portcullis::detect::{
+    DetectionSettings, EnumerationSettings, ErrorSpikeSettings, EscalationSettings,
+    ExfiltrationSettings,
+};
 use portcullis::discovery::TemplateRules;
 use portcullis::event::EventSink;
+use serde_saphyr::Spanned;
 use std::path::Path;
+use std::time::Duration;
 
 /// The event sink (`monitoring.events`).
 pub(super) fn events(
@@ -52,78 +58,174 @@ pub(super) fn events(
     }
 }
 
-/// The exfiltration detector's settings (`monitoring.detection.exfiltration`), if enabled.
-pub(super) fn exfiltration(
-    monitoring: &RawMonitoring,
-    problems: &mut Problems,
-) -> Option<ExfiltrationSettings> {
-    monitoring
-        .detection
-        .as_ref()
-        .and_then(|d| d.exfiltration.as_ref())
-        .and_then(|e| {
-            let defaults = ExfiltrationSettings::default();
-            let factor = e.factor.as_ref().map_or(defaults.factor, |f| f.value);
-            if !(factor > 1.0 && factor.is_finite()) {
-                if let Some(f) = &e.factor {
-                    problems.add(
-                        "monitoring.detection.exfiltration.factor",
-                        line_of(&f.referenced),
-                        "must be a number greater than 1",
-                    );
-                }
-                return None;
-            }
-            Some(ExfiltrationSettings {
-                factor,
-                min_bytes: e.min_bytes.unwrap_or(defaults.min_bytes),
-            })
-        })
+/// The detectors' settings (`monitoring.detection`); each one absent is off.
+pub(super) fn detection(monitoring: &RawMonitoring, problems: &mut Problems) -> DetectionSettings {
+    let Some(detection) = monitoring.detection.as_ref() else {
+        return DetectionSettings::default();
+    };
+    DetectionSettings {
+        exfiltration: detection
+            .exfiltration
+            .as_ref()
+            .and_then(|raw| exfiltration(raw, problems)),
+        error_spike: detection
+            .error_spike
+            .as_ref()
+            .and_then(|raw| error_spike(raw, problems)),
+        enumeration: detection
+            .enumeration
+            .as_ref()
+            .and_then(|raw| enumeration(raw, problems)),
+        privilege_escalation: detection
+            .privilege_escalation
+            .as_ref()
+            .and_then(|raw| escalation(raw, problems)),
+    }
 }
 
-/// The error-spike detector's settings (`monitoring.detection.error_spike`), if enabled.
-pub(super) fn error_spike(
-    monitoring: &RawMonitoring,
+/// A `factor` that must be finite and above 1.
+fn factor(
+    path: &str,
+    raw: Option<&Spanned<f64>>,
+    default: f64,
     problems: &mut Problems,
-) -> Option<ErrorSpikeSettings> {
-    let raw = monitoring.detection.as_ref()?.error_spike.as_ref()?;
-    let path = "monitoring.detection.error_spike";
-    let defaults = ErrorSpikeSettings::default();
-    let factor = raw.factor.as_ref().map_or(defaults.factor, |f| f.value);
-    let mut valid = true;
-    if !(factor > 1.0 && factor.is_finite())
-        && let Some(f) = &raw.factor
-    {
+) -> Option<f64> {
+    let value = raw.map_or(default, |f| f.value);
+    if value > 1.0 && value.is_finite() {
+        return Some(value);
+    }
+    if let Some(f) = raw {
         problems.add(
             format!("{path}.factor"),
             line_of(&f.referenced),
             "must be a number greater than 1",
         );
-        valid = false;
     }
-    let min_count = raw
-        .min_count
-        .as_ref()
-        .map_or(defaults.min_count, |n| n.value);
-    if min_count == 0
-        && let Some(n) = &raw.min_count
-    {
-        problems.add(
-            format!("{path}.min_count"),
-            line_of(&n.referenced),
-            "must be greater than 0",
-        );
-        valid = false;
+    None
+}
+
+/// A count that must be above 0.
+fn positive<T: Copy + Default + PartialEq>(
+    path: &str,
+    name: &str,
+    raw: Option<&Spanned<T>>,
+    default: T,
+    problems: &mut Problems,
+) -> Option<T> {
+    match raw {
+        None => Some(default),
+        Some(n) if n.value == T::default() => {
+            problems.add(
+                format!("{path}.{name}"),
+                line_of(&n.referenced),
+                "must be greater than 0",
+            );
+            None
+        }
+        Some(n) => Some(n.value),
     }
-    let window = raw.window.map_or(defaults.window, |w| w.0);
+}
+
+/// A window that must be longer than zero.
+fn window(
+    path: &str,
+    raw: Option<ConfigDuration>,
+    default: Duration,
+    problems: &mut Problems,
+) -> Option<Duration> {
+    let window = raw.map_or(default, |w| w.0);
     if window.is_zero() {
         problems.add(format!("{path}.window"), None, "must be longer than 0s");
-        valid = false;
+        return None;
     }
-    valid.then_some(ErrorSpikeSettings {
-        factor,
-        min_count,
-        window,
+    Some(window)
+}
+
+fn exfiltration(raw: &RawExfiltration, problems: &mut Problems) -> Option<ExfiltrationSettings> {
+    let path = "monitoring.detection.exfiltration";
+    let defaults = ExfiltrationSettings::default();
+    let factor = factor(path, raw.factor.as_ref(), defaults.factor, problems);
+    let min_page = positive(
+        path,
+        "min_page",
+        raw.min_page.as_ref(),
+        defaults.min_page,
+        problems,
+    );
+    Some(ExfiltrationSettings {
+        factor: factor?,
+        min_bytes: raw.min_bytes.unwrap_or(defaults.min_bytes),
+        min_page: min_page?,
+    })
+}
+
+fn enumeration(raw: &RawEnumeration, problems: &mut Problems) -> Option<EnumerationSettings> {
+    let path = "monitoring.detection.enumeration";
+    let defaults = EnumerationSettings::default();
+    let distinct_ids = positive(
+        path,
+        "distinct_ids",
+        raw.distinct_ids.as_ref(),
+        defaults.distinct_ids,
+        problems,
+    );
+    let window = window(path, raw.window, defaults.window, problems);
+    let ratio = raw
+        .min_refused_ratio
+        .as_ref()
+        .map_or(defaults.min_refused_ratio, |r| r.value);
+    if !(0.0..=1.0).contains(&ratio) {
+        let line = raw
+            .min_refused_ratio
+            .as_ref()
+            .and_then(|r| line_of(&r.referenced));
+        problems.add(
+            format!("{path}.min_refused_ratio"),
+            line,
+            "must be between 0 and 1",
+        );
+        return None;
+    }
+    Some(EnumerationSettings {
+        distinct_ids: distinct_ids?,
+        window: window?,
+        min_refused_ratio: ratio,
+    })
+}
+
+fn escalation(raw: &RawEscalation, problems: &mut Problems) -> Option<EscalationSettings> {
+    let path = "monitoring.detection.privilege_escalation";
+    let defaults = EscalationSettings::default();
+    let distinct = positive(
+        path,
+        "distinct_denials",
+        raw.distinct_denials.as_ref(),
+        defaults.distinct_denials,
+        problems,
+    );
+    let window = window(path, raw.window, defaults.window, problems);
+    Some(EscalationSettings {
+        distinct_denials: distinct?,
+        window: window?,
+    })
+}
+
+fn error_spike(raw: &RawErrorSpike, problems: &mut Problems) -> Option<ErrorSpikeSettings> {
+    let path = "monitoring.detection.error_spike";
+    let defaults = ErrorSpikeSettings::default();
+    let factor = factor(path, raw.factor.as_ref(), defaults.factor, problems);
+    let min_count = positive(
+        path,
+        "min_count",
+        raw.min_count.as_ref(),
+        defaults.min_count,
+        problems,
+    );
+    let window = window(path, raw.window, defaults.window, problems);
+    Some(ErrorSpikeSettings {
+        factor: factor?,
+        min_count: min_count?,
+        window: window?,
     })
 }
 

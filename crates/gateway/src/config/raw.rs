@@ -171,6 +171,23 @@ pub struct RawMonitoring {
 pub struct RawDetection {
     pub exfiltration: Option<RawExfiltration>,
     pub error_spike: Option<RawErrorSpike>,
+    pub enumeration: Option<RawEnumeration>,
+    pub privilege_escalation: Option<RawEscalation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnumeration {
+    pub distinct_ids: Option<Spanned<u32>>,
+    pub window: Option<ConfigDuration>,
+    pub min_refused_ratio: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalation {
+    pub distinct_denials: Option<Spanned<u32>>,
+    pub window: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +203,7 @@ pub struct RawErrorSpike {
 pub struct RawExfiltration {
     pub factor: Option<Spanned<f64>>,
     pub min_bytes: Option<u64>,
+    pub min_page: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

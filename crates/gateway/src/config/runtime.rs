@@ -167,10 +167,9 @@ pub struct GatewayConfig {
     pub authorizer: Option<Arc<Authorizer>>,
     /// Files whose change triggers a reload (policies, data).
     pub watched_files: Vec<PathBuf>,
-    /// When a response counts as exfiltration (`monitoring.detection.exfiltration`).
-    pub exfiltration: Option<portcullis::detect::ExfiltrationSettings>,
-    /// When errors count as a spike (`monitoring.detection.error_spike`).
-    pub error_spike: Option<portcullis::detect::ErrorSpikeSettings>,
+    /// The detectors `monitoring.detection` enables (kept across reloads that leave their
+    /// settings alone, so baselines and windows survive), if any.
+    pub detectors: Option<Arc<portcullis::detect::Detectors>>,
     /// How shadow paths are folded into templates (`monitoring.discovery`; none: kept as
     /// called).
     pub templates: Option<portcullis::discovery::TemplateRules>,

@@ -98,11 +98,24 @@ where
             .map(|m| m.route.endpoint.to_string())
             .unwrap_or_default();
         ResponseFuture::boxed(Box::pin(async move {
-            let threat = req
+            let mut threat = req
                 .extensions()
                 .get::<ThreatScore>()
                 .cloned()
                 .unwrap_or_default();
+            // The screen scored the client before authentication; a detector's flag on the
+            // principal (from any address, on any instance) counts from here on.
+            let subject = req
+                .extensions()
+                .get::<Arc<Principal>>()
+                .and_then(|p| p.subject.as_deref());
+            if let Some(subject) = subject
+                && !threat.factors.contains(&"detector_flag")
+                && limits.tracker.principal_flagged(subject)
+            {
+                threat.score = threat.score.saturating_add(20).min(100);
+                threat.factors.push("detector_flag");
+            }
             let mut tightest: Option<(String, Verdict)> = None;
             for rule in &rules {
                 let quota = if limits.settings.adaptive {

@@ -3,6 +3,7 @@
 
 use super::gcra::{self, Quota, Verdict};
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
+use crate::threat::SharedFlag;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -203,6 +204,53 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout)?
     }
 
+    /// Publishes `flags` to the shared flag set and reads back every flag in force at `now`
+    /// (Unix seconds), at most [`MAX_SHARED_FLAGS`], forgetting expired ones.
+    pub async fn exchange_flags(
+        &self,
+        flags: &[SharedFlag],
+        now: u64,
+    ) -> Result<Vec<SharedFlag>, RedisError> {
+        let work = async {
+            let mut connection = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for flag in flags {
+                // GT: a shorter flag never cuts a longer one short.
+                pipe.cmd("ZADD")
+                    .arg(FLAG_SET)
+                    .arg("GT")
+                    .arg(flag.until)
+                    .arg(flag.member())
+                    .ignore();
+            }
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(FLAG_SET)
+                .arg("-inf")
+                .arg(now)
+                .ignore();
+            pipe.cmd("ZRANGE")
+                .arg(FLAG_SET)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(MAX_SHARED_FLAGS)
+                .arg("WITHSCORES");
+            let (entries,): (Vec<(String, u64)>,) = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| RedisError::Failed(e.to_string()))?;
+            Ok(entries
+                .iter()
+                .filter_map(|(member, until)| SharedFlag::parse(member, *until))
+                .collect())
+        };
+        tokio::time::timeout(self.timeout * 2, work)
+            .await
+            .map_err(|_| RedisError::Timeout)?
+    }
+
     async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), RedisError> {
         let (interval, tolerance) = gcra::lua_args(&quota);
         let mut connection = self.connection().await?;
@@ -240,6 +288,12 @@ impl RedisStore {
 
 /// A connection to one Redis server or to a Cluster, usable wherever redis-rs takes a
 /// connection.
+/// The Redis sorted set of detector flags (member `client:<ip>` or `principal:<sub>`, score
+/// the Unix second the flag ends).
+const FLAG_SET: &str = "portcullis:flags";
+/// Shared flags read back per exchange at most.
+pub const MAX_SHARED_FLAGS: usize = 10_000;
+
 #[derive(Clone)]
 enum Connection {
     Single(redis::aio::ConnectionManager),
@@ -350,6 +404,22 @@ impl Limiter {
         }
     }
 
+    /// Shares `tracker`'s detector flags with the other instances: publishes the flags it
+    /// raised since the last call and applies theirs. Without a shared store, the flags are
+    /// only dropped from the outbox (each instance enforces its own anyway). A store that
+    /// cannot answer loses this round's flags, never a request.
+    pub async fn exchange_flags(&self, tracker: &crate::threat::ClientTracker) {
+        let Some(shared) = &self.shared else {
+            let _ = tracker.take_shared();
+            return;
+        };
+        tracker.share_flags();
+        let outgoing = tracker.take_shared();
+        if let Ok(incoming) = shared.exchange_flags(&outgoing, unix_now()).await {
+            tracker.apply_shared(incoming);
+        }
+    }
+
     /// Whether the shared store is currently unreachable.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
@@ -405,6 +475,12 @@ impl Limiter {
             serde_json::json!({ "error": error, "fallback": format!("{:?}", self.on_error) });
         self.events.emit(event);
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

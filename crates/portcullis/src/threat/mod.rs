@@ -1,6 +1,10 @@
 //! Threat scoring (0–100) per request, and per-client memory of recent behaviour: request
 //! frequency, authentication and validation failures, and brute-force lockouts.
 
+mod flags;
+
+pub use flags::{Flagged, FlaggedPrincipal, SharedFlag};
+
 use crate::net::IpNet;
 use http::Request;
 use std::collections::HashMap;
@@ -68,6 +72,8 @@ struct ClientState {
     last_seen: u64,
     /// Until when a detector's flag raises the score (Unix seconds).
     flagged_until: u64,
+    /// The detector that flagged it.
+    flag_reason: Option<&'static str>,
     /// The latest request's score and (up to [`MAX_FACTORS`]) factors.
     score: u8,
     factors: [Option<&'static str>; MAX_FACTORS],
@@ -93,6 +99,9 @@ pub struct Offender {
     pub locked_for: u64,
     /// Seconds left of a detector's flag (0: not flagged).
     pub flagged_for: u64,
+    /// The detector that flagged it (`shared`: another instance did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag_reason: Option<&'static str>,
     /// Unix seconds of its latest request.
     pub last_seen: u64,
 }
@@ -120,6 +129,7 @@ pub struct ClientTracker {
     clients: Mutex<HashMap<IpAddr, ClientState>>,
     max_clients: usize,
     policy: FailurePolicy,
+    flags: flags::FlagBoard,
 }
 
 fn now_secs() -> u64 {
@@ -136,6 +146,7 @@ impl ClientTracker {
             clients: Mutex::new(HashMap::new()),
             max_clients,
             policy,
+            flags: flags::FlagBoard::default(),
         }
     }
 
@@ -196,11 +207,69 @@ impl ClientTracker {
         });
     }
 
-    /// A detector flagged the client: its requests score higher for `duration`.
-    pub fn flag(&self, ip: IpAddr, duration: std::time::Duration) {
-        self.with(ip, |state, now| {
-            state.flagged_until = now.saturating_add(duration.as_secs());
+    /// A detector (`reason`) flagged the client: its requests score higher for `duration`.
+    pub fn flag(&self, ip: IpAddr, duration: std::time::Duration, reason: &'static str) {
+        let until = self.with(ip, |state, now| {
+            let until = now.saturating_add(duration.as_secs());
+            state.flagged_until = state.flagged_until.max(until);
+            state.flag_reason = Some(reason);
+            until
         });
+        if let Some(until) = until {
+            self.flags.queue(Flagged::Client(ip), until);
+        }
+    }
+
+    /// A detector (`reason`) flagged a principal: its requests score higher for `duration`
+    /// wherever the principal is known (see [`ClientTracker::principal_flagged`]).
+    pub fn flag_principal(
+        &self,
+        principal: &str,
+        duration: std::time::Duration,
+        reason: &'static str,
+    ) {
+        let until = now_secs().saturating_add(duration.as_secs());
+        self.flags.flag_principal(principal, until, reason);
+    }
+
+    /// Whether a detector flagged `principal` (here or, when shared, on another instance).
+    pub fn principal_flagged(&self, principal: &str) -> bool {
+        self.flags.principal_flagged(principal, now_secs())
+    }
+
+    /// The principals flagged now, longest flag first, at most `n`.
+    pub fn flagged_principals(&self, n: usize) -> Vec<FlaggedPrincipal> {
+        self.flags.flagged(now_secs(), n)
+    }
+
+    /// Queues this tracker's flags for sharing from now on (a shared store is configured).
+    pub fn share_flags(&self) {
+        self.flags
+            .sharing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The flags raised here since the last call, to publish to the other instances.
+    pub fn take_shared(&self) -> Vec<SharedFlag> {
+        self.flags.take_outbox()
+    }
+
+    /// Applies flags another instance raised (they are not published again).
+    pub fn apply_shared(&self, flags: impl IntoIterator<Item = SharedFlag>) {
+        let now = now_secs();
+        for flag in flags.into_iter().filter(|f| f.until > now) {
+            match flag.who {
+                Flagged::Client(ip) => {
+                    self.with(ip, |state, _| {
+                        if flag.until > state.flagged_until {
+                            state.flagged_until = flag.until;
+                            state.flag_reason.get_or_insert(flags::SHARED);
+                        }
+                    });
+                }
+                Flagged::Principal(p) => self.flags.flag_principal(&p, flag.until, flags::SHARED),
+            }
+        }
     }
 
     /// Remembers the score of a client's latest request.
@@ -233,6 +302,7 @@ impl ClientTracker {
                     validation_failures: if current { c.validation_failures } else { 0 },
                     locked_for: c.locked_until.saturating_sub(now),
                     flagged_for: c.flagged_until.saturating_sub(now),
+                    flag_reason: c.flag_reason.filter(|_| c.flagged_until > now),
                     last_seen: c.last_seen,
                 }
             })
