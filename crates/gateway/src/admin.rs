@@ -1,5 +1,7 @@
-//! The admin listener (SPEC §5): health, readiness, metrics, recent events and reload.
+//! The admin listener (SPEC §5): health, readiness, metrics, events, offenders, inventory,
+//! revocations, reload, and the dashboard (its own module).
 
+use crate::dashboard;
 use crate::gateway::{Gateway, ReloadOutcome};
 use crate::metrics::Readings;
 use axum::Router;
@@ -25,6 +27,7 @@ pub async fn serve(
         .route("/admin/events/stream", get(events_stream))
         .route("/admin/offenders", get(offenders))
         .route("/admin/inventory", get(inventory))
+        .route("/admin/health", get(health))
         .route("/admin/revocations", post(revoke))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -34,6 +37,17 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard::home))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/login",
+            post(dashboard::login).layer(axum::extract::DefaultBodyLimit::max(
+                dashboard::MAX_FORM_BYTES,
+            )),
+        )
+        .route("/logout", post(dashboard::logout))
         .merge(protected)
         .with_state(gateway);
     let _ = axum::serve(listener, app)
@@ -124,6 +138,52 @@ async fn events_stream(
     Query(query): Query<SinceQuery>,
 ) -> Response {
     crate::event_stream::stream(gateway, &headers, query.since)
+}
+
+/// What the dashboard shows as health: the shared rate-limit store, each issuer's key set,
+/// the policy engine and the decision logs.
+async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    let current = gateway.current();
+    let config = &current.config;
+    let limiter = &config.rate_limiting.limiter;
+    let redis = match (limiter.is_shared(), limiter.is_degraded()) {
+        (false, _) => "not used",
+        (true, false) => "ok",
+        (true, true) => "degraded",
+    };
+    let now = portcullis::authn::now_secs() as i64;
+    let key_sets: Vec<_> = config
+        .authenticator
+        .issuers()
+        .iter()
+        .map(|issuer| {
+            let fetched = issuer
+                .keys
+                .stats
+                .fetched_at
+                .load(std::sync::atomic::Ordering::Relaxed) as i64;
+            let remote = issuer.keys.source().is_some();
+            serde_json::json!({
+                "issuer": issuer.name,
+                "loaded": issuer.keys.is_loaded(),
+                "age_secs": if remote && fetched > 0 { now - fetched } else { -1 },
+            })
+        })
+        .collect();
+    let logs = gateway.shared.decision_logs();
+    let decision_log = (!logs.is_empty()).then(|| {
+        serde_json::json!({
+            "written": logs.iter().map(|l| l.written()).sum::<u64>(),
+            "dropped": logs.iter().map(|l| l.dropped()).sum::<u64>(),
+        })
+    });
+    axum::Json(serde_json::json!({
+        "redis": redis,
+        "key_sets": key_sets,
+        "policy_engine": config.authorizer.as_ref().map_or("none", |a| a.engine.name()),
+        "decision_log": decision_log,
+    }))
+    .into_response()
 }
 
 /// `{"jti": "..."}` (optionally with the token's `exp`) or `{"sub": "..."}`.
@@ -228,9 +288,15 @@ async fn require_admin_token(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
+    if presented.is_none() && dashboard::session_allows(&gateway, request.method(), &headers) {
+        return next.run(request).await;
+    }
     match (expected, presented) {
         (Some(expected), Some(presented))
-            if constant_time_eq(expected.expose().as_bytes(), presented.as_bytes()) =>
+            if crate::admin_session::constant_time_eq(
+                expected.expose().as_bytes(),
+                presented.as_bytes(),
+            ) =>
         {
             next.run(request).await
         }
@@ -246,17 +312,9 @@ async fn require_admin_token(
     }
 }
 
-/// Compares secrets without revealing, through timing, how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use crate::admin_session::constant_time_eq;
 
     #[test]
     fn compares_tokens() {

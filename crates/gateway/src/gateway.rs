@@ -34,6 +34,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The alert sender of the current settings; kept across reloads that leave them alone.
     alerter: std::sync::Mutex<Option<Arc<Alerter>>>,
+    /// Open dashboard sessions.
+    pub sessions: crate::admin_session::Sessions,
 }
 
 /// What a reload did.
@@ -81,6 +83,7 @@ impl Gateway {
             last_text: tokio::sync::Mutex::new(text),
             ready: AtomicBool::new(false),
             alerter: std::sync::Mutex::new(None),
+            sessions: crate::admin_session::Sessions::default(),
         });
         gateway.install_alerts(&gateway.current().config);
         Ok(gateway)

@@ -1,9 +1,11 @@
 //! The `portcullis` binary: thin; the work is in the modules.
 
 mod admin;
+mod admin_session;
 mod audit;
 mod cli;
 mod config;
+mod dashboard;
 mod demo;
 mod event_stream;
 mod flood;

@@ -164,6 +164,12 @@ policy:
   decision_log:
     path: decisions.log
     durability: sync
+monitoring:
+  detection:
+    enumeration: {{ distinct_ids: 20, window: 1m, min_refused_ratio: 0.5 }}
+    privilege_escalation: {{ distinct_denials: 5, window: 5m }}
+    error_spike: {{ factor: 5, min_count: 20, window: 1m }}
+    exfiltration: {{ factor: 10, min_bytes: 65536, min_page: 50 }}
 validation:
   openapi: openapi.yaml
   unknown_operations: reject
@@ -299,6 +305,7 @@ fn print_banner(
 Portcullis demo is running.
   gateway   {gw}
   admin     {admin}   (admin token: {token})
+  dashboard {admin}/   (open it in a browser; sign in with the admin token)
   upstream  http://{upstream}   (built-in items API)
   config    {}
 
@@ -334,7 +341,8 @@ Try these (each answer carries x-request-id and the security headers):
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/events
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/inventory   # calls per documented operation
   curl -sN -H 'authorization: Bearer {token}' {admin}/admin/events/stream   # live (SSE); Ctrl-C to stop
-  curl -s -H 'authorization: Bearer {token}' {admin}/admin/offenders   # clients by threat score
+  for i in $(seq 1 30); do curl -s -o /dev/null {gw}/api/items/$i -H "authorization: Bearer $BOB"; done   # enumeration: bob walks ids, most missing; an anomaly event flags him
+  curl -s -H 'authorization: Bearer {token}' {admin}/admin/offenders   # clients and principals by threat score, detector flags
   curl -s -X POST -H 'authorization: Bearer {token}' {admin}/admin/reload
 
 {tls_part}Security events follow below as JSON lines. Ctrl-C stops.

@@ -274,6 +274,31 @@ async fn demo_serves_the_items_api_and_prints_working_commands() {
             .any(|l| l.contains("curl -i") && l.contains(&gw)),
         "{found:?}"
     );
+    // The dashboard is where the banner says, and the enumeration walk it suggests flags bob.
+    assert_eq!(demo.field("dashboard"), format!("{admin}/"));
+    let (status, _, page) = get(&format!("{admin}/")).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("action=\"/login\""), "{page}");
+    for id in 1..=30 {
+        let _ = send(authed(format!("{gw}/api/items/{id}"), "GET", &bob)).await;
+    }
+    let offenders = Request::get(format!("{admin}/admin/offenders"))
+        .header("authorization", format!("Bearer {}", demo.admin_token()))
+        .body(Full::default())
+        .unwrap();
+    let listed = json(&send(offenders).await.unwrap().2);
+    assert_eq!(listed["principals"][0]["principal"], "bob", "{listed}");
+    let events = Request::get(format!("{admin}/admin/events"))
+        .header("authorization", format!("Bearer {}", demo.admin_token()))
+        .body(Full::default())
+        .unwrap();
+    let events = json(&send(events).await.unwrap().2);
+    let walked = events.as_array().unwrap().iter().any(|e| {
+        e["reason"] == "enumeration"
+            && e["user_id"] == "bob"
+            && e["details"]["template"] == "/api/items/{id}"
+    });
+    assert!(walked, "{events}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod admin;
 mod alerts;
 mod authz;
 mod cli;
+mod dashboard;
 mod detect;
 mod edge;
 mod identity;

@@ -636,6 +636,16 @@ impl Demo {
             .unwrap_or_else(|| panic!("no {name} in banner: {:?}", self.banner))
     }
 
+    /// The admin token the banner prints (`(admin token: ...)`).
+    pub fn admin_token(&self) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.split_once("(admin token: "))
+            .and_then(|(_, rest)| rest.split(')').next())
+            .unwrap_or_else(|| panic!("no admin token in banner: {:?}", self.banner))
+            .to_string()
+    }
+
     /// A token the banner prints as `NAME=...`.
     pub fn token(&self, name: &str) -> String {
         self.banner

@@ -54,7 +54,7 @@ fn contract_dir(extra_files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// A gateway over `upstream` with the case matrix's document and the given YAML.
-async fn with_contract(upstream: &Upstream, yaml: &str) -> Gateway {
+pub async fn with_contract(upstream: &Upstream, yaml: &str) -> Gateway {
     let dir = contract_dir(&[]);
     let config = config_with(&upstream.url(), yaml);
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();

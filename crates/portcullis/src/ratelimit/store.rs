@@ -420,6 +420,11 @@ impl Limiter {
         }
     }
 
+    /// Whether limits are shared through a store (Redis).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Whether the shared store is currently unreachable.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
