@@ -70,6 +70,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let issuers = generation.config.authenticator.issuers();
     let logs = gateway.shared.decision_logs();
     let alerter = gateway.alerter();
+    let tracer = gateway.tracer();
     let text = gateway.metrics.encode(&Readings {
         events_dropped: gateway.events.dropped(),
         alerts: alerter.as_deref().map(|a| a.counts()),
@@ -78,6 +79,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         logs: &logs,
         limiters: &gateway.shared.limiters(),
         certificates: &generation.config.certificates,
+        tracer: tracer.as_deref(),
     });
     (
         [(

@@ -36,6 +36,8 @@ pub struct Gateway {
     alerter: std::sync::Mutex<Option<Arc<Alerter>>>,
     /// Open dashboard sessions.
     pub sessions: crate::admin_session::Sessions,
+    /// The span exporter of the current `monitoring.traces`, if any.
+    tracer: std::sync::Mutex<Option<Arc<crate::traces::Tracer>>>,
 }
 
 /// What a reload did.
@@ -84,8 +86,10 @@ impl Gateway {
             ready: AtomicBool::new(false),
             alerter: std::sync::Mutex::new(None),
             sessions: crate::admin_session::Sessions::default(),
+            tracer: std::sync::Mutex::new(None),
         });
         gateway.install_alerts(&gateway.current().config);
+        gateway.install_tracer(&gateway.current().config);
         Ok(gateway)
     }
 
@@ -131,6 +135,7 @@ impl Gateway {
                 let pipeline = pipeline::build(&config, self.events.clone());
                 config.activate();
                 self.install_alerts(&config);
+                self.install_tracer(&config);
                 self.current
                     .store(Arc::new(Generation { config, pipeline }));
                 *last_text = text;
@@ -178,6 +183,32 @@ impl Gateway {
             let limiting = &generation.config.rate_limiting;
             limiting.limiter.exchange_flags(&limiting.tracker).await;
         }
+    }
+
+    /// Starts, replaces or stops the span exporter to match `config`. A replaced exporter
+    /// sends what it has queued, then stops.
+    fn install_tracer(&self, config: &config::GatewayConfig) {
+        let Ok(mut current) = self.tracer.lock() else {
+            return;
+        };
+        let keep = match (&*current, &config.traces) {
+            (Some(tracer), Some(settings)) => tracer.serves(settings),
+            (None, None) => true,
+            _ => false,
+        };
+        if keep {
+            return;
+        }
+        *current = config.traces.clone().and_then(|settings| {
+            crate::traces::Tracer::start(settings)
+                .map_err(|e| eprintln!("portcullis: traces are off: {e}"))
+                .ok()
+        });
+    }
+
+    /// The span exporter, if traces are configured.
+    pub fn tracer(&self) -> Option<Arc<crate::traces::Tracer>> {
+        self.tracer.lock().ok().and_then(|t| t.clone())
     }
 
     /// The alert sender, if alerts are configured.

@@ -17,6 +17,7 @@ mod reload;
 mod server;
 mod tls;
 mod token;
+mod traces;
 mod upstream_pool;
 
 use clap::Parser;

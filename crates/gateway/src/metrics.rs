@@ -74,6 +74,8 @@ pub struct Readings<'a> {
     pub limiters: &'a [Arc<portcullis::ratelimit::store::Limiter>],
     /// The configured certificates.
     pub certificates: &'a [crate::config::WatchedCert],
+    /// The span exporter, if traces are configured.
+    pub tracer: Option<&'a crate::traces::Tracer>,
 }
 
 /// Every metric the gateway exports.
@@ -84,6 +86,9 @@ pub struct Metrics {
     denials: Family<DenialLabels, Counter>,
     upstream_errors: Family<DenialLabels, Counter>,
     auth_failures: Family<DenialLabels, Counter>,
+    spans_exported: Gauge,
+    spans_dropped: Gauge,
+    span_export_failures: Gauge,
     detector_findings: Family<ReasonLabel, Gauge>,
     authz_denials: Family<ActionLabels, Counter>,
     actions: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
@@ -126,6 +131,24 @@ impl Metrics {
             "auth_failures",
             "Requests whose credentials failed authentication, by reason and route",
             auth_failures.clone(),
+        );
+        let spans_exported = Gauge::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans the collector accepted (since the trace settings last changed)",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Gauge::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not queued because the export queue was full",
+            spans_dropped.clone(),
+        );
+        let span_export_failures = Gauge::default();
+        registry.register(
+            "trace_export_failures",
+            "Span export calls the collector refused or that failed",
+            span_export_failures.clone(),
         );
         let detector_findings = Family::<ReasonLabel, Gauge>::default();
         registry.register(
@@ -265,6 +288,9 @@ impl Metrics {
             denials,
             upstream_errors,
             auth_failures,
+            spans_exported,
+            spans_dropped,
+            span_export_failures,
             detector_findings,
             authz_denials,
             actions: std::sync::Mutex::default(),
@@ -375,7 +401,17 @@ impl Metrics {
             logs,
             limiters,
             certificates,
+            tracer,
         } = *readings;
+        let load = |c: &std::sync::atomic::AtomicU64| {
+            i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+        };
+        self.spans_exported
+            .set(tracer.map_or(0, |t| load(&t.exported)));
+        self.spans_dropped
+            .set(tracer.map_or(0, |t| load(&t.dropped)));
+        self.span_export_failures
+            .set(tracer.map_or(0, |t| load(&t.failed)));
         let degraded = limiters.iter().any(|l| l.is_degraded());
         self.store_degraded.set(i64::from(degraded));
         let switches: u64 = limiters.iter().map(|l| l.switches()).sum();

@@ -12,19 +12,39 @@ use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
 use portcullis::respond::{Respond, RespondLayer};
 use portcullis::route::{RouteLayer, Router};
 use portcullis::timeout::{RequestTimeout, RequestTimeoutLayer};
+use portcullis::trace::{Stage, StageLayer, Staged};
 use portcullis::validate::{OperationLayer, OperationMatcher, Operations, Validate, ValidateLayer};
 use std::sync::Arc;
 use tower::ServiceBuilder;
 
-/// The whole stack, outermost layer first.
+/// The whole stack, outermost layer first. Each security stage is wrapped in a
+/// [`Staged`] timer, which only forwards unless traces are configured.
 pub type Pipeline = Respond<
     Detect<
         RequestTimeout<
-            Normalize<
-                Cors<
-                    Router<
-                        OperationMatcher<
-                            Screen<Authenticate<RateLimit<Authorize<Validate<Proxy>>>>>,
+            Staged<
+                Normalize<
+                    Cors<
+                        Router<
+                            OperationMatcher<
+                                Staged<
+                                    Screen<
+                                        Staged<
+                                            Authenticate<
+                                                Staged<
+                                                    RateLimit<
+                                                        Staged<
+                                                            Authorize<
+                                                                Staged<Validate<Staged<Proxy>>>,
+                                                            >,
+                                                        >,
+                                                    >,
+                                                >,
+                                            >,
+                                        >,
+                                    >,
+                                >,
+                            >,
                         >,
                     >,
                 >,
@@ -42,6 +62,8 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         events.clone(),
     )
     .with_templates(config.templates.clone());
+    let traced = config.traces.is_some();
+    let stage = |stage| StageLayer::new(stage, traced);
     ServiceBuilder::new()
         // Ids every request; turns each refusal into one problem answer and one event;
         // puts the security headers on every response.
@@ -52,6 +74,7 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         // Bounds the whole exchange, upstream included.
         .layer(RequestTimeoutLayer::new(config.request_timeout))
         // Cheap checks first: head size, framing, canonical path, client address, body guard.
+        .layer(stage(Stage::Edge))
         .layer(NormalizeLayer::new(config.normalize.clone()))
         // Browsers' preflights are answered here, before any check treats them as API
         // calls; allowed origins get their CORS headers on every answer.
@@ -63,21 +86,27 @@ pub fn build(config: &GatewayConfig, events: Arc<EventBus>) -> Pipeline {
         .layer(OperationLayer::new(operations.clone()))
         // Before any token is verified: lockouts after repeated auth failures, the threat
         // score, and outright refusal of hostile-looking requests.
+        .layer(stage(Stage::Screen))
         .layer(ScreenLayer::new(config.rate_limiting.clone()))
         // Who is calling: one bearer token, verified (cached), scoped; identity headers
         // set from the proven claims only.
+        .layer(stage(Stage::Authenticate))
         .layer(AuthenticateLayer::new(
             config.authenticator.clone(),
             config.forward.clone(),
         ))
         // How often: GCRA per principal (or client address), lowered by the threat score.
+        .layer(stage(Stage::RateLimit))
         .layer(RateLimitLayer::new(config.rate_limiting.clone()))
         // What they may do: step-up for MFA-protected methods, then a policy decision on
         // every request (never cached), recorded before anything leaves.
+        .layer(stage(Stage::Authorize))
         .layer(AuthorizeLayer::new(config.authorizer.clone()))
         // Only now, for a caller allowed to call it, the API's contract: parameters,
         // content type, strict JSON and its schema (and the response, when asked).
+        .layer(stage(Stage::Validate))
         .layer(ValidateLayer::new(operations))
+        .layer(stage(Stage::Upstream))
         .service(Proxy::new(
             trusted,
             config.upstreams.clone(),

@@ -419,7 +419,32 @@ async fn handle(
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
+    let traced = gateway.tracer().map(|tracer| {
+        let trusted = generation
+            .config
+            .normalize
+            .trusted_proxies
+            .trusts(connection.peer.ip());
+        let trace = tracer.begin(&mut req, trusted);
+        (
+            tracer,
+            trace,
+            req.method().clone(),
+            req.uri().path().to_string(),
+        )
+    });
     let response = generation.pipeline.clone().oneshot(req).await?;
+    if let Some((tracer, trace, method, path)) = traced {
+        tracer.end(
+            trace,
+            &crate::traces::RequestFacts {
+                method: &method,
+                path: &path,
+                status: response.status().as_u16(),
+                outcome: response.extensions().get::<Outcome>(),
+            },
+        );
+    }
     if let Some((armed, progress)) = watch_body
         && has_body
         && !progress.is_complete()

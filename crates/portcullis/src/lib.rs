@@ -52,6 +52,7 @@ mod test_support;
 pub mod threat;
 pub mod time;
 pub mod timeout;
+pub mod trace;
 pub mod validate;
 
 pub use denial::Denial;

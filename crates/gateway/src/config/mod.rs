@@ -23,7 +23,8 @@ pub use tls::WatchedCert;
 
 pub use problems::{ConfigError, Problem};
 pub use runtime::{
-    AdminSettings, GatewayConfig, HostRule, Http2Limits, ServerLimits, Upstream, UpstreamMap,
+    AdminSettings, GatewayConfig, HostRule, Http2Limits, ServerLimits, TraceSettings, Upstream,
+    UpstreamMap,
 };
 
 use headers::compile_headers;
@@ -424,6 +425,11 @@ fn compile(
 
     let events = monitoring::events(&raw.monitoring, base_dir, &resolver, problems);
     let detection = monitoring::detection(&raw.monitoring, problems);
+    let traces = raw
+        .monitoring
+        .traces
+        .as_ref()
+        .and_then(|t| monitoring::traces(t, &resolver, &client, problems));
     let templates = monitoring::templates(&raw.monitoring, problems);
     let detectors = detection.any().then(|| {
         shared.detectors(
@@ -453,6 +459,7 @@ fn compile(
         mask_upstream_errors,
         alerts,
         detectors,
+        traces,
         templates,
         certificates: cert_facts.certs,
         upstreams: Arc::new(

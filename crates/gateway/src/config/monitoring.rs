@@ -2,7 +2,9 @@
 //! (Alerts have their own module.)
 
 use super::duration::ConfigDuration;
-use super::raw::{RawEnumeration, RawErrorSpike, RawEscalation, RawExfiltration, RawMonitoring};
+use super::raw::{
+    RawEnumeration, RawErrorSpike, RawEscalation, RawExfiltration, RawMonitoring, RawTraces,
+};
 use super::secret::Resolver;
 use super::{Problems, line_of};
 use portcullis::detect::{
@@ -254,4 +256,41 @@ pub(super) fn templates(
             })
         }
     }
+}
+
+/// Where and how spans are exported (`monitoring.traces`).
+pub(super) fn traces(
+    raw: &RawTraces,
+    resolver: &Resolver,
+    client: &portcullis::outbound::HttpClient,
+    problems: &mut Problems,
+) -> Option<super::runtime::TraceSettings> {
+    let path = "monitoring.traces";
+    let endpoint = resolver.text(&format!("{path}.endpoint"), &raw.endpoint, problems)?;
+    let endpoint = match super::identity::remote_uri(&endpoint) {
+        Ok(uri) => uri,
+        Err(message) => {
+            problems.at(format!("{path}.endpoint"), &raw.endpoint, message);
+            return None;
+        }
+    };
+    let sample_ratio = raw.sample_ratio.as_ref().map_or(1.0, |r| r.value);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        let line = raw
+            .sample_ratio
+            .as_ref()
+            .and_then(|r| line_of(&r.referenced));
+        problems.add(
+            format!("{path}.sample_ratio"),
+            line,
+            "must be between 0 and 1",
+        );
+        return None;
+    }
+    Some(super::runtime::TraceSettings {
+        endpoint,
+        sample_ratio,
+        trust_incoming: raw.trust_incoming.unwrap_or(false),
+        client: client.clone(),
+    })
 }

@@ -164,6 +164,15 @@ pub struct RawMonitoring {
     pub alerts: Option<RawAlerts>,
     pub discovery: Option<RawDiscovery>,
     pub detection: Option<RawDetection>,
+    pub traces: Option<RawTraces>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    pub endpoint: Text,
+    pub sample_ratio: Option<Spanned<f64>>,
+    pub trust_incoming: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -173,6 +173,8 @@ pub struct GatewayConfig {
     /// How shadow paths are folded into templates (`monitoring.discovery`; none: kept as
     /// called).
     pub templates: Option<portcullis::discovery::TemplateRules>,
+    /// Where traces go (`monitoring.traces`), if anywhere.
+    pub traces: Option<TraceSettings>,
     /// Where alerts go (`monitoring.alerts`), with the outbound client that sends them.
     pub alerts: Option<(
         portcullis::alert::AlertSettings,
@@ -202,4 +204,19 @@ impl GatewayConfig {
             }
         }
     }
+}
+
+/// `monitoring.traces`: OpenTelemetry spans over OTLP/HTTP protobuf.
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    /// The collector's traces URL (`.../v1/traces`).
+    pub endpoint: http::Uri,
+    /// The share of new traces recorded (0 to 1); an incoming trace that is believed keeps
+    /// its own sampled flag.
+    pub sample_ratio: f64,
+    /// Whether an incoming `traceparent` is believed from anyone (false: only from trusted
+    /// proxies; from others a new trace starts, linked to the incoming one).
+    pub trust_incoming: bool,
+    /// The outbound client that sends the spans (the `outbound` trust applies).
+    pub client: portcullis::outbound::HttpClient,
 }

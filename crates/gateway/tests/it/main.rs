@@ -27,4 +27,5 @@ mod ratelimit;
 mod reload;
 mod routing;
 mod tls;
+mod traces;
 mod validation;
