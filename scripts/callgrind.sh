@@ -5,6 +5,10 @@
 # the same runs with no request give the start-up cost to subtract.
 #
 # Usage: scripts/callgrind.sh BINARY [BINARY ...]   (N=${N:-400} requests per run)
+# MONITORING='...' adds keys under `monitoring:` (one flow-mapping fragment), e.g.
+#   MONITORING='detection: { error_spike: {}, enumeration: {} }, traces: { endpoint: "http://127.0.0.1:18701/v1/traces", sample_ratio: 0.1 }'
+# (the trace endpoint above is the script's own upstream, which refuses the POST: the spans
+# are still built, encoded and sent, which is the cost to measure).
 # Loopback only; every run is bounded by N.
 set -euo pipefail
 N="${N:-400}"
@@ -25,7 +29,7 @@ TOKEN=$("$BIN1" token --key "$WORK/jwt.pem" --iss https://idp.cg --aud cg --sub 
 printf 'package cg\n\nallow := true\n' > "$WORK/allow.rego"
 cat > "$WORK/portcullis.yaml" <<CONF
 listen: { address: 127.0.0.1:$GW_PORT }
-monitoring: { events: { sink: file, path: events.log } }
+monitoring: { events: { sink: file, path: events.log }${MONITORING:+, $MONITORING} }
 upstreams:
   backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
 identity:

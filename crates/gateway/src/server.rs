@@ -426,15 +426,14 @@ async fn handle(
             .trusted_proxies
             .trusts(connection.peer.ip());
         let trace = tracer.begin(&mut req, trusted);
-        (
-            tracer,
-            trace,
-            req.method().clone(),
-            req.uri().path().to_string(),
-        )
+        // What the spans name, copied only for a request they record.
+        let named = trace
+            .sampled()
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        (tracer, trace, named)
     });
     let response = generation.pipeline.clone().oneshot(req).await?;
-    if let Some((tracer, trace, method, path)) = traced {
+    if let Some((tracer, trace, Some((method, path)))) = traced {
         tracer.end(
             trace,
             &crate::traces::RequestFacts {

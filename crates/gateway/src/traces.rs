@@ -23,7 +23,6 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
-use portcullis::request_id::RequestId;
 use portcullis::respond::Outcome;
 use portcullis::trace::{Stage, StageRecord, TraceMarks};
 use std::collections::hash_map::RandomState;
@@ -89,6 +88,23 @@ pub struct RequestTrace {
     started: SystemTime,
     started_at: Instant,
     marks: Option<Arc<TraceMarks>>,
+}
+
+/// Writes `value`'s low `out.len()` hex digits (lowercase) into `out`.
+fn write_hex(out: &mut [u8], value: u128) {
+    let digits = out.len();
+    for (i, digit) in out.iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        let nibble = ((value >> shift) & 0xf) as usize;
+        *digit = b"0123456789abcdef".get(nibble).copied().unwrap_or(b'0');
+    }
+}
+
+impl RequestTrace {
+    /// Whether this request's spans are recorded.
+    pub fn sampled(&self) -> bool {
+        self.marks.is_some()
+    }
 }
 
 /// A W3C `traceparent` (version 00) with non-zero ids.
@@ -188,6 +204,18 @@ impl Tracer {
             && self.settings.client.fingerprint() == settings.client.fingerprint()
     }
 
+    /// A new, non-zero trace id (keyed hashes of a counter, as span ids).
+    fn trace_id(&self) -> TraceId {
+        loop {
+            let n = self.counter.fetch_add(2, Ordering::Relaxed);
+            let id =
+                (u128::from(self.ids.hash_one(n)) << 64) | u128::from(self.ids.hash_one(n + 1));
+            if id != 0 {
+                return TraceId::from(id);
+            }
+        }
+    }
+
     fn span_id(&self) -> SpanId {
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -210,8 +238,7 @@ impl Tracer {
         let (trace, parent, sampled, link) = match incoming {
             Some((trace, span, flag)) if believed => (trace, Some(span), flag, None),
             other => {
-                let id = RequestId::generate();
-                let trace = TraceId::from_hex(id.as_str()).unwrap_or(TraceId::INVALID);
+                let trace = self.trace_id();
                 let link = other.map(|(t, s, f)| {
                     let flags = if f {
                         TraceFlags::SAMPLED
@@ -239,12 +266,21 @@ impl Tracer {
         if !believed {
             headers.remove("tracestate");
         }
-        let trace_hex = format!("{trace}");
-        if let Ok(value) = HeaderValue::from_str(&trace_hex) {
+        // `00-<trace>-<span>-<flags>`, written once; its trace part is the request id.
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(
+            &mut traceparent[3..35],
+            u128::from_be_bytes(trace.to_bytes()),
+        );
+        write_hex(
+            &mut traceparent[36..52],
+            u128::from(u64::from_be_bytes(upstream.to_bytes())),
+        );
+        write_hex(&mut traceparent[53..55], u128::from(flags.to_u8()));
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent[3..35]) {
             headers.insert(portcullis::request_id::HEADER, value);
         }
-        let traceparent = format!("00-{trace_hex}-{upstream}-{:02x}", flags.to_u8());
-        if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
             headers.insert("traceparent", value);
         }
         let marks = sampled.then(|| Arc::new(TraceMarks::default()));
@@ -459,6 +495,16 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hex_is_written_in_place() {
+        let mut out = [0u8; 4];
+        write_hex(&mut out, 0xbeef);
+        assert_eq!(&out, b"beef");
+        let mut out = [0u8; 2];
+        write_hex(&mut out, 1);
+        assert_eq!(&out, b"01");
     }
 
     #[test]
