@@ -3,8 +3,8 @@
 //! answer came back, and how it ended (`ok` or the refusal's reason).
 //!
 //! Whoever exports traces (the gateway, over OTLP) inserts the marks before the pipeline and
-//! reads them after the answer. A layer built disabled only forwards: with traces off, the
-//! pipeline does no more work than without the layer.
+//! reads them after the answer. A request without marks (not sampled) is only forwarded; with
+//! traces off, the gateway builds its pipeline without these layers at all.
 
 use crate::Denial;
 use crate::body::Body;
@@ -106,13 +106,12 @@ impl TraceMarks {
 #[derive(Debug, Clone, Copy)]
 pub struct StageLayer {
     stage: Stage,
-    enabled: bool,
 }
 
 impl StageLayer {
-    /// A layer timing `stage` when `enabled` (traces are configured).
-    pub fn new(stage: Stage, enabled: bool) -> Self {
-        StageLayer { stage, enabled }
+    /// A layer timing `stage` for requests that carry [`TraceMarks`].
+    pub fn new(stage: Stage) -> Self {
+        StageLayer { stage }
     }
 }
 
@@ -123,7 +122,6 @@ impl<S> Layer<S> for StageLayer {
         Staged {
             inner,
             stage: self.stage,
-            enabled: self.enabled,
         }
     }
 }
@@ -133,7 +131,6 @@ impl<S> Layer<S> for StageLayer {
 pub struct Staged<S> {
     inner: S,
     stage: Stage,
-    enabled: bool,
 }
 
 impl<S, B> Service<Request<B>> for Staged<S>
@@ -149,11 +146,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let marks = if self.enabled {
-            req.extensions().get::<Arc<TraceMarks>>().cloned()
-        } else {
-            None
-        };
+        let marks = req.extensions().get::<Arc<TraceMarks>>().cloned();
         let watch = marks.map(|marks| {
             let index = marks.begin(self.stage);
             (marks, index)
