@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
-VAL_PORT=18612 TLS_PC_PORT=18613 TLS_NGINX_PORT=18614
+VAL_PORT=18612 TLS_PC_PORT=18613 TLS_NGINX_PORT=18614 WATCH_DET_PORT=18615 WATCH_ALL_PORT=18616
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
@@ -257,6 +257,21 @@ routes:
     auth: none
 CONF
 done
+# Monitoring that acts: the memory-store gateway above with every detector on, then with
+# traces too (sampled at 0.1, exported to the upstream, which refuses the POST: the spans are
+# still built, encoded and sent, which is the cost measured).
+for watch in det all; do
+  port=$WATCH_DET_PORT
+  traces=""
+  if [ "$watch" = all ]; then
+    port=$WATCH_ALL_PORT
+    traces=", traces: { endpoint: \"http://127.0.0.1:$UP_PORT/v1/traces\", sample_ratio: 0.1 }"
+  fi
+  mkdir -p "$WORK/watch-$watch"
+  sed -e "s/127.0.0.1:$RL_MEM_PORT/127.0.0.1:$port/" \
+    -e "s|^monitoring: { events: { sink: file, path: events.log } }|monitoring: { events: { sink: file, path: events.log }, detection: { exfiltration: {}, error_spike: {}, enumeration: {}, privilege_escalation: {} }$traces }|" \
+    "$WORK/rl-memory/portcullis.yaml" > "$WORK/watch-$watch/portcullis.yaml"
+done
 # Contract enforcement: GET (parameters only) against POST of a 1 KB JSON body checked
 # against a 20-property schema (the criterion bench's document and body).
 mkdir -p "$WORK/val"
@@ -291,6 +306,12 @@ PIDS+=($RL_MEM_PID)
 taskset -c 0 "$BIN" run --config "$WORK/rl-redis/portcullis.yaml" 2>"$WORK/rl-redis.err" &
 RL_REDIS_PID=$!
 PIDS+=($RL_REDIS_PID)
+taskset -c 0 "$BIN" run --config "$WORK/watch-det/portcullis.yaml" 2>"$WORK/watch-det.err" &
+WATCH_DET_PID=$!
+PIDS+=($WATCH_DET_PID)
+taskset -c 0 "$BIN" run --config "$WORK/watch-all/portcullis.yaml" 2>"$WORK/watch-all.err" &
+WATCH_ALL_PID=$!
+PIDS+=($WATCH_ALL_PID)
 taskset -c 0 "$BIN" run --config "$WORK/portcullis.yaml" 2>"$WORK/portcullis.err" &
 PC_PID=$!
 PIDS+=($PC_PID)
@@ -314,6 +335,8 @@ wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$PC_PORT/"
 wait_for "http://127.0.0.1:$RL_MEM_PORT/"
 wait_for "http://127.0.0.1:$RL_REDIS_PORT/"
+wait_for "http://127.0.0.1:$WATCH_DET_PORT/"
+wait_for "http://127.0.0.1:$WATCH_ALL_PORT/"
 wait_for "http://127.0.0.1:$VAL_PORT/items?limit=10"
 for port in $TLS_PC_PORT $TLS_NGINX_PORT; do
   for _ in $(seq 1 200); do
@@ -389,6 +412,8 @@ SYNC_RECORDS=$(wc -l < "$WORK/sync/decisions.log")
 UAH=(-H "user-agent: portcullis-bench/1.0")
 read -r M_RPS M_P50 M_P99 M_CPU < <(measure "http://127.0.0.1:$RL_MEM_PORT/api/items" "$RL_MEM_PID" "${UAH[@]}")
 read -r R_RPS R_P50 R_P99 R_CPU < <(measure "http://127.0.0.1:$RL_REDIS_PORT/api/items" "$RL_REDIS_PID" "${UAH[@]}")
+read -r WD_RPS WD_P50 WD_P99 WD_CPU < <(measure "http://127.0.0.1:$WATCH_DET_PORT/api/items" "$WATCH_DET_PID" "${UAH[@]}")
+read -r WA_RPS WA_P50 WA_P99 WA_CPU < <(measure "http://127.0.0.1:$WATCH_ALL_PORT/api/items" "$WATCH_ALL_PID" "${UAH[@]}")
 read -r VG_RPS VG_P50 VG_P99 VG_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items?limit=10" "$VAL_PID")
 export BODY="$WORK/val/twenty-properties-body.json"
 read -r VP_RPS VP_P50 VP_P99 VP_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items" "$VAL_PID" -s "$WORK/post.lua")
@@ -469,6 +494,11 @@ printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s
 printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"
 printf 'redis / memory: %s (target >= 0.70); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
+printf '\n%-34s %12s %10s %10s %14s\n' "monitoring (memory store as above)" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "detection and traces off" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "every detector on" "$WD_RPS" "$WD_P50" "$WD_P99" "$WD_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "detectors + traces at 0.1" "$WA_RPS" "$WA_P50" "$WA_P99" "$WA_CPU"
+printf 'CPU per request vs off: detectors %s, detectors + traces %s\n' "$(ratio "$WD_CPU" "$M_CPU")" "$(ratio "$WA_CPU" "$M_CPU")"
 printf '\n%-34s %12s %10s %10s %14s\n' "OpenAPI validation" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "GET, query parameter" "$VG_RPS" "$VG_P50" "$VG_P99" "$VG_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "POST, 1 KB body, 20 properties" "$VP_RPS" "$VP_P50" "$VP_P99" "$VP_CPU"
