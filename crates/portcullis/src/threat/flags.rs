@@ -11,7 +11,7 @@
 use crate::generations::Generations;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 /// Principals flagged at once per generation: at most twice this many are held.
 const MAX_PRINCIPALS: usize = 10_000;
@@ -83,7 +83,8 @@ struct Flag {
 pub(super) struct FlagBoard {
     /// Whether any principal was ever flagged: unflagged deployments skip the lock.
     any: AtomicBool,
-    principals: Mutex<Option<Generations<Box<str>, Flag>>>,
+    /// Read on every authenticated request once a flag exists, written only by a flag.
+    principals: RwLock<Option<Generations<Box<str>, Flag>>>,
     outbox: Mutex<Vec<SharedFlag>>,
     /// Whether flags are queued for sharing at all (a shared store is configured).
     pub(super) sharing: AtomicBool,
@@ -104,7 +105,7 @@ impl FlagBoard {
         {
             let mut map = self
                 .principals
-                .lock()
+                .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let map = map.get_or_insert_with(|| Generations::new(MAX_PRINCIPALS));
             let flag = map.entry(principal.into(), || Flag { until: 0, reason });
@@ -125,7 +126,7 @@ impl FlagBoard {
         }
         let map = self
             .principals
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner);
         // Looked up, not inserted: an unflagged principal must not take a slot.
         map.as_ref()
@@ -137,7 +138,7 @@ impl FlagBoard {
     pub(super) fn flagged(&self, now: u64, n: usize) -> Vec<FlaggedPrincipal> {
         let map = self
             .principals
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner);
         let mut flagged: Vec<FlaggedPrincipal> = map
             .iter()
