@@ -194,6 +194,7 @@ fn prepare(
     if let Some(peer) = peer {
         set_forwarding_headers(headers, peer, trusted.trusts(peer), tls);
     }
+    strip_admin_session(headers);
     Ok((
         req,
         upstream.client.clone(),
@@ -201,6 +202,38 @@ fn prepare(
         upstream.timeout,
         trip,
     ))
+}
+
+/// Removes the dashboard's session cookie from what goes upstream. Browsers send cookies to
+/// every port of a host, so when the admin listener and the gateway share a name, the admin
+/// session would otherwise reach (and could be replayed by) any upstream.
+fn strip_admin_session(headers: &mut HeaderMap) {
+    let prefix = format!("{}=", crate::admin_session::COOKIE);
+    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if !cookies.iter().any(|v| {
+        v.as_bytes()
+            .windows(prefix.len())
+            .any(|w| w == prefix.as_bytes())
+    }) {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    for value in cookies {
+        let Ok(text) = value.to_str() else {
+            headers.append(header::COOKIE, value);
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| !pair.starts_with(&prefix))
+            .collect();
+        if !kept.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.append(header::COOKIE, value);
+        }
+    }
 }
 
 /// `X-Forwarded-For` / `Forwarded`: a trusted proxy's chain is extended with the peer;
@@ -245,5 +278,30 @@ fn set_forwarding_headers(
     }
     if !trusted_peer || !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_session_cookie_never_goes_upstream() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; portcullis_admin=secret; b=2"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("portcullis_admin=other"),
+        );
+        strip_admin_session(&mut headers);
+        let left: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2"]);
+        let mut plain = HeaderMap::new();
+        plain.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        strip_admin_session(&mut plain);
+        assert_eq!(plain[header::COOKIE], "a=1");
     }
 }

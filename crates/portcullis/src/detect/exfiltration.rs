@@ -81,9 +81,10 @@ impl Exfiltration {
         }
     }
 
-    /// Judges a complete response of `bytes` on `endpoint`: its usual size when flagged.
-    pub(super) fn response(&self, endpoint: &str, bytes: u64) -> Option<f64> {
-        let key = self.hasher.hash_one(endpoint);
+    /// Judges a complete response of `bytes` to `method` on `endpoint`: its usual size when
+    /// flagged.
+    pub(super) fn response(&self, method: &str, endpoint: &str, bytes: u64) -> Option<f64> {
+        let key = self.hasher.hash_one((method, endpoint));
         let mut sizes = self.sizes.lock().unwrap_or_else(PoisonError::into_inner);
         sizes.entry(key, Baseline::default).judge(
             bytes as f64,
@@ -154,13 +155,16 @@ mod tests {
     fn a_response_far_above_the_usual_is_flagged_and_not_learned() {
         let d = Exfiltration::new(ExfiltrationSettings::default());
         for _ in 0..30 {
-            assert_eq!(d.response("/items", 1_000), None);
+            assert_eq!(d.response("GET", "/items", 1_000), None);
         }
-        assert_eq!(d.response("/items", 500_000).map(f64::round), Some(1_000.0));
+        assert_eq!(
+            d.response("GET", "/items", 500_000).map(f64::round),
+            Some(1_000.0)
+        );
         // Not learned: the same size again is flagged again.
-        assert!(d.response("/items", 500_000).is_some());
+        assert!(d.response("GET", "/items", 500_000).is_some());
         // Large relative to the usual but under min_bytes: not flagged.
-        assert_eq!(d.response("/items", 60_000), None);
+        assert_eq!(d.response("GET", "/items", 60_000), None);
     }
 
     #[test]

@@ -116,7 +116,12 @@ where
             }
         };
         detectors.answer(&watch, response.status().as_u16(), None);
-        if detectors.exfiltration.is_none() {
+        // Sizes are learned and judged on successful answers with a body only: empty HEAD,
+        // 204, 304 and error answers would drag an endpoint's baseline towards zero.
+        let sized = response.status().is_success()
+            && watch.scope.method() != http::Method::HEAD
+            && response.status() != http::StatusCode::NO_CONTENT;
+        if detectors.exfiltration.is_none() || !sized {
             return Poll::Ready(Ok(response));
         }
         Poll::Ready(Ok(response.map(|body| {
@@ -130,12 +135,22 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A body that counts its bytes and has them judged once it ends.
+    /// A body that counts its bytes and has them judged once it ends, or when it is dropped
+    /// before (a client that aborts a download is judged on what it got).
     struct Counted {
         #[pin]
         inner: Body,
         bytes: u64,
         judge: Option<(Arc<Detectors>, Arc<RequestScope>)>,
+    }
+
+    impl PinnedDrop for Counted {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((detectors, scope)) = this.judge.take() {
+                detectors.response(&scope, *this.bytes);
+            }
+        }
     }
 }
 

@@ -182,7 +182,9 @@ impl Detectors {
         if flag_client && let Some(ip) = scope.client_ip() {
             self.tracker.flag(ip, FLAG_FOR, reason);
         }
-        if let Some(user) = scope.user_id() {
+        // An endpoint-wide finding (an endpoint's error spike) is nobody's in particular:
+        // neither the client nor the principal of the request that crossed the line is flagged.
+        if flag_client && let Some(user) = scope.user_id() {
             self.tracker.flag_principal(user, FLAG_FOR, reason);
         }
         self.counts.found(reason);
@@ -206,7 +208,7 @@ impl Detectors {
         }
         if let (Some(exfiltration), Some((param, depth)), Some(endpoint)) =
             (&self.exfiltration, watch.page, scope.endpoint())
-            && status < 400
+            && (200..300).contains(&status)
             && let Some(usual) = exfiltration.page(endpoint, param, depth)
         {
             self.found(
@@ -333,7 +335,7 @@ impl Detectors {
         let (Some(exfiltration), Some(endpoint)) = (&self.exfiltration, scope.endpoint()) else {
             return;
         };
-        let Some(usual) = exfiltration.response(endpoint, bytes) else {
+        let Some(usual) = exfiltration.response(scope.method().as_str(), endpoint, bytes) else {
             return;
         };
         self.found(

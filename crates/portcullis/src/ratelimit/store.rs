@@ -228,11 +228,14 @@ impl RedisStore {
                 .arg("-inf")
                 .arg(now)
                 .ignore();
+            // Longest-lasting first (REV): past the cap, the flags left out are the ones
+            // about to end, never the newest.
             pipe.cmd("ZRANGE")
                 .arg(FLAG_SET)
-                .arg(format!("({now}"))
                 .arg("+inf")
+                .arg(format!("({now}"))
                 .arg("BYSCORE")
+                .arg("REV")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(MAX_SHARED_FLAGS)
@@ -406,8 +409,8 @@ impl Limiter {
 
     /// Shares `tracker`'s detector flags with the other instances: publishes the flags it
     /// raised since the last call and applies theirs. Without a shared store, the flags are
-    /// only dropped from the outbox (each instance enforces its own anyway). A store that
-    /// cannot answer loses this round's flags, never a request.
+    /// only dropped from the outbox (each instance enforces its own anyway). When the store
+    /// cannot answer, the flags wait for the next exchange; no request ever waits.
     pub async fn exchange_flags(&self, tracker: &crate::threat::ClientTracker) {
         let Some(shared) = &self.shared else {
             let _ = tracker.take_shared();
@@ -415,8 +418,10 @@ impl Limiter {
         };
         tracker.share_flags();
         let outgoing = tracker.take_shared();
-        if let Ok(incoming) = shared.exchange_flags(&outgoing, unix_now()).await {
-            tracker.apply_shared(incoming);
+        match shared.exchange_flags(&outgoing, unix_now()).await {
+            Ok(incoming) => tracker.apply_shared(incoming),
+            // Not lost: published with the next exchange.
+            Err(_) => tracker.requeue_shared(outgoing),
         }
     }
 

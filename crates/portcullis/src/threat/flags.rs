@@ -102,6 +102,16 @@ impl FlagBoard {
     /// Flags `principal` until `until` (a later flag extends, never shortens).
     pub(super) fn flag_principal(&self, principal: &str, until: u64, reason: &'static str) {
         let principal = bounded(principal);
+        // Most shared flags come back every second unchanged: a read settles those.
+        let held = self
+            .principals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|map| map.get(principal).map(|f| f.until));
+        if held.is_some_and(|held| held >= until) {
+            return;
+        }
         {
             let mut map = self
                 .principals

@@ -254,6 +254,13 @@ impl ClientTracker {
         self.flags.take_outbox()
     }
 
+    /// Puts flags whose publication failed back in the outbox (bounded like it).
+    pub fn requeue_shared(&self, flags: Vec<SharedFlag>) {
+        for flag in flags {
+            self.flags.queue(flag.who, flag.until);
+        }
+    }
+
     /// Applies flags another instance raised (they are not published again).
     pub fn apply_shared(&self, flags: impl IntoIterator<Item = SharedFlag>) {
         let now = now_secs();
