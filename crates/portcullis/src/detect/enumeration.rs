@@ -190,7 +190,9 @@ mod tests {
         }
         assert_eq!(findings.len(), 1, "{findings:?}");
         let (at, finding) = findings[0];
-        assert!((45..=55).contains(&at), "flagged after {at} ids");
+        // The sketch's estimate near 50 is within about ±8% (one standard error), and its
+        // hash keys are random per process: allow three of them.
+        assert!((38..=65).contains(&at), "flagged after {at} ids");
         assert!(finding.refused * 2 >= finding.answers);
     }
 

