@@ -36,8 +36,9 @@ pub struct Gateway {
     alerter: std::sync::Mutex<Option<Arc<Alerter>>>,
     /// Open dashboard sessions.
     pub sessions: crate::admin_session::Sessions,
-    /// The span exporter of the current `monitoring.traces`, if any.
-    tracer: std::sync::Mutex<Option<Arc<crate::traces::Tracer>>>,
+    /// The span exporter of the current `monitoring.traces`, if any (read on every request,
+    /// so without a lock).
+    tracer: arc_swap::ArcSwapOption<crate::traces::Tracer>,
 }
 
 /// What a reload did.
@@ -86,7 +87,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             alerter: std::sync::Mutex::new(None),
             sessions: crate::admin_session::Sessions::default(),
-            tracer: std::sync::Mutex::new(None),
+            tracer: arc_swap::ArcSwapOption::empty(),
         });
         gateway.install_alerts(&gateway.current().config);
         gateway.install_tracer(&gateway.current().config);
@@ -188,10 +189,9 @@ impl Gateway {
     /// Starts, replaces or stops the span exporter to match `config`. A replaced exporter
     /// sends what it has queued, then stops.
     fn install_tracer(&self, config: &config::GatewayConfig) {
-        let Ok(mut current) = self.tracer.lock() else {
-            return;
-        };
-        let keep = match (&*current, &config.traces) {
+        // Reloads are serialised by the caller's lock on the configuration text.
+        let current = self.tracer.load();
+        let keep = match (current.as_deref(), &config.traces) {
             (Some(tracer), Some(settings)) => tracer.serves(settings),
             (None, None) => true,
             _ => false,
@@ -199,16 +199,17 @@ impl Gateway {
         if keep {
             return;
         }
-        *current = config.traces.clone().and_then(|settings| {
-            crate::traces::Tracer::start(settings)
-                .map_err(|e| eprintln!("portcullis: traces are off: {e}"))
-                .ok()
-        });
+        self.tracer
+            .store(config.traces.clone().and_then(|settings| {
+                crate::traces::Tracer::start(settings)
+                    .map_err(|e| eprintln!("portcullis: traces are off: {e}"))
+                    .ok()
+            }));
     }
 
     /// The span exporter, if traces are configured.
     pub fn tracer(&self) -> Option<Arc<crate::traces::Tracer>> {
-        self.tracer.lock().ok().and_then(|t| t.clone())
+        self.tracer.load_full()
     }
 
     /// The alert sender, if alerts are configured.

@@ -86,23 +86,46 @@ fn is_well_formed(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
-fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent_id = parts.next()?;
-    let flags = parts.next()?;
+/// The fields of a W3C `traceparent` (`<version>-<32 hex trace id>-<16 hex parent id>-<2 hex
+/// flags>`), as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    /// The trace id (32 lowercase hex digits, not all zero).
+    pub trace_id: &'a str,
+    /// The parent span id (16 lowercase hex digits, not all zero).
+    pub parent_id: &'a str,
+    /// The sampled flag.
+    pub sampled: bool,
+}
+
+/// Parses a `traceparent` strictly: lowercase hex, non-zero ids, version `ff` refused, and
+/// version `00` with exactly four fields (later versions may append fields).
+pub fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let is_hex = |s: &str, len: usize| {
         s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
     let valid = is_hex(version, 2)
         && version != "ff"
+        && !(version == "00" && parts.next().is_some())
         && is_hex(trace_id, 32)
-        && trace_id.bytes().any(|b| b != b'0')
+        && nonzero(trace_id)
         && is_hex(parent_id, 16)
+        && nonzero(parent_id)
         && is_hex(flags, 2);
-    valid.then_some(trace_id)
+    let flags = u8::from_str_radix(flags, 16).ok().filter(|_| valid)?;
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    parse_traceparent(traceparent).map(|t| t.trace_id)
 }
 
 #[cfg(test)]

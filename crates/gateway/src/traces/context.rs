@@ -13,30 +13,12 @@ pub(super) fn write_hex(out: &mut [u8], value: u128) {
     }
 }
 
-/// A W3C `traceparent` (version 00) with non-zero ids.
+/// An incoming `traceparent` (parsed by the library's one strict parser) as ids.
 pub(super) fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, bool)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    if version != "00"
-        || parts.next().is_some()
-        || !hex(trace, 32)
-        || !hex(span, 16)
-        || !hex(flags, 2)
-    {
-        return None;
-    }
-    let trace = TraceId::from_hex(trace)
-        .ok()
-        .filter(|t| *t != TraceId::INVALID)?;
-    let span = SpanId::from_hex(span)
-        .ok()
-        .filter(|s| *s != SpanId::INVALID)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace, span, flags & 1 == 1))
+    let parent = portcullis::request_id::parse_traceparent(value)?;
+    let trace = TraceId::from_hex(parent.trace_id).ok()?;
+    let span = SpanId::from_hex(parent.parent_id).ok()?;
+    Some((trace, span, parent.sampled))
 }
 
 /// Whether a new trace is sampled: the trace id's low 63 bits against the ratio (the same
@@ -61,7 +43,7 @@ mod tests {
         assert_eq!(format!("{span}"), "00f067aa0ba902b7");
         assert!(sampled);
         for bad in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",

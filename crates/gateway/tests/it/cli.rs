@@ -360,3 +360,37 @@ routes:
         "{stdout}"
     );
 }
+
+#[test]
+fn check_names_each_bad_detection_and_trace_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "listen: { address: 127.0.0.1:0 }
+upstreams:
+  main: { url: \"http://127.0.0.1:9\" }
+monitoring:
+  detection:
+    enumeration: { distinct_ids: 0, min_refused_ratio: 2 }
+    privilege_escalation: { window: 0s }
+    exfiltration: { factor: 1 }
+  traces: { endpoint: \"ftp://127.0.0.1/x\", sample_ratio: 1.5 }
+routes:
+  - match: { prefix: / }
+    upstream: main
+    auth: none
+";
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (code, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stdout}");
+    let text = format!("{stdout}{stderr}");
+    for named in [
+        "monitoring.detection.enumeration.distinct_ids",
+        "monitoring.detection.enumeration.min_refused_ratio",
+        "monitoring.detection.privilege_escalation.window",
+        "monitoring.detection.exfiltration.factor",
+        "monitoring.traces.endpoint",
+    ] {
+        assert!(text.contains(named), "{named} not named in: {text}");
+    }
+    no_panic(&stderr);
+}

@@ -11,14 +11,7 @@ use http_body_util::Full;
 
 #[tokio::test]
 async fn a_browser_signs_in_and_sees_events_live_and_the_inventory() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
-    assert!(
-        std::path::Path::new(peers)
-            .join("node_modules/playwright-core")
-            .exists()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "the browser peers are not installed: run scripts/install-deps.sh (scripts/test.sh does)"
-    );
+    let peers = browser_peers();
     let upstream = Upstream::start().await;
     let gw = with_contract(
         &upstream,

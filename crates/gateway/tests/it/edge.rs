@@ -525,14 +525,7 @@ async fn page_server() -> (String, TaskGuard) {
 
 #[tokio::test]
 async fn a_real_browser_can_call_from_the_allowed_origin_only() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
-    assert!(
-        std::path::Path::new(peers)
-            .join("node_modules/playwright-core")
-            .exists()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "the browser peers are not installed: run scripts/install-deps.sh (scripts/test.sh does)"
-    );
+    let peers = browser_peers();
     let upstream = Upstream::start().await;
     let (allowed, _a) = page_server().await;
     let (other, _b) = page_server().await;

@@ -190,6 +190,20 @@ async fn answer(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response
         .expect("response")
 }
 
+/// The test peers' directory, once it holds playwright-core and Chromium is installed (the
+/// browser tests run their scripts from it).
+pub fn browser_peers() -> &'static str {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
+    assert!(
+        std::path::Path::new(peers)
+            .join("node_modules/playwright-core")
+            .exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser peers are not installed: run scripts/install-deps.sh (scripts/test.sh does)"
+    );
+    peers
+}
+
 /// A small HTTP/1.1 server on an ephemeral loopback port that answers every request with
 /// `answer` (for peers that must misbehave, or only serve a page). It stops when the
 /// returned guard is dropped, so keep the guard for as long as the test needs the server.

@@ -109,12 +109,8 @@ where
                 .extensions()
                 .get::<Arc<Principal>>()
                 .and_then(|p| p.subject.as_deref());
-            if let Some(subject) = subject
-                && !threat.factors.contains(&"detector_flag")
-                && limits.tracker.principal_flagged(subject)
-            {
-                threat.score = threat.score.saturating_add(20).min(100);
-                threat.factors.push("detector_flag");
+            if subject.is_some_and(|s| limits.tracker.principal_flagged(s)) {
+                threat.add_detector_flag();
             }
             let mut tightest: Option<(String, Verdict)> = None;
             for rule in &rules {

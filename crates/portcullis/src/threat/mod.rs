@@ -21,6 +21,20 @@ pub struct ThreatScore {
     pub factors: Vec<&'static str>,
 }
 
+/// Points a detector's flag adds to a score.
+const DETECTOR_FLAG_POINTS: u8 = 20;
+
+impl ThreatScore {
+    /// Adds the `detector_flag` factor (once, however many flags apply: the client's, the
+    /// principal's).
+    pub fn add_detector_flag(&mut self) {
+        if !self.factors.contains(&"detector_flag") {
+            self.score = self.score.saturating_add(DETECTOR_FLAG_POINTS).min(100);
+            self.factors.push("detector_flag");
+        }
+    }
+}
+
 /// Brute-force protection: more than `limit` authentication failures from one client
 /// within `window` locks it out for `lockout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,14 +413,14 @@ pub fn score<B>(
         score += view.validation_failures.saturating_mul(10).min(20);
         factors.push("validation_failures");
     }
-    if view.flagged {
-        score += 20;
-        factors.push("detector_flag");
-    }
-    ThreatScore {
+    let mut threat = ThreatScore {
         score: score.min(100) as u8,
         factors,
+    };
+    if view.flagged {
+        threat.add_detector_flag();
     }
+    threat
 }
 
 #[cfg(test)]
