@@ -102,14 +102,15 @@ impl Gateway {
     /// Whether configuration is loaded, the listeners accept, and every issuer's keys
     /// have been fetched at least once.
     pub fn is_ready(&self) -> bool {
+        let generation = self.current();
+        let config = &generation.config;
         self.ready.load(Ordering::Acquire)
-            && self
-                .current()
-                .config
+            && config
                 .authenticator
                 .issuers()
                 .iter()
                 .all(|i| i.keys.is_loaded())
+            && config.sessions.as_ref().is_none_or(|s| s.is_ready())
     }
 
     /// Marks the gateway ready.

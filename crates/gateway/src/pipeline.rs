@@ -11,6 +11,7 @@ use portcullis::normalize::{Normalize, NormalizeLayer};
 use portcullis::ratelimit::{RateLimit, RateLimitLayer, Screen, ScreenLayer};
 use portcullis::respond::{Respond, RespondLayer};
 use portcullis::route::{RouteLayer, Router};
+use portcullis::session::{SessionEndpoints, SessionEndpointsLayer, SessionGuard, SessionLayer};
 use portcullis::timeout::{RequestTimeout, RequestTimeoutLayer};
 use portcullis::trace::{Stage, StageLayer, Staged};
 use portcullis::validate::{OperationLayer, OperationMatcher, Operations, Validate, ValidateLayer};
@@ -24,44 +25,12 @@ type Untimed<S> = S;
 
 /// The whole stack, outermost layer first, with `$stage` around each security stage.
 macro_rules! stack {
+    // Outermost first: Respond, Detect, RequestTimeout, (Edge) Normalize, Cors,
+    // SessionEndpoints, Router, OperationMatcher, (Screen) Screen, (Authenticate)
+    // SessionGuard, Authenticate, (RateLimit) RateLimit, (Authorize) Authorize, (Validate)
+    // Validate, (Upstream) Proxy.
     ($stage:ident) => {
-        Respond<
-            Detect<
-                RequestTimeout<
-                    $stage<
-                        Normalize<
-                            Cors<
-                                Router<
-                                    OperationMatcher<
-                                        $stage<
-                                            Screen<
-                                                $stage<
-                                                    Authenticate<
-                                                        $stage<
-                                                            RateLimit<
-                                                                $stage<
-                                                                    Authorize<
-                                                                        $stage<
-                                                                            Validate<
-                                                                                $stage<Proxy>,
-                                                                            >,
-                                                                        >,
-                                                                    >,
-                                                                >,
-                                                            >,
-                                                        >,
-                                                    >,
-                                                >,
-                                            >,
-                                        >,
-                                    >,
-                                >,
-                            >,
-                        >,
-                    >,
-                >,
-            >,
-        >
+        Respond<Detect<RequestTimeout<$stage<Normalize<Cors<SessionEndpoints<Router<OperationMatcher<$stage<Screen<$stage<SessionGuard<Authenticate<$stage<RateLimit<$stage<Authorize<$stage<Validate<$stage<Proxy>>>>>>>>>>>>>>>>>>>>>
     };
 }
 
@@ -96,6 +65,9 @@ macro_rules! stack_of {
             // Browsers' preflights are answered here, before any check treats them as API
             // calls; allowed origins get their CORS headers on every answer.
             .layer(CorsLayer::new(config.cors.clone()))
+            // The browser login flow's own paths (login, callback, logout), which no route
+            // names: answered here, never forwarded.
+            .layer(SessionEndpointsLayer::new(config.sessions.clone()))
             // No route, no forwarding: 404 / 405 before anything reaches an upstream.
             .layer(RouteLayer::new(config.routes.clone()))
             // Which documented operation this is: an undocumented one is refused (404) or
@@ -108,6 +80,9 @@ macro_rules! stack_of {
             // Who is calling: one bearer token, verified (cached), scoped; identity headers
             // set from the proven claims only.
             .layer(stage(Stage::Authenticate))
+            // Browser sessions (`auth: session`): cross-site unsafe requests refused, the
+            // access token refreshed when due and put on the request as a bearer token.
+            .layer(SessionLayer::new(config.sessions.clone()))
             .layer(AuthenticateLayer::new(
                 config.authenticator.clone(),
                 config.forward.clone(),

@@ -194,7 +194,7 @@ fn prepare(
     if let Some(peer) = peer {
         set_forwarding_headers(headers, peer, trusted.trusts(peer), tls);
     }
-    strip_admin_session(headers);
+    strip_gateway_cookies(headers);
     Ok((
         req,
         upstream.client.clone(),
@@ -204,36 +204,14 @@ fn prepare(
     ))
 }
 
-/// Removes the dashboard's session cookie from what goes upstream. Browsers send cookies to
-/// every port of a host, so when the admin listener and the gateway share a name, the admin
-/// session would otherwise reach (and could be replayed by) any upstream.
-fn strip_admin_session(headers: &mut HeaderMap) {
-    let prefix = format!("{}=", crate::admin_session::COOKIE);
-    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if !cookies.iter().any(|v| {
-        v.as_bytes()
-            .windows(prefix.len())
-            .any(|w| w == prefix.as_bytes())
-    }) {
-        return;
-    }
-    headers.remove(header::COOKIE);
-    for value in cookies {
-        let Ok(text) = value.to_str() else {
-            headers.append(header::COOKIE, value);
-            continue;
-        };
-        let kept: Vec<&str> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|pair| !pair.starts_with(&prefix))
-            .collect();
-        if !kept.is_empty()
-            && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
-        {
-            headers.append(header::COOKIE, value);
-        }
-    }
+/// Removes the gateway's own cookies from what goes upstream: the dashboard's session and
+/// the browser-session and pending-login cookies. Browsers send cookies to every path (and
+/// every port) of a host, so on any route an upstream would otherwise receive (and could
+/// replay) them.
+fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    portcullis::session::cookie::strip(headers, |name| {
+        name == crate::admin_session::COOKIE || portcullis::session::cookie::is_gateway_cookie(name)
+    });
 }
 
 /// `X-Forwarded-For` / `Forwarded`: a trusted proxy's chain is extended with the peer;
@@ -286,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_admin_session_cookie_never_goes_upstream() {
+    fn the_gateway_cookies_never_go_upstream() {
         let mut headers = HeaderMap::new();
         headers.append(
             header::COOKIE,
@@ -294,14 +272,18 @@ mod tests {
         );
         headers.append(
             header::COOKIE,
-            HeaderValue::from_static("portcullis_admin=other"),
+            HeaderValue::from_static("portcullis_admin=other; __Host-portcullis=s"),
         );
-        strip_admin_session(&mut headers);
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-portcullis-login-abc=p"),
+        );
+        strip_gateway_cookies(&mut headers);
         let left: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
         assert_eq!(left, ["a=1; b=2"]);
         let mut plain = HeaderMap::new();
         plain.insert(header::COOKIE, HeaderValue::from_static("a=1"));
-        strip_admin_session(&mut plain);
+        strip_gateway_cookies(&mut plain);
         assert_eq!(plain[header::COOKIE], "a=1");
     }
 }

@@ -30,6 +30,8 @@ pub enum EventType {
     PolicyEngineError,
     /// The upstream could not be reached or did not answer in time.
     UpstreamError,
+    /// A browser session's life: login, refresh, logout (refusals are `auth_failure`).
+    Session,
 }
 
 impl EventType {
@@ -45,6 +47,7 @@ impl EventType {
             EventType::ConfigReload => "config_reload",
             EventType::PolicyEngineError => "policy_engine_error",
             EventType::UpstreamError => "upstream_error",
+            EventType::Session => "session",
         }
     }
 }

@@ -47,6 +47,7 @@ pub mod respond;
 pub mod route;
 pub mod scope;
 pub mod secret;
+pub mod session;
 #[cfg(test)]
 mod test_support;
 pub mod threat;

@@ -165,6 +165,8 @@ reasons! {
         ClientIdentityMismatch => "client_identity_mismatch",
         /// A CORS preflight from an origin, method or header the route does not allow.
         CorsPreflightRefused => "cors_preflight_refused",
+        /// An unsafe method on a browser session from another site (CSRF).
+        CrossSiteRequest => "cross_site_request",
     }
 }
 
@@ -287,5 +289,55 @@ mod tests {
         assert!(AuthFailure::Credential(CredentialProblem::MissingToken).is_missing());
         assert!(!AuthFailure::Token(TokenError::BadSignature).is_missing());
         assert_eq!(RateLimitReason::ThreatBlock.as_str(), "threat_block");
+    }
+}
+
+reasons! {
+    /// Why a request on a browser-session route (`auth: session`) has no usable session.
+    SessionProblem {
+        /// No session cookie.
+        NoSession => "no_session",
+        /// A session cookie that does not open (tampered, foreign, or sealed by a retired key).
+        Invalid => "session_invalid",
+        /// Past the session's absolute lifetime.
+        Expired => "session_expired",
+        /// Unused for longer than the idle timeout.
+        Idle => "session_idle",
+        /// Ended by a logout.
+        Revoked => "session_revoked",
+        /// The access token could not be refreshed, and it has expired.
+        RefreshFailed => "session_refresh_failed",
+        /// The shared session store could not be asked (fail closed).
+        StoreUnavailable => "session_store_unavailable",
+        /// The route needs MFA the session does not show: a navigation goes through the IdP again.
+        StepUp => "session_step_up",
+    }
+}
+
+reasons! {
+    /// Why a login callback (or a login start) was refused.
+    LoginProblem {
+        /// No pending login for this `state` (replayed, stale, or never started here).
+        UnknownState => "login_state_unknown",
+        /// The pending login is older than it may be.
+        StateExpired => "login_state_expired",
+        /// The IdP answered the authorization request with an error.
+        IdpError => "login_idp_error",
+        /// The code exchange failed or gave an unusable answer.
+        CodeExchange => "login_code_exchange_failed",
+        /// The ID token failed a check (signature, `iss`, `aud`, `azp`, `exp`, ...).
+        IdToken => "login_id_token_invalid",
+        /// The ID token's `nonce` is not the pending login's.
+        Nonce => "login_nonce_mismatch",
+        /// The ID token's `at_hash` does not match the access token.
+        AtHash => "login_at_hash_mismatch",
+        /// A step-up login came back without MFA, or without a fresh authentication.
+        StepUpNotMet => "login_step_up_not_met",
+        /// The session does not fit in one cookie (use `session.store: redis`).
+        TooLarge => "session_too_large",
+        /// The IdP's discovery document is not loaded, or the session store is down.
+        Unavailable => "login_unavailable",
+        /// The request to a login path is malformed (a missing parameter, a bad method).
+        BadRequest => "login_bad_request",
     }
 }

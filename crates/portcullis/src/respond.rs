@@ -112,7 +112,13 @@ where
                         } if !required_action.is_empty() => Some(required_action.clone()),
                         _ => None,
                     };
-                    let auth_failure = matches!(denial, Denial::Unauthenticated { .. });
+                    let auth_failure = match &denial {
+                        Denial::Unauthenticated { .. } | Denial::LoginRefused { .. } => true,
+                        Denial::SessionRequired { reason, .. } => {
+                            *reason != crate::reason::SessionProblem::NoSession
+                        }
+                        _ => false,
+                    };
                     (
                         denial.to_response(scope.id()),
                         Some(denial.reason()),
@@ -124,6 +130,11 @@ where
             headers.apply(response.headers_mut(), https);
             if let Some(cors) = scope.cors() {
                 crate::cors::apply(cors, response.headers_mut());
+            }
+            if let Some(cookie) = scope.set_cookie() {
+                response
+                    .headers_mut()
+                    .append(http::header::SET_COOKIE, cookie.clone());
             }
             if let Some(value) = id_value {
                 response.headers_mut().insert(REQUEST_ID.clone(), value);

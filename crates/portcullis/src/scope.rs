@@ -23,6 +23,7 @@ pub struct RequestScope {
     operation: OnceLock<Arc<str>>,
     user_id: OnceLock<String>,
     cors: OnceLock<http::HeaderMap>,
+    set_cookie: OnceLock<http::HeaderValue>,
 }
 
 impl RequestScope {
@@ -37,6 +38,7 @@ impl RequestScope {
             operation: OnceLock::new(),
             user_id: OnceLock::new(),
             cors: OnceLock::new(),
+            set_cookie: OnceLock::new(),
         }
     }
 
@@ -101,6 +103,17 @@ impl RequestScope {
     /// Records the CORS headers for the answer (first write wins).
     pub fn set_cors(&self, headers: http::HeaderMap) {
         let _ = self.cors.set(headers);
+    }
+
+    /// The `Set-Cookie` the answer carries, whatever it is: a browser session that was
+    /// refreshed or ended while the request went on (refusals included).
+    pub fn set_cookie(&self) -> Option<&http::HeaderValue> {
+        self.set_cookie.get()
+    }
+
+    /// Records the session cookie for the answer (first write wins).
+    pub fn put_cookie(&self, value: http::HeaderValue) {
+        let _ = self.set_cookie.set(value);
     }
 
     /// Records the authenticated principal (first write wins).

@@ -47,6 +47,9 @@ pub struct Shared {
     detectors: Mutex<Option<(String, Arc<Detectors>)>>,
     /// Detector findings since start, for metrics.
     pub detector_counts: Arc<DetectorCounts>,
+    /// Browser sessions per login settings (refreshes in flight and ended sessions survive
+    /// reloads that leave the settings alone).
+    pub(super) sessions: Mutex<HashMap<String, Arc<portcullis::session::Sessions>>>,
 }
 
 impl Default for Shared {
@@ -67,6 +70,7 @@ impl Default for Shared {
             upstream_clients: Mutex::default(),
             detectors: Mutex::default(),
             detector_counts: Arc::default(),
+            sessions: Mutex::default(),
         }
     }
 }
@@ -209,7 +213,7 @@ impl Shared {
 
     /// The key set fetched from `source`, created once per source, algorithms and trust
     /// (so a reload neither refetches nor forgets keys, unless what is trusted changed).
-    fn remote_store(
+    pub(super) fn remote_store(
         &self,
         source: KeySource,
         algorithms: &[Algorithm],

@@ -6,6 +6,7 @@ mod cors;
 pub mod duration;
 mod headers;
 mod identity;
+mod login;
 mod monitoring;
 mod policy;
 mod problems;
@@ -354,6 +355,39 @@ fn compile(
         shared,
         problems,
     );
+    let sessions = raw
+        .identity
+        .as_ref()
+        .and_then(|i| i.oidc_login.as_ref())
+        .and_then(|login| {
+            let context = login::LoginContext {
+                resolver: &resolver,
+                shared,
+                client: &client,
+                limiter: &rate_limiting.limiter,
+                mfa_acr_values: policy
+                    .as_ref()
+                    .map_or_else(|| vec!["mfa".into()], |p| p.authorizer.mfa_acr_values.clone()),
+            };
+            let sessions = login::compile(login, &context, problems)?;
+            let issuer = sessions.provider.issuer();
+            let verified = identity
+                .authenticator
+                .issuers()
+                .iter()
+                .any(|i| i.issuer == issuer)
+                || raw.identity.as_ref().is_some_and(|i| {
+                    i.introspection.is_some() || i.jwt.iter().any(|j| j.issuer.value == issuer)
+                });
+            if !verified {
+                problems.at(
+                    "identity.oidc_login.issuer",
+                    &login.issuer,
+                    "the sessions' access tokens are verified like bearer tokens: add an `identity.jwt` entry for this issuer (or `identity.introspection`)",
+                );
+            }
+            Some(sessions)
+        });
     let mut warnings = Vec::new();
     if policy.as_ref().is_some_and(|p| p.fail_open) {
         warnings.push(Problem {
@@ -377,6 +411,7 @@ fn compile(
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.value.client_ca.is_some()),
+            sessions: sessions.is_some(),
         };
         if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
             if route.policy.auth.mode == AuthMode::None {
@@ -487,6 +522,7 @@ fn compile(
         inventory: shared.inventory.clone(),
         rate_limiting,
         authorizer: policy.map(|p| p.authorizer),
+        sessions,
         warnings,
     })
 }

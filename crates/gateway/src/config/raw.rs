@@ -273,6 +273,41 @@ pub struct RawIdentity {
     pub forward: Option<RawForward>,
     pub introspection: Option<RawIntrospection>,
     pub token_cache_size: Option<usize>,
+    pub oidc_login: Option<RawOidcLogin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidcLogin {
+    pub issuer: Text,
+    pub client_id: Text,
+    pub client_secret: Option<Text>,
+    /// A private key (JWK or PKCS#8 PEM, by reference) for `private_key_jwt`.
+    pub client_key: Option<Text>,
+    pub scopes: Option<Vec<String>>,
+    pub resource: Option<Text>,
+    pub paths: Option<RawLoginPaths>,
+    pub external_url: Option<Text>,
+    pub post_logout_redirect: Option<Text>,
+    pub session: RawSession,
+    pub refresh_before: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoginPaths {
+    pub login: Option<Text>,
+    pub callback: Option<Text>,
+    pub logout: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub store: Option<Text>,
+    pub keys: Text,
+    pub ttl: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

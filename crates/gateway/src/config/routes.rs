@@ -23,6 +23,8 @@ pub(super) struct RouteContext {
     pub(super) policy: bool,
     /// The listener asks for client certificates.
     pub(super) client_certificates: bool,
+    /// `identity.oidc_login` is configured (browser sessions).
+    pub(super) sessions: bool,
 }
 
 pub(super) fn compile_route(
@@ -39,12 +41,13 @@ pub(super) fn compile_route(
         None | Some("required") => AuthMode::Required,
         Some("optional") => AuthMode::Optional,
         Some("none") => AuthMode::None,
+        Some("session") => AuthMode::Session,
         Some(other) => {
             if let Some(auth) = &raw.auth {
                 problems.at(
                     format!("{path}.auth"),
                     auth,
-                    format!("unknown value `{other}` (use required, optional or none)"),
+                    format!("unknown value `{other}` (use required, optional, none or session)"),
                 );
             }
             AuthMode::Required
@@ -55,6 +58,13 @@ pub(super) fn compile_route(
             format!("{path}.auth"),
             raw.auth.as_ref().map_or(route_line, |a| line_of(&a.referenced)),
             "the route requires authentication (the default) but no `identity.jwt` issuer is configured; configure one, or write `auth: none` to make the route public",
+        );
+    }
+    if mode == AuthMode::Session && !context.sessions {
+        problems.add(
+            format!("{path}.auth"),
+            raw.auth.as_ref().map_or(route_line, |a| line_of(&a.referenced)),
+            "`auth: session` needs `identity.oidc_login` (the browser login the sessions come from)",
         );
     }
     if mode != AuthMode::None && context.identity && !context.policy {

@@ -165,6 +165,8 @@ pub struct GatewayConfig {
     pub revocations: Arc<portcullis::authn::revocation::Revocations>,
     /// Decides protected requests (absent when every route is public).
     pub authorizer: Option<Arc<Authorizer>>,
+    /// Browser sessions (`identity.oidc_login`), if configured.
+    pub sessions: Option<Arc<portcullis::session::Sessions>>,
     /// Files whose change triggers a reload (policies, data).
     pub watched_files: Vec<PathBuf>,
     /// The detectors `monitoring.detection` enables (kept across reloads that leave their
@@ -198,6 +200,9 @@ impl GatewayConfig {
     /// Makes this configuration's certificates the ones presented: called when it starts
     /// serving (never for a configuration that was refused).
     pub fn activate(&self) {
+        if let Some(sessions) = &self.sessions {
+            sessions.start();
+        }
         for upstream in self.upstreams.values() {
             if let Some((holder, key)) = &upstream.client_cert {
                 holder.replace(key.clone());

@@ -31,6 +31,24 @@ pub fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
+/// `amr` values (RFC 8176) that show a second factor.
+const MFA_METHODS: [&str; 8] = ["mfa", "otp", "hwk", "sms", "fpt", "face", "iris", "retina"];
+
+/// Whether these claims show multi-factor authentication: an `amr` naming a second factor,
+/// or an `acr` among `mfa_acr_values`.
+pub fn shows_mfa(claims: &Claims, mfa_acr_values: &[String]) -> bool {
+    claims.amr.iter().any(|m| MFA_METHODS.contains(&m.as_str()))
+        || claims
+            .acr
+            .as_ref()
+            .is_some_and(|acr| mfa_acr_values.contains(acr))
+}
+
+/// Put on a request by the browser-session layer: the session's login showed MFA (in its
+/// ID token), which counts for step-up like MFA claims in the access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionMfa;
+
 /// One trusted token issuer.
 #[derive(Debug)]
 pub struct Issuer {
@@ -53,6 +71,38 @@ pub struct Issuer {
     pub token_types: Option<Vec<String>>,
     /// The issuer's keys.
     pub keys: Arc<KeyStore>,
+}
+
+impl Issuer {
+    /// Checks the token's algorithm and signature with this issuer's keys (fetching them
+    /// again for an unknown `kid`, rate-limited); the key set generation it was checked with.
+    pub async fn check_signature(&self, parsed: &token::Unverified<'_>) -> Result<u64, TokenError> {
+        let alg = parsed.header.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err(TokenError::AlgNotAllowed(alg.name().to_string()));
+        }
+        if !self.keys.is_loaded() {
+            return Err(TokenError::KeysUnavailable);
+        }
+        let kid = parsed.header.kid.as_deref();
+        let mut generation = self.keys.generation();
+        let mut keys = self.keys.keys();
+        if keys.find(kid, alg).is_none()
+            && let Some(kid) = kid
+            && self.keys.refresh_for_kid(kid).await
+        {
+            generation = self.keys.generation();
+            keys = self.keys.keys();
+        }
+        let key = keys.find(kid, alg).ok_or(TokenError::UnknownKid)?;
+        if key.algorithm != alg {
+            return Err(TokenError::AlgMismatch);
+        }
+        if !key.verify(parsed.signing_input, &parsed.signature) {
+            return Err(TokenError::BadSignature);
+        }
+        Ok(generation)
+    }
 }
 
 /// Who is calling, as proven by a verified token.
@@ -157,30 +207,7 @@ impl Authenticator {
             .enumerate()
             .find(|(_, i)| i.issuer == iss)
             .ok_or(TokenError::UnknownIssuer)?;
-        let alg = parsed.header.alg;
-        if !issuer.algorithms.contains(&alg) {
-            return Err(TokenError::AlgNotAllowed(alg.name().to_string()));
-        }
-        if !issuer.keys.is_loaded() {
-            return Err(TokenError::KeysUnavailable);
-        }
-        let kid = parsed.header.kid.as_deref();
-        let mut generation = issuer.keys.generation();
-        let mut keys = issuer.keys.keys();
-        if keys.find(kid, alg).is_none()
-            && let Some(kid) = kid
-            && issuer.keys.refresh_for_kid(kid).await
-        {
-            generation = issuer.keys.generation();
-            keys = issuer.keys.keys();
-        }
-        let key = keys.find(kid, alg).ok_or(TokenError::UnknownKid)?;
-        if key.algorithm != alg {
-            return Err(TokenError::AlgMismatch);
-        }
-        if !key.verify(parsed.signing_input, &parsed.signature) {
-            return Err(TokenError::BadSignature);
-        }
+        let generation = issuer.check_signature(&parsed).await?;
         check_claims(issuer, &parsed.header, &parsed.claims, now)?;
         let claims = parsed.claims;
         let expires_at = claims.exp.unwrap_or(now);

@@ -12,6 +12,9 @@ pub enum AuthMode {
     Optional,
     /// Public: no authentication.
     None,
+    /// A browser session (`identity.oidc_login`): the session layer puts its access token
+    /// on the request, which is then verified like a bearer token.
+    Session,
 }
 
 /// Which scopes a route requires.

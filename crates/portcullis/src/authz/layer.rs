@@ -88,7 +88,8 @@ where
                 ));
             };
             let principal = req.extensions().get::<Arc<Principal>>().cloned();
-            let mfa = principal.as_ref().is_some_and(|p| authorizer.has_mfa(p));
+            let mfa = principal.as_ref().is_some_and(|p| authorizer.has_mfa(p))
+                || req.extensions().get::<crate::authn::SessionMfa>().is_some();
             if settings.require_mfa.contains(req.method()) && !mfa {
                 return Err(Denial::StepUpRequired {
                     acr_values: authorizer.mfa_acr_values.join(" "),

@@ -60,9 +60,6 @@ pub enum OnError {
     Allow,
 }
 
-/// `amr` values (RFC 8176) that show a second factor.
-const MFA_METHODS: [&str; 8] = ["mfa", "otp", "hwk", "sms", "fpt", "face", "iris", "retina"];
-
 /// Everything the authorization layer needs.
 #[derive(Debug)]
 pub struct Authorizer {
@@ -81,16 +78,7 @@ pub struct Authorizer {
 impl Authorizer {
     /// Whether the principal's token shows multi-factor authentication.
     pub fn has_mfa(&self, principal: &Principal) -> bool {
-        principal
-            .claims
-            .amr
-            .iter()
-            .any(|m| MFA_METHODS.contains(&m.as_str()))
-            || principal
-                .claims
-                .acr
-                .as_ref()
-                .is_some_and(|acr| self.mfa_acr_values.contains(acr))
+        crate::authn::shows_mfa(&principal.claims, &self.mfa_acr_values)
     }
 
     fn report_fail_open(&self, error: &EngineError) {

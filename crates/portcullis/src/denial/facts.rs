@@ -2,7 +2,9 @@
 //! detail of its security event. Each is an exhaustive `match`, so a new refusal cannot be
 //! left without them.
 
-use super::{AuthFailure, CredentialProblem, Denial, RateLimitReason};
+use super::{
+    AuthFailure, CredentialProblem, Denial, LoginProblem, RateLimitReason, SessionProblem,
+};
 use crate::authn::token::TokenError;
 use crate::event::{EventType, Severity};
 
@@ -27,7 +29,9 @@ impl Denial {
             | Denial::UpstreamTimeout { .. }
             | Denial::UpstreamError { .. }
             | Denial::RequestTimeout => EventType::UpstreamError,
-            Denial::Unauthenticated { .. } => EventType::AuthFailure,
+            Denial::Unauthenticated { .. }
+            | Denial::SessionRequired { .. }
+            | Denial::LoginRefused { .. } => EventType::AuthFailure,
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => EventType::AuthzDenied,
             Denial::PolicyEngineError { .. } => EventType::PolicyEngineError,
             Denial::StepUpRequired { .. } => EventType::AuthFailure,
@@ -57,6 +61,29 @@ impl Denial {
                 AuthFailure::Credential(CredentialProblem::MissingToken)
                 | AuthFailure::Token(TokenError::Expired) => Severity::Low,
                 AuthFailure::Credential(_) | AuthFailure::Token(_) => Severity::Medium,
+            },
+            Denial::SessionRequired { reason, .. } => match reason {
+                SessionProblem::NoSession
+                | SessionProblem::Expired
+                | SessionProblem::Idle
+                | SessionProblem::StepUp => Severity::Low,
+                SessionProblem::Invalid
+                | SessionProblem::Revoked
+                | SessionProblem::RefreshFailed
+                | SessionProblem::StoreUnavailable => Severity::Medium,
+            },
+            Denial::LoginRefused { reason, .. } => match reason {
+                LoginProblem::StateExpired | LoginProblem::IdpError | LoginProblem::BadRequest => {
+                    Severity::Low
+                }
+                LoginProblem::UnknownState
+                | LoginProblem::CodeExchange
+                | LoginProblem::StepUpNotMet
+                | LoginProblem::Unavailable => Severity::Medium,
+                LoginProblem::IdToken
+                | LoginProblem::Nonce
+                | LoginProblem::AtHash
+                | LoginProblem::TooLarge => Severity::High,
             },
             Denial::InsufficientScope { .. } | Denial::Forbidden { .. } => Severity::Medium,
             Denial::PolicyEngineError { .. } => Severity::High,
@@ -96,6 +123,8 @@ impl Denial {
             Denial::UpstreamTimeout { .. } => "upstream_timeout",
             Denial::RequestTimeout => "request_timeout",
             Denial::Unauthenticated { reason, .. } => reason.as_str(),
+            Denial::SessionRequired { reason, .. } => reason.as_str(),
+            Denial::LoginRefused { reason, .. } => reason.as_str(),
             Denial::InsufficientScope { .. } => "insufficient_scope",
             Denial::Forbidden { reason, .. } => reason.as_str(),
             Denial::PolicyEngineError { .. } => "policy_engine_error",
@@ -116,6 +145,8 @@ impl Denial {
             Denial::Malformed { detail, .. }
             | Denial::UpstreamUnreachable { detail, .. }
             | Denial::Unauthenticated { detail, .. }
+            | Denial::SessionRequired { detail, .. }
+            | Denial::LoginRefused { detail, .. }
             | Denial::Forbidden { detail, .. }
             | Denial::PolicyEngineError { detail, .. }
             | Denial::UnsupportedMediaType { detail, .. }

@@ -6,8 +6,8 @@ mod facts;
 mod render;
 
 pub use crate::reason::{
-    AuthFailure, CredentialProblem, ForbiddenReason, HeaderLimit, InvalidReason, MalformedReason,
-    MediaTypeReason, RateLimitReason, ResponseReason,
+    AuthFailure, CredentialProblem, ForbiddenReason, HeaderLimit, InvalidReason, LoginProblem,
+    MalformedReason, MediaTypeReason, RateLimitReason, ResponseReason, SessionProblem,
 };
 use http::{HeaderValue, Method, StatusCode};
 
@@ -81,6 +81,27 @@ pub enum Denial {
     Unauthenticated {
         /// The exact check that failed, e.g. `token_expired`, `bad_signature`.
         reason: AuthFailure,
+        /// Human-readable detail for the operator.
+        detail: String,
+    },
+    /// A browser-session route without a usable session: a navigation is sent to log in
+    /// (302 to `login`), anything else gets 401.
+    #[error("no usable session ({reason}): {detail}")]
+    SessionRequired {
+        /// Why there is no usable session.
+        reason: SessionProblem,
+        /// Human-readable detail for the operator.
+        detail: String,
+        /// Where the browser logs in (the login path with the page to come back to).
+        login: String,
+        /// Whether the request is a navigation (answered with a redirect).
+        navigate: bool,
+    },
+    /// A login callback (or login start) that cannot make a session (400).
+    #[error("login refused ({reason}): {detail}")]
+    LoginRefused {
+        /// The check that failed.
+        reason: LoginProblem,
         /// Human-readable detail for the operator.
         detail: String,
     },
@@ -210,6 +231,13 @@ impl Denial {
             Denial::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Denial::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Denial::SessionRequired { navigate: true, .. } => StatusCode::FOUND,
+            Denial::SessionRequired { .. } => StatusCode::UNAUTHORIZED,
+            Denial::LoginRefused { reason, .. } => match reason {
+                LoginProblem::TooLarge => StatusCode::INTERNAL_SERVER_ERROR,
+                LoginProblem::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            },
             Denial::InsufficientScope { .. }
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => StatusCode::FORBIDDEN,
@@ -237,6 +265,13 @@ impl Denial {
             Denial::UpstreamUnreachable { .. } => "Bad Gateway",
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => "Gateway Timeout",
             Denial::Unauthenticated { .. } => "Unauthorized",
+            Denial::SessionRequired { navigate: true, .. } => "Found",
+            Denial::SessionRequired { .. } => "Unauthorized",
+            Denial::LoginRefused { reason, .. } => match reason {
+                LoginProblem::TooLarge => "Internal Server Error",
+                LoginProblem::Unavailable => "Service Unavailable",
+                _ => "Bad Request",
+            },
             Denial::InsufficientScope { .. }
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => "Forbidden",
@@ -267,7 +302,10 @@ impl Denial {
             Denial::UpstreamTimeout { .. } | Denial::RequestTimeout => {
                 "https://portcullis.dev/problems/gateway-timeout"
             }
-            Denial::Unauthenticated { .. } => "https://portcullis.dev/problems/unauthorized",
+            Denial::Unauthenticated { .. } | Denial::SessionRequired { .. } => {
+                "https://portcullis.dev/problems/unauthorized"
+            }
+            Denial::LoginRefused { .. } => "https://portcullis.dev/problems/login-failed",
             Denial::InsufficientScope { .. }
             | Denial::Forbidden { .. }
             | Denial::PolicyEngineError { .. } => "https://portcullis.dev/problems/forbidden",

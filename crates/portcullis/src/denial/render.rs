@@ -35,6 +35,11 @@ impl Denial {
             fields.insert("required_action".into(), required_action.clone().into());
             fields.insert("resource_type".into(), resource_type.clone().into());
         }
+        if let (Denial::SessionRequired { login, .. }, Some(fields)) =
+            (self, problem.as_object_mut())
+        {
+            fields.insert("login".into(), login.clone().into());
+        }
         if let (Denial::Invalid { errors, .. }, Some(fields)) = (self, problem.as_object_mut()) {
             fields.insert("errors".into(), serde_json::json!(errors));
         }
@@ -80,6 +85,26 @@ impl Denial {
                         "Bearer realm=\"portcullis\", error=\"invalid_token\"",
                     ),
                 );
+            }
+            Denial::SessionRequired {
+                login, navigate, ..
+            } => {
+                if *navigate {
+                    if let Ok(value) = HeaderValue::from_str(login) {
+                        headers.insert(header::LOCATION, value);
+                    }
+                } else {
+                    // A 401 must name a scheme (RFC 9110 §11.6.1); a browser session has
+                    // none registered, so the challenge names the login path instead.
+                    headers.insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Session realm=\"portcullis\""),
+                    );
+                }
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            Denial::LoginRefused { .. } => {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
             Denial::RateLimited {
                 policy,

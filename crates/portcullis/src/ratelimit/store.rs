@@ -204,6 +204,24 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout)?
     }
 
+    /// Runs one command within the store's timeout: how other shared state (browser
+    /// sessions and their refresh locks) is kept in the same Redis.
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        command: redis::Cmd,
+    ) -> Result<T, RedisError> {
+        let work = async {
+            let mut connection = self.connection().await?;
+            command
+                .query_async::<T>(&mut connection)
+                .await
+                .map_err(|e| RedisError::Failed(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout * 2, work)
+            .await
+            .map_err(|_| RedisError::Timeout)?
+    }
+
     /// Publishes `flags` to the shared flag set and reads back every flag in force at `now`
     /// (Unix seconds), at most [`MAX_SHARED_FLAGS`], forgetting expired ones.
     pub async fn exchange_flags(
@@ -396,6 +414,11 @@ impl Limiter {
             on_error,
             ..Limiter::memory(max_keys, events)
         }
+    }
+
+    /// The shared Redis store, if limits are shared.
+    pub fn shared_store(&self) -> Option<&RedisStore> {
+        self.shared.as_ref()
     }
 
     /// Whether `ip` is in the shared reputation set `set` (false when there is no shared
