@@ -26,6 +26,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod routing;
+mod sessions;
 mod tls;
 mod traces;
 mod validation;

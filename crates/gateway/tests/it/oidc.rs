@@ -9,8 +9,8 @@ use http_body_util::Full;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-struct Idp {
-    issuer: String,
+pub(crate) struct Idp {
+    pub(crate) issuer: String,
     _process: Process,
     /// For an https IdP: a client trusting its CA.
     https: Option<crate::pki::HttpsClient>,
@@ -27,7 +27,10 @@ impl Idp {
         Idp::start_with(&env, Some(crate::pki::https_client(ca, None, false)))
     }
 
-    fn start_with(env: &[(&str, &std::ffi::OsStr)], https: Option<crate::pki::HttpsClient>) -> Idp {
+    pub(crate) fn start_with(
+        env: &[(&str, &std::ffi::OsStr)],
+        https: Option<crate::pki::HttpsClient>,
+    ) -> Idp {
         let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peers");
         assert!(
             std::path::Path::new(peers)
@@ -60,6 +63,12 @@ impl Idp {
             _process: Process(child),
             https,
         }
+    }
+
+    /// Stops the IdP (and waits until it is gone).
+    pub(crate) fn stop(&mut self) {
+        let _ = self._process.0.kill();
+        let _ = self._process.0.wait();
     }
 
     async fn token(&self, scope: &str) -> String {

@@ -114,6 +114,11 @@ impl Upstream {
         self.started.load(Ordering::SeqCst)
     }
 
+    /// Every complete request, in order.
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+
     pub fn last(&self) -> Seen {
         self.seen
             .lock()
