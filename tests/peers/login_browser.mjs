@@ -201,6 +201,22 @@ const run = {
     out.idpAsksAgain = page.url().startsWith(idp) && (await page.locator('#login').count()) === 1;
   },
 
+  // `portcullis demo --login`: its development IdP, its items page, adding an item, signing out.
+  async demo(context) {
+    const page = await context.newPage();
+    await page.goto(`${gw}/api/app`);
+    out.demoAtIdp = page.url().startsWith(idp);
+    await page.selectOption('#user', 'alice');
+    await Promise.all([page.waitForURL(`${gw}/api/app`), page.click('#signin')]);
+    out.demoUser = await page.locator('#user').textContent();
+    await page.fill('#name', 'from-the-browser');
+    await Promise.all([page.waitForURL(`${gw}/api/app`), page.click('#add')]);
+    out.demoItems = await page.locator('#items li').allTextContents();
+    out.demoCookie = Boolean(await sessionCookie(context));
+    await Promise.all([page.waitForURL((u) => u.toString().startsWith(gw) && !u.toString().includes('/auth/')), page.click('#logout')]);
+    out.demoAfterLogout = (await context.request.get(`${gw}/api/app`, xhr)).status();
+  },
+
   // Just a fetch (another gateway instance sharing the session store).
   async fetch(context) {
     out.fetch = (await context.request.get(`${gw}/app/data`, xhr)).status();

@@ -28,6 +28,10 @@ pub enum Command {
         /// certificates the demo writes beside its configuration.
         #[arg(long)]
         tls: bool,
+        /// Add a browser login: a development OpenID provider beside the items API, and an
+        /// items page behind a browser session (`auth: session`).
+        #[arg(long)]
+        login: bool,
     },
     /// Run the gateway from a configuration file.
     Run {

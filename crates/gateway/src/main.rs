@@ -62,8 +62,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             token::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        cli::Command::Demo { listen, admin, tls } => {
-            runtime()?.block_on(demo::run(listen, admin, tls))?;
+        cli::Command::Demo {
+            listen,
+            admin,
+            tls,
+            login,
+        } => {
+            runtime()?.block_on(demo::run(listen, admin, tls, login))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -33,7 +33,12 @@ struct Store {
 type Shared = Arc<Mutex<Store>>;
 
 /// Starts the demo upstream on an ephemeral loopback port.
-pub(super) async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<SocketAddr> {
+/// With `extra` routes (the dev IdP of `demo --login`) on the same server.
+pub(super) async fn start_items_api(
+    jwks: serde_json::Value,
+    listener: tokio::net::TcpListener,
+    extra: Option<axum::Router>,
+) -> anyhow::Result<SocketAddr> {
     let mut store = Store {
         next_id: 1,
         ..Store::default()
@@ -54,6 +59,7 @@ pub(super) async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<S
     let app = axum::Router::new()
         .route("/api/items", get(list).post(create))
         .route("/api/items/{id}", get(read).put(update).delete(remove))
+        .route("/api/app", get(page).post(create_from_page))
         .route(
             "/api/public/status",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
@@ -79,9 +85,10 @@ pub(super) async fn start_items_api(jwks: serde_json::Value) -> anyhow::Result<S
             },
         ))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the demo upstream: {e}"))?;
+    let app = match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    };
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -169,4 +176,65 @@ async fn remove(State(state): State<Shared>, Path(id): Path<u64>) -> Response {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => not_found(),
     }
+}
+
+/// The browser UI of `demo --login`: the items, and a form to add one. No script, so the
+/// gateway's strict CSP holds; the page only ever sees the identity headers the gateway set.
+async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let items: Vec<Item> = match state.lock() {
+        Ok(store) => store.items.values().cloned().collect(),
+        Err(_) => Vec::new(),
+    };
+    let escape = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let rows: String = items
+        .iter()
+        .map(|i| {
+            format!(
+                "<li>{} <small>({})</small></li>",
+                escape(&i.name),
+                escape(&i.owner)
+            )
+        })
+        .collect();
+    axum::response::Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Items</title></head><body>\
+<h1>Items</h1><p>Signed in as <strong id=\"user\">{}</strong> (through a Portcullis browser session).</p>\
+<ul id=\"items\">{rows}</ul>\
+<form method=\"post\" action=\"/api/app\"><input name=\"name\" id=\"name\" required maxlength=\"100\"> <button type=\"submit\" id=\"add\">Add</button></form>\
+<form method=\"post\" action=\"/auth/logout\"><button type=\"submit\" id=\"logout\">Sign out</button></form></body></html>",
+        escape(&owner(&headers))
+    ))
+    .into_response()
+}
+
+async fn create_from_page(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let Some(name) = portcullis::session::form::param(Some(&text), "name") else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if let Ok(mut store) = state.lock() {
+        let id = store.next_id;
+        store.next_id += 1;
+        store.items.insert(
+            id,
+            Item {
+                id,
+                name,
+                owner: owner(&headers),
+            },
+        );
+    }
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    response
+        .headers_mut()
+        .insert("location", axum::http::HeaderValue::from_static("/api/app"));
+    response
 }

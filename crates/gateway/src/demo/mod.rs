@@ -2,6 +2,7 @@
 //! upstream; the demo writes a real configuration file for it and runs the gateway from
 //! that file, exactly as `portcullis run` would.
 
+mod dev_idp;
 mod items_api;
 
 use items_api::start_items_api;
@@ -23,14 +24,37 @@ const AUDIENCE: &str = "https://items.portcullis.demo";
 /// The SPIFFE trust domain of the demo's client certificates.
 const TRUST_DOMAIN: &str = "portcullis.demo";
 
-/// Runs the demo until Ctrl-C; with `tls`, over https with a fresh local CA.
-pub async fn run(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C; with `tls`, over https with a fresh local CA; with `login`,
+/// with a browser login (a development IdP beside the items API, and its items page).
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    tls: bool,
+    login: bool,
+) -> anyhow::Result<()> {
     // A fresh dev signing key; the demo upstream publishes its JWKS like an IdP would.
     let (key, pem) = SigningKey::generate_es256("demo-1")
         .map_err(|e| anyhow::anyhow!("cannot create the dev key: {e}"))?;
     let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
-    let upstream = start_items_api(jwks).await?;
-    let dir = write_demo_files(listen, admin, upstream, &pem, tls)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the demo upstream: {e}"))?;
+    let upstream_addr = listener.local_addr()?;
+    let dev_idp = if login {
+        let (idp_key, _) = SigningKey::generate_es256("demo-login-1")
+            .map_err(|e| anyhow::anyhow!("cannot create the dev IdP key: {e}"))?;
+        let scheme = if tls { "https" } else { "http" };
+        Some(dev_idp::router(
+            format!("http://{upstream_addr}/idp"),
+            AUDIENCE,
+            (scheme.to_string(), listen),
+            idp_key,
+        ))
+    } else {
+        None
+    };
+    let upstream = start_items_api(jwks, listener, dev_idp).await?;
+    let dir = write_demo_files(listen, admin, upstream, &pem, (tls, login))?;
     let (bound_tx, bound_rx) = oneshot::channel();
     let config_path = dir.join("portcullis.yaml");
     let admin_token = std::fs::read_to_string(dir.join("admin-token")).unwrap_or_default();
@@ -52,7 +76,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, tls: bool) -> anyhow::Re
                 &config_path,
                 admin_token.trim(),
                 &tokens,
-                tls,
+                (tls, login),
             );
         }
     });
@@ -94,7 +118,7 @@ fn write_demo_files(
     admin: SocketAddr,
     upstream: SocketAddr,
     pem: &str,
-    tls: bool,
+    (tls, login): (bool, bool),
 ) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
@@ -122,6 +146,39 @@ fn write_demo_files(
     } else {
         ("", String::new())
     };
+    let (login_identity, login_route) = if login {
+        let keys = portcullis::session::seal::random_token(48)
+            .ok_or_else(|| anyhow::anyhow!("no randomness for the session key"))?;
+        write_private(&dir.join("session-keys"), &keys)?;
+        let issuer = format!("http://{upstream}/idp");
+        (
+            format!(
+                "    - name: demo-login
+      issuer: {issuer}
+      audiences: [{AUDIENCE}]
+      jwks_uri: {issuer}/jwks
+      algorithms: [ES256]
+      max_lifetime: 1h
+      token_types: [at+jwt]
+  oidc_login:                         # DEVELOPMENT IdP: signs in anyone who picks a name
+    issuer: {issuer}
+    client_id: {client}
+    scopes: [openid, items:read, items:write]
+    session: {{ store: cookie, keys: \"${{file:session-keys}}\", ttl: 8h, idle_timeout: 1h }}
+    refresh_before: 30s
+",
+                client = dev_idp::CLIENT_ID
+            ),
+            "  - match: { path: /api/app, methods: [GET, POST] }
+    upstream: items
+    auth: session
+    resource: { type: items }
+"
+            .to_string(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let config = format!(
         r#"# Written by `portcullis demo`. Run it yourself with: portcullis run --config {config}
 listen:
@@ -145,7 +202,7 @@ identity:
       algorithms: [ES256]
       max_lifetime: 1h
       token_types: [at+jwt]
-  forward:
+{login_identity}  forward:
     token: false
     identity_headers:
       x-user-id: sub
@@ -188,7 +245,7 @@ routes:
     upstream: items
     auth: none
     rate_limit: {{ limit: 5, window: 10s, key: ip }}
-{partner_route}"#,
+{partner_route}{login_route}"#,
         config = dir.join("portcullis.yaml").display(),
     );
     std::fs::write(dir.join("portcullis.yaml"), config)
@@ -287,7 +344,7 @@ fn print_banner(
     config: &std::path::Path,
     token: &str,
     tokens: &DemoTokens,
-    tls: bool,
+    (tls, login): (bool, bool),
 ) {
     let scheme = if tls { "https" } else { "http" };
     let gw = format!("{scheme}://{}", bound.listen);
@@ -345,11 +402,25 @@ Try these (each answer carries x-request-id and the security headers):
   curl -s -H 'authorization: Bearer {token}' {admin}/admin/offenders   # clients and principals by threat score, detector flags
   curl -s -X POST -H 'authorization: Bearer {token}' {admin}/admin/reload
 
-{tls_part}Security events follow below as JSON lines. Ctrl-C stops.
+{tls_part}{login_part}Security events follow below as JSON lines. Ctrl-C stops.
 "#,
         config.display(),
         tls_part = if tls {
             tls_banner(&gw, &dir)
+        } else {
+            String::new()
+        },
+        login_part = if login {
+            format!(
+                "Browser login (--login): open {gw}/api/app in a browser. The gateway sends you to the
+demo's DEVELOPMENT IdP (sign in as alice or bob; no password), keeps the tokens in one sealed
+__Host-portcullis cookie, refreshes the 2-minute access token before it expires, and the page
+only ever sees identity headers. Without a browser:
+  curl -i {gw}/api/app -H 'accept: application/json'     # 401: no session (a page load gets 302 to /auth/login)
+  curl -i {gw}/api/app -H 'accept: text/html'            # 302 to /auth/login?return_to=%2Fapi%2Fapp
+
+"
+            )
         } else {
             String::new()
         },
