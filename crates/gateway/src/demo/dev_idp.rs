@@ -273,8 +273,9 @@ async fn token(State(idp): State<Shared>, body: Bytes) -> Response {
     });
     if let Some(claims) = id_token_claims
         && let Some(id_token) = sign(claims, "JWT")
+        && let Some(fields) = answer.as_object_mut()
     {
-        answer["id_token"] = serde_json::json!(id_token);
+        fields.insert("id_token".into(), serde_json::json!(id_token));
     }
     let mut response = axum::Json(answer).into_response();
     response
