@@ -181,3 +181,91 @@ fn issuer_settings_are_checked() {
         "{errors}"
     );
 }
+
+#[test]
+fn browser_session_settings_are_checked() {
+    let dir = std::env::temp_dir().join(format!("portcullis-session-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // One reference, comma-separated keys (the first seals, all open).
+    std::fs::write(
+        dir.join("short"),
+        "0123456789abcdef0123456789abcdef-ok, too-short",
+    )
+    .unwrap();
+    std::fs::write(dir.join("long"), "0123456789abcdef0123456789abcdef-ok").unwrap();
+    let (short, long) = (dir.join("short"), dir.join("long"));
+    let (short, long) = (short.display(), long.display());
+    let yaml = r#"
+listen: { address: 127.0.0.1:0 }
+upstreams:
+  app: { url: http://127.0.0.1:9 }
+identity:
+  oidc_login:
+    issuer: http://idp.example.com
+    client_id: portal
+    client_secret: literal-secret
+    scopes: [profile]
+    external_url: https://app.example.test/some/path
+    post_logout_redirect: //evil.test/
+    paths: { login: /auth/x, callback: /auth/x }
+    session: { store: redis, keys: "${file:SHORT}", ttl: 1h, idle_timeout: 2h }
+routes:
+  - match: { prefix: /app/ }
+    upstream: app
+    auth: session
+"#
+    .replace("SHORT", &short.to_string());
+    let errors = compile(&yaml).err().unwrap_or_default().join("\n");
+    for expected in [
+        "identity.oidc_login.issuer@7: http is only allowed for loopback hosts",
+        "identity.oidc_login.client_secret@9: holds a literal secret",
+        "identity.oidc_login.scopes@0: must include `openid`",
+        "identity.oidc_login.external_url@11: must be an origin",
+        "identity.oidc_login.post_logout_redirect@12: must be a path on this site",
+        "identity.oidc_login.paths@13: login, callback and logout must be three different paths",
+        "identity.oidc_login.session@0: ttl and idle_timeout must be positive, and idle_timeout no longer than ttl",
+        "identity.oidc_login.session.keys@14: session key 1 has 9 bytes",
+        "identity.oidc_login.session.store@14: `redis` keeps sessions in the shared rate-limit store",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing `{expected}` in:\n{errors}"
+        );
+    }
+    // A session route needs the login settings, and the access tokens an issuer to check them.
+    let without_login = "
+listen: { address: 127.0.0.1:0 }
+upstreams:
+  app: { url: http://127.0.0.1:9 }
+routes:
+  - match: { prefix: /app/ }
+    upstream: app
+    auth: session
+";
+    let errors = compile(without_login).err().unwrap_or_default().join("\n");
+    assert!(
+        errors.contains("`auth: session` needs `identity.oidc_login`"),
+        "{errors}"
+    );
+    let unverified = r#"
+listen: { address: 127.0.0.1:0 }
+upstreams:
+  app: { url: http://127.0.0.1:9 }
+identity:
+  oidc_login:
+    issuer: http://127.0.0.1:9
+    client_id: portal
+    session: { keys: "${file:LONG}" }
+routes:
+  - match: { prefix: /app/ }
+    upstream: app
+    auth: none
+"#
+    .replace("LONG", &long.to_string());
+    let errors = compile(&unverified).err().unwrap_or_default().join("\n");
+    assert!(
+        errors.contains("identity.oidc_login.issuer@7: the sessions' access tokens are verified like bearer tokens"),
+        "{errors}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
