@@ -136,6 +136,14 @@ const run = {
     out.parallelRefreshErrors = (after.refresh_token_error || 0) - (before.refresh_token_error || 0);
   },
 
+  // As `parallel`, with 20 more at once on the gateway at $GW2 (sharing the session store).
+  async parallelBoth(context) {
+    await new Promise((r) => setTimeout(r, 9000));
+    const answers = await Promise.all([gw, process.env.GW2].flatMap((base) => Array.from({ length: 20 },
+      () => context.request.get(`${base}/app/data`, xhr))));
+    out.parallelStatuses = answers.map((a) => a.status());
+  },
+
   // Waits out the token's lifetime; then a fetch and a navigation (the IdP is down by now).
   async afterExpiry(context) {
     await new Promise((r) => setTimeout(r, 9000));

@@ -307,8 +307,6 @@ reasons! {
         Revoked => "session_revoked",
         /// The access token could not be refreshed, and it has expired.
         RefreshFailed => "session_refresh_failed",
-        /// The shared session store could not be asked (fail closed).
-        StoreUnavailable => "session_store_unavailable",
         /// The route needs MFA the session does not show: a navigation goes through the IdP again.
         StepUp => "session_step_up",
     }
@@ -335,7 +333,8 @@ reasons! {
         StepUpNotMet => "login_step_up_not_met",
         /// The session does not fit in one cookie (use `session.store: redis`).
         TooLarge => "session_too_large",
-        /// The IdP's discovery document is not loaded, or the session store is down.
+        /// The IdP's discovery document is not loaded, or the session store is down (503,
+        /// on the login paths and on session routes alike: fail closed).
         Unavailable => "login_unavailable",
         /// The request to a login path is malformed (a missing parameter, a bad method).
         BadRequest => "login_bad_request",

@@ -94,6 +94,17 @@ async fn browser(state: &Path, gw: &Gateway, idp: &Idp, steps: &str) -> Value {
 /// Runs the browser script (asynchronously: the upstream and the gateway's peers share this
 /// test's runtime); any failed step fails the test.
 async fn run_browser(state: &Path, base: &str, issuer: &str, steps: &str) -> Value {
+    run_browser_with(state, base, issuer, steps, &[]).await
+}
+
+/// [`run_browser`] with extra environment for the script.
+async fn run_browser_with(
+    state: &Path,
+    base: &str,
+    issuer: &str,
+    steps: &str,
+    env: &[(&str, String)],
+) -> Value {
     let peers = browser_peers();
     let mut command = std::process::Command::new("node");
     command
@@ -102,6 +113,7 @@ async fn run_browser(state: &Path, base: &str, issuer: &str, steps: &str) -> Val
         .arg(base)
         .arg(issuer)
         .arg(steps)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(peers);
     let output = tokio::task::spawn_blocking(move || command.output().expect("node"))
         .await
@@ -374,18 +386,37 @@ async fn two_instances_share_redis_sessions_and_refresh_once() {
     // The same browser on the other instance is logged in too.
     assert_eq!(browser(&state, &b, &idp, "fetch").await["fetch"], 200);
     // After expiry, 20 at once on each instance: one refresh between them.
-    let (url_a, url_b) = (format!("https://{}", a.addr), format!("https://{}", b.addr));
-    let (on_a, on_b) = tokio::join!(
-        run_browser(&state, &url_a, &idp.issuer, "parallel"),
-        run_browser(&state, &url_b, &idp.issuer, "parallel"),
+    let stats = || async { json(&get(&format!("{}/__stats", idp.issuer)).await.unwrap().2) };
+    let before = stats().await["refresh_token"].as_u64().unwrap_or(0);
+    let seen = run_browser_with(
+        &state,
+        &format!("https://{}", a.addr),
+        &idp.issuer,
+        "parallelBoth",
+        &[("GW2", format!("https://{}", b.addr))],
+    )
+    .await;
+    let statuses = seen["parallelStatuses"].as_array().unwrap();
+    assert!(
+        statuses.len() == 40 && statuses.iter().all(|s| s == 200),
+        "{seen:#}"
     );
-    for seen in [&on_a, &on_b] {
-        let statuses = seen["parallelStatuses"].as_array().unwrap();
-        assert!(statuses.iter().all(|s| s == 200), "{seen:#}");
-    }
-    let stats = json(&get(&format!("{}/__stats", idp.issuer)).await.unwrap().2);
-    assert_eq!(stats["refresh_token"], 1, "{stats}");
-    assert!(stats.get("refresh_token_error").is_none(), "{stats}");
+    let after = stats().await;
+    let refreshes = |gw: &Gateway| {
+        gw.events()
+            .into_iter()
+            .filter(|e| e["event_type"] == "session")
+            .map(|e| format!("{} {}", e["timestamp"], e["reason"]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        after["refresh_token"].as_u64().unwrap_or(0) - before,
+        1,
+        "{after} a: {:?} b: {:?}",
+        refreshes(&a),
+        refreshes(&b)
+    );
+    assert!(after.get("refresh_token_error").is_none(), "{after}");
 }
 
 #[tokio::test]
@@ -406,4 +437,88 @@ async fn the_demo_logs_a_browser_in_through_its_development_idp() {
     );
     assert_eq!(seen["demoCookie"], true);
     assert_eq!(seen["demoAfterLogout"], 401);
+}
+
+/// A session cookie sealed here, as the gateway would (the test holds the keys): how
+/// rotation, the absolute lifetime and the idle timeout are enforced, request by request.
+fn sealed_cookie(secret: &str, at: &str, age: (u64, u64)) -> String {
+    let sealer = portcullis::session::seal::Sealer::new(&[secret]).unwrap();
+    let now = crate::identity::now() as u64;
+    let (created_ago, seen_ago) = age;
+    let record = portcullis::session::SessionRecord {
+        sid: portcullis::session::seal::random_token(32).unwrap(),
+        sub: "alice".into(),
+        at: at.into(),
+        at_exp: now + 300,
+        rt: None,
+        idt: None,
+        mfa: false,
+        created: now - created_ago,
+        seen: now - seen_ago,
+        exp: now - created_ago + 3600,
+    };
+    let value = sealer
+        .seal("__Host-portcullis", &serde_json::to_vec(&record).unwrap())
+        .unwrap();
+    format!("__Host-portcullis={value}")
+}
+
+#[tokio::test]
+async fn sealed_sessions_rotate_keys_and_expire() {
+    use crate::identity::{baseline_claims, jwks, token};
+    let idp = Idp::start_with(&[], None);
+    let upstream = Upstream::start().await;
+    let ca = Ca::new("Session CA");
+    let key = portcullis::authn::sign::SigningKey::generate_es256("k")
+        .unwrap()
+        .0;
+    let config = config(&upstream.url(), &idp.issuer, "cookie", "").replace(
+        &format!("jwks_uri: {}/jwks", idp.issuer),
+        "jwks_file: jwks.json",
+    );
+    let dir = session_dir(&ca, &config);
+    std::fs::write(dir.path().join("jwks.json"), jwks(&key)).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let client = crate::pki::https_client(&ca.pem, None, false);
+    let mut claims = baseline_claims();
+    claims.insert("iss".into(), idp.issuer.clone().into());
+    claims.insert("aud".into(), "https://api.test".into());
+    let at = token(&key, &claims);
+    let call = |cookie: String| {
+        let request = Request::get(format!("https://{}/app/data", gw.addr))
+            .header("cookie", cookie)
+            .header("accept", "application/json")
+            .body(Full::default())
+            .unwrap();
+        let client = client.clone();
+        async move { crate::pki::https_send(&client, request).await.unwrap().0 }
+    };
+    let (first, old) = SESSION_KEYS.split_once(',').unwrap();
+    // Sealed by the key listed first, or by an older one still listed: both open.
+    assert_eq!(
+        call(sealed_cookie(first, &at, (10, 10))).await.status(),
+        200
+    );
+    assert_eq!(call(sealed_cookie(old, &at, (10, 10))).await.status(), 200);
+    assert_eq!(upstream.hits(), 2);
+    let cases = [
+        // A key no longer listed: no session at all.
+        (
+            sealed_cookie("retired-session-key-0123456789abcdef", &at, (10, 10)),
+            "session_invalid",
+        ),
+        // Past ttl (1h), though used a moment ago.
+        (sealed_cookie(first, &at, (3601, 5)), "session_expired"),
+        // Unused past idle_timeout (10m).
+        (sealed_cookie(first, &at, (700, 601)), "session_idle"),
+    ];
+    for (cookie, reason) in cases {
+        let answer = call(cookie).await;
+        assert_eq!(answer.status(), 401, "{reason}");
+        // The dead cookie is cleared.
+        let set_cookie = answer.headers()["set-cookie"].to_str().unwrap();
+        assert!(set_cookie.starts_with("__Host-portcullis=;") && set_cookie.contains("Max-Age=0"));
+        gw.event_where(reason, |e| e["reason"] == reason).await;
+    }
+    assert_eq!(upstream.hits(), 2, "a refused request reached the upstream");
 }

@@ -69,8 +69,7 @@ impl Denial {
                 | SessionProblem::StepUp => Severity::Low,
                 SessionProblem::Invalid
                 | SessionProblem::Revoked
-                | SessionProblem::RefreshFailed
-                | SessionProblem::StoreUnavailable => Severity::Medium,
+                | SessionProblem::RefreshFailed => Severity::Medium,
             },
             Denial::LoginRefused { reason, .. } => match reason {
                 LoginProblem::StateExpired | LoginProblem::IdpError | LoginProblem::BadRequest => {

@@ -228,11 +228,9 @@ where
         // A session route takes sessions only: a bearer token of the client's own is dropped.
         req.headers_mut().remove(header::AUTHORIZATION);
         let Some(sessions) = self.sessions.clone() else {
-            return ResponseFuture::denied(Denial::SessionRequired {
-                reason: SessionProblem::StoreUnavailable,
+            return ResponseFuture::denied(Denial::LoginRefused {
+                reason: LoginProblem::Unavailable,
                 detail: "a session route without `identity.oidc_login`".into(),
-                login: "/".into(),
-                navigate: false,
             });
         };
         if unsafe_method(req.method())
@@ -290,8 +288,12 @@ where
                         "the session was ended".into(),
                     ));
                 }
+                // Fail closed, as a 503: sending the browser to log in again would not help.
                 Loaded::Unavailable(e) => {
-                    return Err(refuse(SessionProblem::StoreUnavailable, e));
+                    return Err(Denial::LoginRefused {
+                        reason: LoginProblem::Unavailable,
+                        detail: format!("the session store is unavailable: {e}"),
+                    });
                 }
             };
             let idle = sessions.settings.idle_timeout.as_secs();

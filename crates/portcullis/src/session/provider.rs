@@ -408,6 +408,43 @@ mod tests {
     }
 
     #[test]
+    fn private_key_jwt_assertions_are_signed_for_the_token_endpoint() {
+        use crate::authn::jwks::KeyStore;
+        use crate::authn::keys::{Algorithm, KeySet, VerifyingKey};
+        let (key, _) = SigningKey::generate_es256("client-1").unwrap();
+        let public = VerifyingKey::from_jwk(&key.public_jwk(), &[Algorithm::Es256]).unwrap();
+        let provider = Provider::new(
+            "portal".into(),
+            ClientAuth::Public,
+            HttpClient::new(&crate::outbound::Trust::empty()).unwrap(),
+            Issuer {
+                name: "login".into(),
+                issuer: "https://idp.test".into(),
+                audiences: vec!["portal".into()],
+                algorithms: vec![Algorithm::Es256],
+                clock_skew: Duration::from_secs(30),
+                max_lifetime: Duration::from_secs(3600),
+                required_claims: Vec::new(),
+                token_types: None,
+                keys: KeyStore::fixed(KeySet::default()),
+            },
+        );
+        let endpoint: Uri = "https://idp.test/token".parse().unwrap();
+        let assertion = provider.assertion(&key, &endpoint).unwrap();
+        let parsed = token::parse(&assertion, MAX_TOKEN_BYTES).unwrap();
+        assert!(public.verify(parsed.signing_input, &parsed.signature));
+        assert_eq!(parsed.header.kid.as_deref(), Some("client-1"));
+        assert_eq!(parsed.claims.iss.as_deref(), Some("portal"));
+        assert_eq!(parsed.claims.sub.as_deref(), Some("portal"));
+        assert_eq!(
+            parsed.claims.aud,
+            vec!["https://idp.test/token".to_string()]
+        );
+        let (iat, exp) = (parsed.claims.iat.unwrap(), parsed.claims.exp.unwrap());
+        assert!(exp - iat <= 60.0 && parsed.claims.jti.is_some());
+    }
+
+    #[test]
     fn token_answers_are_checked() {
         let answer = parse_token_answer(&json!({
             "access_token": "at", "token_type": "Bearer", "expires_in": 60, "refresh_token": "rt"

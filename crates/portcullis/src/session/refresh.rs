@@ -74,9 +74,15 @@ impl Refreshes {
             return Arc::default();
         };
         if let Some(flight) = flights.get(&key) {
-            let failed_long_ago = flight.started.elapsed() > FAILURE_WINDOW
-                && matches!(flight.outcome.get(), Some(Err(_)));
-            if !failed_long_ago {
+            // A failure is retried after a few seconds; a successor is handed out for a
+            // minute, after which a cookie still carrying the old token redeems its own
+            // (rotated, so refused) refresh token and the session ends.
+            let stale = match flight.outcome.get() {
+                None => false,
+                Some(Err(_)) => flight.started.elapsed() > FAILURE_WINDOW,
+                Some(Ok(_)) => flight.started.elapsed() > SUCCESSOR_WINDOW,
+            };
+            if !stale {
                 return flight.outcome.clone();
             }
         }
@@ -125,24 +131,22 @@ impl Sessions {
         } else {
             self.redeem(&record).await
         };
-        let (severity, reason, detail) = match &outcome {
-            Ok(_) => (Severity::Low, "session_refreshed", String::new()),
-            Err(failure) if failure.rejected => (
-                Severity::Medium,
-                "session_refresh_rejected",
-                failure.detail.clone(),
-            ),
-            Err(failure) => (
-                Severity::Medium,
-                "session_refresh_failed",
-                failure.detail.clone(),
-            ),
-        };
+        if let Err(failure) = &outcome {
+            let reason = if failure.rejected {
+                "session_refresh_rejected"
+            } else {
+                "session_refresh_failed"
+            };
+            self.session_event(reason, &record.sub, Severity::Medium, &failure.detail);
+        }
+        outcome
+    }
+
+    fn session_event(&self, reason: &str, sub: &str, severity: Severity, detail: &str) {
         let mut event = SecurityEvent::new(EventType::Session, severity, reason);
-        event.user_id = Some(record.sub.clone());
+        event.user_id = Some(sub.to_string());
         event.details = serde_json::json!({ "detail": detail });
         self.events.emit(event);
-        outcome
     }
 
     /// With Redis: under the session's lock, or by waiting for the instance holding it.
@@ -213,6 +217,9 @@ impl Sessions {
                 other => RefreshFailure::unavailable(other.to_string()),
             })?;
         let at_exp = token_expiry(&answer, super::now());
+        // Only a redemption at the provider is a refresh (an instance that adopts another's
+        // result reports nothing).
+        self.session_event("session_refreshed", &record.sub, Severity::Low, "");
         Ok(SessionRecord {
             at: answer.access_token,
             at_exp,
