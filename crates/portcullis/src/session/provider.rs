@@ -134,11 +134,6 @@ impl Provider {
         self.metadata.load().is_some() && self.id_tokens.keys.is_loaded()
     }
 
-    /// The provider's key set (shared with an `identity.jwt` entry of the same issuer).
-    pub fn keys(&self) -> &Arc<KeyStore> {
-        &self.id_tokens.keys
-    }
-
     /// Reads the discovery document now; on failure the last good one stays in use.
     pub async fn discover(&self) -> Result<(), FetchError> {
         let url = format!(
