@@ -2,7 +2,7 @@
 //! document (read at start and kept fresh), its token endpoint (code exchange and refresh,
 //! with the client's authentication), and ID token verification with its published keys.
 
-use crate::authn::jwks::{FetchError, KeyStore};
+use crate::authn::jwks::FetchError;
 use crate::authn::sign::SigningKey;
 use crate::authn::token::{self, Claims, TokenError};
 use crate::authn::{Issuer, check_claims};
