@@ -369,7 +369,8 @@ async fn two_instances_share_redis_sessions_and_refresh_once() {
     let redis = Redis::start().await;
     let ca = Ca::new("Session CA");
     // A generous store timeout: the suite runs many tests at once on two cores.
-    let limits = "rate_limit:\n  store: redis\n  redis: { url: \"${file:redis-url}\", timeout: 2s }\n";
+    let limits =
+        "rate_limit:\n  store: redis\n  redis: { url: \"${file:redis-url}\", timeout: 2s }\n";
     let start = |ca: &Ca| {
         let dir = session_dir(ca, &config(&upstream.url(), &idp.issuer, "redis", limits));
         std::fs::write(dir.path().join("redis-url"), redis.url()).unwrap();
