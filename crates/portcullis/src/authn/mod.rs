@@ -2,6 +2,7 @@
 //! cache, revocation, and the [`AuthenticateLayer`] that puts a [`Principal`] on requests.
 
 pub mod cache;
+pub mod dpop;
 pub mod introspection;
 pub mod jwks;
 pub mod keys;

@@ -207,6 +207,25 @@ fn object(bytes: &[u8], part: &'static str) -> Result<Map<String, Value>, TokenE
 
 /// Parses a compact JWS and checks everything that needs no key.
 pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, TokenError> {
+    parse_parts(token, max_bytes, false).map(|(parsed, _)| parsed)
+}
+
+/// Parses a DPoP proof (RFC 9449): as [`parse`], except that the header must carry the
+/// public `jwk` it is signed with, which is returned (the only embedded key ever read, and
+/// only to check the proof itself).
+pub fn parse_proof(
+    token: &str,
+    max_bytes: usize,
+) -> Result<(Unverified<'_>, Map<String, Value>), TokenError> {
+    let (parsed, jwk) = parse_parts(token, max_bytes, true)?;
+    Ok((parsed, jwk.ok_or(TokenError::Malformed("no jwk"))?))
+}
+
+fn parse_parts(
+    token: &str,
+    max_bytes: usize,
+    take_jwk: bool,
+) -> Result<(Unverified<'_>, Option<Map<String, Value>>), TokenError> {
     if token.len() > max_bytes {
         return Err(TokenError::TooLarge);
     }
@@ -218,7 +237,14 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, TokenError
             TokenError::Malformed("not three segments")
         });
     };
-    let header = object(&decode(header_b64)?, "header")?;
+    let mut header = object(&decode(header_b64)?, "header")?;
+    let jwk = match header.remove("jwk") {
+        Some(Value::Object(jwk)) if take_jwk => Some(jwk),
+        Some(_) if take_jwk => return Err(TokenError::Malformed("jwk is not an object")),
+        // An access token never brings its own key.
+        Some(_) => return Err(TokenError::EmbeddedKey),
+        None => None,
+    };
     let header = check_header(&header)?;
     let claims = claims_of(object(&decode(payload_b64)?, "payload")?)?;
     let signature = decode(signature_b64)?;
@@ -227,12 +253,15 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, TokenError
         .as_bytes()
         .get(..signing_len)
         .ok_or(TokenError::Malformed("truncated"))?;
-    Ok(Unverified {
-        header,
-        claims,
-        signing_input,
-        signature,
-    })
+    Ok((
+        Unverified {
+            header,
+            claims,
+            signing_input,
+            signature,
+        },
+        jwk,
+    ))
 }
 
 fn optional_string(map: &Map<String, Value>, name: &str) -> Result<Option<String>, TokenError> {
