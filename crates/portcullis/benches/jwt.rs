@@ -50,6 +50,7 @@ fn authenticator(key: &SigningKey, cache: usize) -> Authenticator {
         max_lifetime: Duration::from_secs(3600),
         required_claims: vec![],
         token_types: None,
+        binding_required: false,
         keys: KeyStore::fixed(keys),
     };
     Authenticator::new(vec![issuer], Arc::default(), 8192, cache)

@@ -116,6 +116,22 @@ reasons! {
     }
 }
 
+reasons! {
+    /// Why a valid token's sender constraint (`cnf`) does not hold for this request.
+    BindingProblem {
+        /// A DPoP-bound token (`cnf.jkt`) sent as a plain bearer token.
+        Downgrade => "dpop_downgrade",
+        /// `Authorization: DPoP` with a token that is not bound to a key.
+        UnboundDpop => "dpop_unbound_token",
+        /// A certificate-bound token (`cnf.x5t#S256`) over a connection without a client certificate.
+        NoCertificate => "certificate_binding_required",
+        /// A certificate-bound token over a connection with another certificate.
+        CertificateMismatch => "certificate_binding_mismatch",
+        /// The issuer says `binding: required` and the token has no `cnf`.
+        Unbound => "unbound_token",
+    }
+}
+
 /// Why a request is unauthenticated (401): how the credential was presented, or the exact
 /// check its token failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +140,10 @@ pub enum AuthFailure {
     Credential(CredentialProblem),
     /// The token itself was refused.
     Token(TokenError),
+    /// The DPoP proof was refused.
+    Dpop(crate::authn::dpop::DpopError),
+    /// The token's binding does not hold.
+    Binding(BindingProblem),
 }
 
 impl AuthFailure {
@@ -132,6 +152,8 @@ impl AuthFailure {
         match self {
             AuthFailure::Credential(problem) => problem.as_str(),
             AuthFailure::Token(error) => error.reason(),
+            AuthFailure::Dpop(error) => error.reason(),
+            AuthFailure::Binding(problem) => problem.as_str(),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Browser sessions per login settings (refreshes in flight and ended sessions survive
     /// reloads that leave the settings alone).
     pub(super) sessions: Mutex<HashMap<String, Arc<portcullis::session::Sessions>>>,
+    /// DPoP proof ids seen (memory store), kept across reloads.
+    pub(super) dpop_replay: Mutex<HashMap<String, Arc<portcullis::authn::dpop::ReplayCache>>>,
 }
 
 impl Default for Shared {
@@ -71,6 +73,7 @@ impl Default for Shared {
             detectors: Mutex::default(),
             detector_counts: Arc::default(),
             sessions: Mutex::default(),
+            dpop_replay: Mutex::default(),
         }
     }
 }
@@ -252,6 +255,7 @@ pub struct Identity {
 
 pub(super) fn compile(
     raw: Option<&RawIdentity>,
+    limiter: &Arc<Limiter>,
     max_token_bytes: Option<usize>,
     base_dir: &Path,
     resolver: &Resolver,
@@ -318,6 +322,12 @@ pub(super) fn compile(
         && let Some(introspector) = compile_introspection(raw, resolver, client, problems)
     {
         authenticator = authenticator.with_introspection(introspector);
+    }
+    if let Some(dpop) = raw
+        .and_then(|r| r.dpop.as_ref())
+        .and_then(|raw| compile_dpop(raw, limiter, shared, problems))
+    {
+        authenticator = authenticator.with_dpop(dpop);
     }
     Identity {
         revocations,
@@ -448,7 +458,22 @@ fn compile_issuer(
             return None;
         }
     };
+    let binding_required = match raw.binding.as_ref().map(|b| b.value.as_str()) {
+        None | Some("optional") => false,
+        Some("required") => true,
+        Some(other) => {
+            if let Some(text) = &raw.binding {
+                problems.at(
+                    format!("{path}.binding"),
+                    text,
+                    format!("unknown value `{other}` (use optional or required)"),
+                );
+            }
+            false
+        }
+    };
     Some(Issuer {
+        binding_required,
         name: Arc::from(raw.name.value.as_str()),
         issuer,
         audiences,
@@ -459,6 +484,52 @@ fn compile_issuer(
         token_types: raw.token_types.clone(),
         keys,
     })
+}
+
+/// Proof ids remembered in memory at most (a full cache refuses new proofs: fail closed).
+const DPOP_REPLAY_ENTRIES: usize = 1_000_000;
+
+fn compile_dpop(
+    raw: &super::raw::RawDpop,
+    limiter: &Arc<Limiter>,
+    shared: &Shared,
+    problems: &mut Problems,
+) -> Option<Arc<portcullis::authn::dpop::Dpop>> {
+    use portcullis::authn::dpop::{Dpop, DpopSettings, ReplayCache, ReplayStore};
+    let replay = match raw.replay_store.as_ref().map(|t| t.value.as_str()) {
+        None | Some("memory") => {
+            // One cache per process: a reload must not forget which proofs were used.
+            let cache = shared.keep(&shared.dpop_replay, String::new(), || {
+                ReplayCache::new(DPOP_REPLAY_ENTRIES)
+            });
+            ReplayStore::Memory(cache)
+        }
+        Some("redis") if limiter.shared_store().is_some() => ReplayStore::Redis(limiter.clone()),
+        Some(other) => {
+            let text = raw.replay_store.as_ref()?;
+            let message = if other == "redis" {
+                "`redis` keeps proof ids in the shared rate-limit store: configure rate_limit.store: redis".to_string()
+            } else {
+                format!("unknown store `{other}` (use memory or redis)")
+            };
+            problems.at("identity.dpop.replay_store", text, message);
+            return None;
+        }
+    };
+    Some(Arc::new(Dpop {
+        settings: DpopSettings {
+            max_age: raw.max_age.map_or(Duration::from_secs(60), |d| d.0),
+            clock_skew: Duration::from_secs(5),
+            algorithms: vec![
+                Algorithm::Es256,
+                Algorithm::Es384,
+                Algorithm::EdDsa,
+                Algorithm::Ps256,
+                Algorithm::Rs256,
+            ],
+        },
+        replay,
+    }))
 }
 
 fn compile_revocation(

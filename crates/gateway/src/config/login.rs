@@ -196,6 +196,7 @@ pub(super) fn compile(
             max_lifetime: Duration::from_secs(24 * 3600),
             required_claims: vec!["sub".into(), "iat".into()],
             token_types: None,
+            binding_required: false,
             keys,
         };
         let provider = Arc::new(Provider::new(

@@ -336,8 +336,16 @@ fn compile(
         }
     }
 
+    let (rate_limiting, limit_files) = ratelimit::compile(
+        raw.rate_limit.as_ref(),
+        base_dir,
+        &resolver,
+        shared,
+        problems,
+    );
     let identity = identity::compile(
         raw.identity.as_ref(),
+        &rate_limiting.limiter,
         raw.limits.max_token_bytes.as_ref().map(|s| s.value),
         base_dir,
         &resolver,
@@ -348,13 +356,6 @@ fn compile(
         .policy
         .as_ref()
         .and_then(|p| policy::compile(p, base_dir, &resolver, (shared, &client), problems));
-    let (rate_limiting, limit_files) = ratelimit::compile(
-        raw.rate_limit.as_ref(),
-        base_dir,
-        &resolver,
-        shared,
-        problems,
-    );
     let sessions = raw
         .identity
         .as_ref()

@@ -274,6 +274,7 @@ pub struct RawIdentity {
     pub introspection: Option<RawIntrospection>,
     pub token_cache_size: Option<usize>,
     pub oidc_login: Option<RawOidcLogin>,
+    pub dpop: Option<RawDpop>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +327,14 @@ pub struct RawJwt {
     #[serde(default)]
     pub required_claims: Vec<String>,
     pub token_types: Option<Vec<String>>,
+    pub binding: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub max_age: Option<ConfigDuration>,
+    pub replay_store: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@ mod authz;
 mod cli;
 mod dashboard;
 mod detect;
+mod dpop;
 mod edge;
 mod identity;
 mod limits;

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The algorithms a proof may use (asymmetric only), as the `algs` of a DPoP challenge.
+pub const PROOF_ALGORITHMS: &str = "ES256 ES384 EdDSA PS256 RS256";
+
 /// Longest proof read.
 const MAX_PROOF_BYTES: usize = 8192;
 /// Longest `jti` remembered.
@@ -282,7 +285,7 @@ impl ReplayCache {
 #[derive(Debug)]
 pub enum ReplayStore {
     /// In memory, bounded.
-    Memory(ReplayCache),
+    Memory(std::sync::Arc<ReplayCache>),
     /// `SET NX PX` on the rate-limit store's Redis (fails closed while it is down).
     Redis(std::sync::Arc<crate::ratelimit::store::Limiter>),
 }

@@ -1,12 +1,13 @@
 //! [`AuthenticateLayer`]: credentials in exactly one place, verified, scoped, and the
 //! identity passed upstream only as the gateway proved it.
 
+use super::dpop::{self, DpopError};
 use super::mtls::{ClientIdentity, any_matches};
 use super::settings::{AuthMode, ForwardSettings};
 use super::{Authenticator, Principal};
 use crate::denial::Denial;
 use crate::future::ResponseFuture;
-use crate::reason::{AuthFailure, CredentialProblem, ForbiddenReason};
+use crate::reason::{AuthFailure, BindingProblem, CredentialProblem, ForbiddenReason};
 use crate::route::RouteMatch;
 use crate::scope::RequestScope;
 use http::{HeaderValue, Request, header};
@@ -83,8 +84,18 @@ fn identity_refused(identity: Option<&Arc<ClientIdentity>>) -> Denial {
     }
 }
 
-/// The bearer token, if the request carries one in the one allowed place.
-fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
+/// How the token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// `Authorization: DPoP`, with a proof in the `DPoP` header (RFC 9449).
+    Dpop,
+}
+
+/// The token, if the request carries one in the one allowed place, and its scheme (`DPoP`
+/// only when DPoP is configured).
+fn bearer_token<B>(req: &Request<B>, dpop: bool) -> Result<Option<(String, Scheme)>, Denial> {
     if let Some(query) = req.uri().query()
         && query
             .split('&')
@@ -112,12 +123,16 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
         )
     })?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if dpop && scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(unauthenticated(
             CredentialProblem::UnsupportedScheme,
-            "Authorization scheme is not Bearer",
+            "Authorization scheme is not Bearer (or DPoP, when configured)",
         ));
-    }
+    };
     let token = token.trim();
     if token.is_empty() {
         return Err(unauthenticated(
@@ -125,7 +140,152 @@ fn bearer_token<B>(req: &Request<B>) -> Result<Option<String>, Denial> {
             "empty bearer token",
         ));
     }
-    Ok(Some(token.to_string()))
+    Ok(Some((token.to_string(), scheme)))
+}
+
+fn binding_refused(problem: BindingProblem, detail: impl Into<String>) -> Denial {
+    Denial::Unauthenticated {
+        reason: AuthFailure::Binding(problem),
+        detail: detail.into(),
+    }
+}
+
+fn proof_refused(error: DpopError) -> Denial {
+    Denial::Unauthenticated {
+        detail: error.to_string(),
+        reason: AuthFailure::Dpop(error),
+    }
+}
+
+/// The request URL a DPoP proof must name (`htu`): the scheme the client used (after
+/// trusted-proxy handling), its authority and the path, without query or fragment.
+fn request_url<B>(req: &Request<B>) -> String {
+    let https = req
+        .extensions()
+        .get::<crate::scope::Transport>()
+        .is_some_and(|t| t.https);
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{authority}{}", req.uri().path())
+}
+
+/// The token's sender constraint (`cnf`), checked on every request after the verified-token
+/// cache, so a cached token never becomes usable on another connection or without its key:
+/// `x5t#S256` against this connection's client certificate (RFC 8705), `jkt` against a
+/// valid, first-use DPoP proof (RFC 9449), and `binding: required`.
+/// What the binding checks read from the request (taken before any await, so the request
+/// body need not be shared across threads).
+struct BindingFacts {
+    method: http::Method,
+    url: String,
+    proofs: Vec<HeaderValue>,
+    identity: Option<Arc<ClientIdentity>>,
+}
+
+impl BindingFacts {
+    fn of<B>(req: &Request<B>) -> Self {
+        BindingFacts {
+            method: req.method().clone(),
+            url: request_url(req),
+            proofs: req
+                .headers()
+                .get_all("dpop")
+                .iter()
+                .take(2)
+                .cloned()
+                .collect(),
+            identity: req.extensions().get::<Arc<ClientIdentity>>().cloned(),
+        }
+    }
+}
+
+async fn check_binding(
+    req: BindingFacts,
+    principal: &Principal,
+    (token, scheme): (&str, Scheme),
+    authenticator: &Authenticator,
+) -> Result<(), Denial> {
+    let cnf = principal
+        .claims
+        .all
+        .get("cnf")
+        .and_then(serde_json::Value::as_object);
+    if cnf.is_none() && authenticator.binding_required(&principal.issuer) {
+        return Err(binding_refused(
+            BindingProblem::Unbound,
+            "the issuer requires bound tokens; this one has no cnf",
+        ));
+    }
+    let member = |name: &str| cnf.and_then(|c| c.get(name)).and_then(|v| v.as_str());
+    if let Some(x5t) = member("x5t#S256") {
+        match &req.identity {
+            None => {
+                return Err(binding_refused(
+                    BindingProblem::NoCertificate,
+                    "a certificate-bound token without a client certificate",
+                ));
+            }
+            Some(identity) if !crate::session::seal::same(&identity.sha256, x5t) => {
+                return Err(binding_refused(
+                    BindingProblem::CertificateMismatch,
+                    format!(
+                        "bound to {x5t}, the connection's certificate is {}",
+                        identity.sha256
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    match (scheme, member("jkt")) {
+        (Scheme::Bearer, None) => Ok(()),
+        (Scheme::Bearer, Some(_)) => Err(binding_refused(
+            BindingProblem::Downgrade,
+            "a DPoP-bound token sent as Bearer",
+        )),
+        (Scheme::Dpop, None) => Err(binding_refused(
+            BindingProblem::UnboundDpop,
+            "Authorization: DPoP with a token that has no cnf.jkt",
+        )),
+        (Scheme::Dpop, Some(jkt)) => {
+            let dpop = authenticator
+                .dpop()
+                .ok_or_else(|| proof_refused(DpopError::Missing))?;
+            let mut proofs = req.proofs.iter();
+            let proof = proofs
+                .next()
+                .ok_or_else(|| proof_refused(DpopError::Missing))?;
+            if proofs.next().is_some() {
+                return Err(proof_refused(DpopError::Multiple));
+            }
+            let proof = proof
+                .to_str()
+                .map_err(|_| proof_refused(DpopError::Malformed("not ASCII".into())))?;
+            let now = super::now_secs();
+            let verified = dpop::verify(
+                proof,
+                req.method.as_str(),
+                &req.url,
+                token,
+                &dpop.settings,
+                now,
+            )
+            .map_err(proof_refused)?;
+            if !crate::session::seal::same(&verified.jkt, jkt) {
+                return Err(proof_refused(DpopError::KeyMismatch));
+            }
+            match dpop.replay.first_use(&verified, now).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(proof_refused(DpopError::Replayed)),
+                Err(error) => Err(proof_refused(error)),
+            }
+        }
+    }
 }
 
 impl<S, B> Service<Request<B>> for Authenticate<S>
@@ -169,8 +329,8 @@ where
         let authenticator = self.authenticator.clone();
         let forward = self.forward.clone();
         ResponseFuture::boxed(Box::pin(async move {
-            let token = bearer_token(&req)?;
-            let Some(token) = token else {
+            let token = bearer_token(&req, authenticator.dpop().is_some())?;
+            let Some((token, scheme)) = token else {
                 if mode == AuthMode::Optional {
                     return inner.call(req).await;
                 }
@@ -187,6 +347,13 @@ where
                         detail: e.to_string(),
                         reason: AuthFailure::Token(e),
                     })?;
+            check_binding(
+                BindingFacts::of(&req),
+                &principal,
+                (&token, scheme),
+                &authenticator,
+            )
+            .await?;
             if let Some(scope) = req.extensions().get::<Arc<RequestScope>>()
                 && let Some(sub) = &principal.subject
             {

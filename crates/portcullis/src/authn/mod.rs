@@ -72,6 +72,8 @@ pub struct Issuer {
     pub token_types: Option<Vec<String>>,
     /// The issuer's keys.
     pub keys: Arc<KeyStore>,
+    /// `binding: required`: tokens without `cnf` (sender constraint) are refused.
+    pub binding_required: bool,
 }
 
 impl Issuer {
@@ -127,6 +129,7 @@ pub struct Authenticator {
     cache: TokenCache,
     revocations: Arc<Revocations>,
     max_token_bytes: usize,
+    dpop: Option<Arc<dpop::Dpop>>,
 }
 
 impl Authenticator {
@@ -148,7 +151,26 @@ impl Authenticator {
             cache: TokenCache::new(cache_capacity),
             revocations,
             max_token_bytes,
+            dpop: None,
         }
+    }
+
+    /// Accepts `Authorization: DPoP` with proofs checked by `dpop`.
+    pub fn with_dpop(mut self, dpop: Arc<dpop::Dpop>) -> Self {
+        self.dpop = Some(dpop);
+        self
+    }
+
+    /// The DPoP rules, when DPoP is accepted.
+    pub fn dpop(&self) -> Option<&Arc<dpop::Dpop>> {
+        self.dpop.as_ref()
+    }
+
+    /// Whether the issuer named `name` refuses tokens without `cnf`.
+    pub fn binding_required(&self, name: &str) -> bool {
+        self.issuers
+            .iter()
+            .any(|i| &*i.name == name && i.binding_required)
     }
 
     /// Checks opaque (non-JWT) tokens with this introspection endpoint.

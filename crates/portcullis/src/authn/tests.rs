@@ -166,6 +166,7 @@ fn issuer_with(key: &SigningKey) -> Issuer {
         max_lifetime: Duration::from_secs(900),
         required_claims: vec!["sub".into()],
         token_types: None,
+        binding_required: false,
         keys: jwks::KeyStore::fixed(keys),
     }
 }

@@ -78,6 +78,26 @@ impl Denial {
                     HeaderValue::from_static("Bearer realm=\"portcullis\""),
                 );
             }
+            // RFC 9449 §7.1: a DPoP challenge, with the algorithms proofs may use.
+            Denial::Unauthenticated {
+                reason: AuthFailure::Dpop(_) | AuthFailure::Binding(_),
+                ..
+            } => {
+                let error = match self {
+                    Denial::Unauthenticated {
+                        reason: AuthFailure::Dpop(_),
+                        ..
+                    } => "invalid_dpop_proof",
+                    _ => "invalid_token",
+                };
+                let value = format!(
+                    "DPoP realm=\"portcullis\", error=\"{error}\", algs=\"{}\"",
+                    crate::authn::dpop::PROOF_ALGORITHMS
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
             Denial::Unauthenticated { .. } => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

@@ -421,6 +421,7 @@ mod tests {
                 max_lifetime: Duration::from_secs(3600),
                 required_claims: Vec::new(),
                 token_types: None,
+                binding_required: false,
                 keys: KeyStore::fixed(KeySet::default()),
             },
         );

@@ -1,0 +1,337 @@
+//! DPoP-bound tokens (RFC 9449) through the binary: a refusal matrix where every refusal is
+//! a 401 DPoP challenge naming the exact check in its event and never reaches the upstream,
+//! replay across two instances sharing Redis, and Redis down failing closed.
+
+use crate::identity::{ISSUER, baseline_claims, jwks, now, protected, token};
+use crate::util::*;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use portcullis::authn::dpop::{ath, thumbprint};
+use portcullis::authn::sign::SigningKey;
+use serde_json::{Map, Value, json};
+
+/// A proof by `key` with `claims`, `extra` header members (which may replace `jwk`).
+fn proof_with(key: &SigningKey, claims: Value, extra: Value) -> String {
+    let mut header = Map::new();
+    header.insert("jwk".into(), key.public_jwk());
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        header.insert(k, v);
+    }
+    key.sign(claims.as_object().unwrap(), "dpop+jwt", &header)
+        .unwrap()
+}
+
+fn claims_for(method: &str, url: &str, at: &str) -> Value {
+    json!({
+        "htm": method, "htu": url, "iat": now(), "ath": ath(at),
+        "jti": portcullis::session::seal::random_token(16).unwrap(),
+    })
+}
+
+fn bound_token(key: &SigningKey, client: &SigningKey) -> String {
+    let mut claims = baseline_claims();
+    let jkt = thumbprint(client.public_jwk().as_object().unwrap()).unwrap();
+    claims.insert("cnf".into(), json!({ "jkt": jkt }));
+    token(key, &claims)
+}
+
+async fn call(url: &str, scheme: &str, at: &str, proofs: &[String]) -> (u16, String) {
+    call_as(url, None, scheme, at, proofs).await
+}
+
+/// [`call`] naming `host` in the `Host` header (what `htu` must then name).
+async fn call_as(
+    url: &str,
+    host: Option<&str>,
+    scheme: &str,
+    at: &str,
+    proofs: &[String],
+) -> (u16, String) {
+    let mut request = Request::get(url).header("authorization", format!("{scheme} {at}"));
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    for proof in proofs {
+        request = request.header("dpop", proof);
+    }
+    let (status, headers, _) = send(request.body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap();
+    let challenge = headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status.as_u16(), challenge)
+}
+
+#[tokio::test]
+async fn dpop_refusal_matrix() {
+    let upstream = Upstream::start().await;
+    let key = SigningKey::generate_es256("k").unwrap().0;
+    let client = SigningKey::generate_es256("client").unwrap().0;
+    let stranger = SigningKey::generate_es256("stranger").unwrap().0;
+    let gw = protected(&upstream, &key, "  dpop: { max_age: 60s }\n").await;
+    let url = gw.url("/api/items");
+    let at = bound_token(&key, &client);
+
+    // The good case, then the same proof again.
+    let good = proof_with(&client, claims_for("GET", &url, &at), json!({}));
+    assert_eq!(call(&url, "DPoP", &at, &[good.clone()]).await.0, 200);
+    assert_eq!(upstream.hits(), 1);
+    // An unbound token with Bearer still works (binding: optional).
+    assert_eq!(
+        call(&url, "Bearer", &token(&key, &baseline_claims()), &[])
+            .await
+            .0,
+        200
+    );
+    let hits = upstream.hits();
+
+    let claims = |edit: &dyn Fn(&mut Value)| {
+        let mut claims = claims_for("GET", &url, &at);
+        edit(&mut claims);
+        claims
+    };
+    let mut private = client.public_jwk();
+    private["d"] = json!("AAAA");
+    let header_b64 = |header: Value| URL_SAFE_NO_PAD.encode(header.to_string());
+    let payload_b64 = URL_SAFE_NO_PAD.encode(claims_for("GET", &url, &at).to_string());
+    let cases: Vec<(&str, &str, Vec<String>, &str)> = vec![
+        ("no proof", "DPoP", vec![], "dpop_missing"),
+        (
+            "two proofs",
+            "DPoP",
+            vec![
+                proof_with(&client, claims_for("GET", &url, &at), json!({})),
+                proof_with(&client, claims_for("GET", &url, &at), json!({})),
+            ],
+            "dpop_multiple",
+        ),
+        (
+            "malformed",
+            "DPoP",
+            vec!["not.a.proof".into()],
+            "dpop_malformed",
+        ),
+        (
+            "wrong typ",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims_for("GET", &url, &at),
+                json!({"typ": "JWT"}),
+            )],
+            "dpop_wrong_type",
+        ),
+        (
+            "htm",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims(&|c| c["htm"] = json!("POST")),
+                json!({}),
+            )],
+            "dpop_htm_mismatch",
+        ),
+        (
+            "htu",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims(&|c| c["htu"] = json!("http://elsewhere.test/api/items")),
+                json!({}),
+            )],
+            "dpop_htu_mismatch",
+        ),
+        (
+            "ath",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims(&|c| c["ath"] = json!(ath("other"))),
+                json!({}),
+            )],
+            "dpop_ath_mismatch",
+        ),
+        (
+            "stale iat",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims(&|c| c["iat"] = json!(now() - 600)),
+                json!({}),
+            )],
+            "dpop_stale",
+        ),
+        (
+            "future iat",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims(&|c| c["iat"] = json!(now() + 600)),
+                json!({}),
+            )],
+            "dpop_future",
+        ),
+        ("replayed jti", "DPoP", vec![good.clone()], "dpop_replayed"),
+        (
+            "a foreign key",
+            "DPoP",
+            vec![proof_with(
+                &stranger,
+                claims_for("GET", &url, &at),
+                json!({}),
+            )],
+            "dpop_key_mismatch",
+        ),
+        (
+            "a private jwk",
+            "DPoP",
+            vec![proof_with(
+                &client,
+                claims_for("GET", &url, &at),
+                json!({"jwk": private}),
+            )],
+            "dpop_private_jwk",
+        ),
+        (
+            "alg none",
+            "DPoP",
+            vec![format!(
+                "{}.{payload_b64}.",
+                header_b64(json!({"alg": "none", "typ": "dpop+jwt", "jwk": client.public_jwk()}))
+            )],
+            "dpop_alg_not_allowed",
+        ),
+        (
+            "HS256",
+            "DPoP",
+            vec![format!(
+                "{}.{payload_b64}.c2lnbmF0dXJl",
+                header_b64(json!({"alg": "HS256", "typ": "dpop+jwt", "jwk": client.public_jwk()}))
+            )],
+            "dpop_alg_not_allowed",
+        ),
+        ("downgrade to Bearer", "Bearer", vec![], "dpop_downgrade"),
+    ];
+    for (name, scheme, proofs, reason) in cases {
+        let (status, challenge) = call(&url, scheme, &at, &proofs).await;
+        assert_eq!(status, 401, "{name}");
+        assert!(challenge.starts_with("DPoP "), "{name}: {challenge}");
+        assert!(challenge.contains("algs=\"ES256"), "{name}: {challenge}");
+        if scheme == "DPoP" {
+            assert!(
+                challenge.contains("error=\"invalid_dpop_proof\""),
+                "{name}: {challenge}"
+            );
+        }
+        gw.event_where(name, |e| e["reason"] == reason).await;
+        assert_eq!(upstream.hits(), hits, "{name} reached the upstream");
+    }
+    // An unbound token presented with DPoP is refused too.
+    let unbound = token(&key, &baseline_claims());
+    let proof = proof_with(&client, claims_for("GET", &url, &unbound), json!({}));
+    assert_eq!(call(&url, "DPoP", &unbound, &[proof]).await.0, 401);
+    gw.event_where("unbound", |e| e["reason"] == "dpop_unbound_token")
+        .await;
+    assert_eq!(upstream.hits(), hits);
+}
+
+#[tokio::test]
+async fn binding_required_refuses_unbound_tokens() {
+    let upstream = Upstream::start().await;
+    let key = SigningKey::generate_es256("k").unwrap().0;
+    let dir = test_dir(&[("jwks.json", &jwks(&key))]);
+    let config = config_with(
+        &upstream.url(),
+        &format!(
+            "identity:\n  jwt:\n    - name: idp\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\n      binding: required\n  dpop: {{ max_age: 60s }}\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+        ),
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let url = gw.url("/api/items");
+    let (status, _) = call(&url, "Bearer", &token(&key, &baseline_claims()), &[]).await;
+    assert_eq!(status, 401);
+    gw.event_where("unbound", |e| e["reason"] == "unbound_token")
+        .await;
+    let client = SigningKey::generate_es256("client").unwrap().0;
+    let at = bound_token(&key, &client);
+    let proof = proof_with(&client, claims_for("GET", &url, &at), json!({}));
+    assert_eq!(call(&url, "DPoP", &at, &[proof]).await.0, 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_proof_replayed_on_another_instance_is_refused_and_redis_down_fails_closed() {
+    let upstream = Upstream::start().await;
+    let mut redis = Redis::start().await;
+    let key = SigningKey::generate_es256("k").unwrap().0;
+    let client = SigningKey::generate_es256("client").unwrap().0;
+    let start = || {
+        let dir = test_dir(&[("jwks.json", &jwks(&key)), ("redis-url", &redis.url())]);
+        let config = config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - name: idp\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\n  dpop: {{ max_age: 60s, replay_store: redis }}\nrate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 1s }}\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            ),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        dir
+    };
+    let (a, b) = (
+        Gateway::start_in(start()).await,
+        Gateway::start_in(start()).await,
+    );
+    let at = bound_token(&key, &client);
+    // Both instances behind one name (as behind a load balancer): a proof for that URL
+    // accepted by one is refused by the other.
+    let (host, shared_url) = ("api.shared.test", "http://api.shared.test/api/items");
+    let proof = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
+    let on = |gw: &Gateway| gw.url("/api/items");
+    assert_eq!(
+        call_as(&on(&a), Some(host), "DPoP", &at, &[proof.clone()])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call_as(&on(&b), Some(host), "DPoP", &at, &[proof.clone()])
+            .await
+            .0,
+        401
+    );
+    b.event_where("replay", |e| e["reason"] == "dpop_replayed")
+        .await;
+    let other = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
+    assert_eq!(
+        call_as(&on(&b), Some(host), "DPoP", &at, &[other.clone()])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call_as(&on(&a), Some(host), "DPoP", &at, &[other]).await.0,
+        401
+    );
+    assert_eq!(upstream.hits(), 2);
+    // Redis down: no proof can be checked for replay, so none is accepted (and no 5xx).
+    redis.stop();
+    let fresh = proof_with(
+        &client,
+        claims_for("GET", &a.url("/api/items"), &at),
+        json!({}),
+    );
+    assert_eq!(
+        call(&a.url("/api/items"), "DPoP", &at, &[fresh]).await.0,
+        401
+    );
+    a.event_where("store down", |e| {
+        e["reason"] == "dpop_replay_store_unavailable"
+    })
+    .await;
+    assert_eq!(upstream.hits(), 2, "a refused request reached the upstream");
+}
