@@ -53,6 +53,38 @@ pub enum Command {
     /// Work with the decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// DPoP (RFC 9449) tools for trying bound tokens.
+    #[command(subcommand)]
+    Dpop(DpopCommand),
+}
+
+/// `portcullis dpop ...`
+#[derive(Debug, Subcommand)]
+pub enum DpopCommand {
+    /// Print a DPoP proof for one request (for `curl -H "DPoP: $(portcullis dpop proof ...)"`).
+    Proof {
+        /// The client's private key (EC P-256 JWK or PKCS#8 PEM); its public half goes in the proof.
+        #[arg(long)]
+        key: PathBuf,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request URL (query and fragment are left out of `htu`).
+        #[arg(long)]
+        url: String,
+        /// The access token the proof goes with (sets `ath`).
+        #[arg(long)]
+        token: Option<String>,
+        /// A server nonce (`DPoP-Nonce`) to include.
+        #[arg(long)]
+        nonce: Option<String>,
+    },
+    /// Print the RFC 7638 thumbprint of a key's public half (the `cnf.jkt` it binds to).
+    Thumbprint {
+        /// The key (JWK or PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// `portcullis policy ...`
@@ -117,4 +149,10 @@ pub struct TokenArgs {
     /// How many tokens to print, one per line, each with its own `jti` (for load tests).
     #[arg(long, default_value_t = 1)]
     pub count: usize,
+    /// Bind the token to this client key (DPoP): `cnf.jkt` = the thumbprint of its public half.
+    #[arg(long)]
+    pub cnf_jkt: Option<PathBuf>,
+    /// Bind the token to this client certificate (PEM, RFC 8705): `cnf.x5t#S256`.
+    #[arg(long)]
+    pub cnf_x5t: Option<PathBuf>,
 }

@@ -62,6 +62,23 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             token::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        cli::Command::Dpop(cli::DpopCommand::Proof {
+            key,
+            method,
+            url,
+            token,
+            nonce,
+        }) => {
+            println!(
+                "{}",
+                token::dpop_proof(&key, &method, &url, token.as_deref(), nonce.as_deref())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Dpop(cli::DpopCommand::Thumbprint { key }) => {
+            println!("{}", token::thumbprint_of(&key)?);
+            Ok(ExitCode::SUCCESS)
+        }
         cli::Command::Demo {
             listen,
             admin,

@@ -5,8 +5,64 @@ use crate::config::duration::parse_duration;
 use anyhow::{Context, bail};
 use portcullis::authn::keys::Algorithm;
 use portcullis::authn::sign::SigningKey;
+use rustls_pki_types::pem::PemObject;
 use serde_json::{Map, Value, json};
 use std::io::Write;
+use std::path::Path;
+
+/// A key file's public half as a JWK.
+fn public_jwk(path: &Path) -> anyhow::Result<(SigningKey, Value)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key file {}", path.display()))?;
+    let key = SigningKey::from_text(&text, None, Algorithm::Rs256)
+        .with_context(|| format!("cannot use the key in {}", path.display()))?;
+    let mut jwk = key.public_jwk();
+    if let Some(members) = jwk.as_object_mut() {
+        // The proof's jwk carries the key only.
+        members.remove("kid");
+        members.remove("alg");
+        members.remove("use");
+    }
+    Ok((key, jwk))
+}
+
+/// The RFC 7638 thumbprint of a key file's public half.
+pub fn thumbprint_of(path: &Path) -> anyhow::Result<String> {
+    let (_, jwk) = public_jwk(path)?;
+    jwk.as_object()
+        .and_then(portcullis::authn::dpop::thumbprint)
+        .context("the key has no RFC 7638 thumbprint")
+}
+
+/// `portcullis dpop proof`: one proof for one request.
+pub fn dpop_proof(
+    key: &Path,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    nonce: Option<&str>,
+) -> anyhow::Result<String> {
+    let (key, jwk) = public_jwk(key)?;
+    let htu = url.split(['?', '#']).next().unwrap_or(url);
+    let mut claims = Map::new();
+    claims.insert("htm".into(), json!(method.to_ascii_uppercase()));
+    claims.insert("htu".into(), json!(htu));
+    claims.insert("iat".into(), json!(portcullis::authn::now_secs() as u64));
+    claims.insert(
+        "jti".into(),
+        json!(portcullis::request_id::RequestId::generate().as_str()),
+    );
+    if let Some(token) = token {
+        claims.insert("ath".into(), json!(portcullis::authn::dpop::ath(token)));
+    }
+    if let Some(nonce) = nonce {
+        claims.insert("nonce".into(), json!(nonce));
+    }
+    let mut header = Map::new();
+    header.insert("jwk".into(), jwk);
+    let proof = key.sign(&claims, "dpop+jwt", &header)?;
+    Ok(proof)
+}
 
 /// Prints a token signed as `args` asks.
 pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
@@ -42,6 +98,25 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
         let value =
             serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
         claims.insert(name.to_string(), value);
+    }
+    let mut cnf = Map::new();
+    if let Some(path) = &args.cnf_jkt {
+        cnf.insert("jkt".into(), json!(thumbprint_of(path)?));
+    }
+    if let Some(path) = &args.cnf_x5t {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the certificate {}", path.display()))?;
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .with_context(|| format!("no certificate in {}", path.display()))?
+            .with_context(|| format!("cannot read the certificate in {}", path.display()))?;
+        cnf.insert(
+            "x5t#S256".into(),
+            json!(portcullis::authn::mtls::thumbprint(der.as_ref())),
+        );
+    }
+    if !cnf.is_empty() {
+        claims.insert("cnf".into(), Value::Object(cnf));
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for _ in 0..args.count {

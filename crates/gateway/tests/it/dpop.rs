@@ -79,7 +79,10 @@ async fn dpop_refusal_matrix() {
 
     // The good case, then the same proof again.
     let good = proof_with(&client, claims_for("GET", &url, &at), json!({}));
-    assert_eq!(call(&url, "DPoP", &at, &[good.clone()]).await.0, 200);
+    assert_eq!(
+        call(&url, "DPoP", &at, std::slice::from_ref(&good)).await.0,
+        200
+    );
     assert_eq!(upstream.hits(), 1);
     // An unbound token with Bearer still works (binding: optional).
     assert_eq!(
@@ -293,24 +296,42 @@ async fn a_proof_replayed_on_another_instance_is_refused_and_redis_down_fails_cl
     let proof = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
     let on = |gw: &Gateway| gw.url("/api/items");
     assert_eq!(
-        call_as(&on(&a), Some(host), "DPoP", &at, &[proof.clone()])
-            .await
-            .0,
+        call_as(
+            &on(&a),
+            Some(host),
+            "DPoP",
+            &at,
+            std::slice::from_ref(&proof)
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(
-        call_as(&on(&b), Some(host), "DPoP", &at, &[proof.clone()])
-            .await
-            .0,
+        call_as(
+            &on(&b),
+            Some(host),
+            "DPoP",
+            &at,
+            std::slice::from_ref(&proof)
+        )
+        .await
+        .0,
         401
     );
     b.event_where("replay", |e| e["reason"] == "dpop_replayed")
         .await;
     let other = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
     assert_eq!(
-        call_as(&on(&b), Some(host), "DPoP", &at, &[other.clone()])
-            .await
-            .0,
+        call_as(
+            &on(&b),
+            Some(host),
+            "DPoP",
+            &at,
+            std::slice::from_ref(&other)
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(
@@ -334,4 +355,137 @@ async fn a_proof_replayed_on_another_instance_is_refused_and_redis_down_fails_cl
     })
     .await;
     assert_eq!(upstream.hits(), 2, "a refused request reached the upstream");
+}
+
+fn portcullis(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn the_cli_mints_a_bound_token_and_proofs_that_curl_can_send() {
+    let upstream = Upstream::start().await;
+    let (key, key_pem) = SigningKey::generate_es256("k").unwrap();
+    let (_, client_pem) = SigningKey::generate_es256("client").unwrap();
+    let gw = protected(&upstream, &key, "  dpop: { max_age: 60s }\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (issuer_key, client_key) = (dir.path().join("issuer.pem"), dir.path().join("client.pem"));
+    std::fs::write(&issuer_key, key_pem).unwrap();
+    std::fs::write(&client_key, client_pem).unwrap();
+    let (issuer_key, client_key) = (issuer_key.to_str().unwrap(), client_key.to_str().unwrap());
+    let at = portcullis(&[
+        "token",
+        "--key",
+        issuer_key,
+        "--kid",
+        "k",
+        "--alg",
+        "RS256",
+        "--iss",
+        ISSUER,
+        "--aud",
+        "api",
+        "--sub",
+        "alice",
+        "--cnf-jkt",
+        client_key,
+    ]);
+    let jkt = portcullis(&["dpop", "thumbprint", "--key", client_key]);
+    let payload = URL_SAFE_NO_PAD
+        .decode(at.split('.').nth(1).unwrap())
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(claims["cnf"]["jkt"], jkt);
+    let url = gw.url("/api/items?page=2");
+    let proof = portcullis(&[
+        "dpop", "proof", "--key", client_key, "--url", &url, "--token", &at,
+    ]);
+    // curl runs on a blocking thread: the upstream shares this test's runtime.
+    let curl = |proof: String| {
+        let (url, at) = (url.clone(), at.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                    .args(["-H", &format!("authorization: DPoP {at}")])
+                    .args(["-H", &format!("dpop: {proof}")])
+                    .output()
+                    .unwrap();
+                String::from_utf8(out.stdout).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(curl(proof.clone()).await, "200");
+    assert_eq!(curl(proof).await, "401", "a replayed proof was accepted");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn certificate_bound_tokens_need_their_certificate() {
+    use crate::pki::{Ca, https_client, https_send};
+    let upstream = Upstream::start().await;
+    let key = SigningKey::generate_es256("k").unwrap().0;
+    let ca = Ca::new("Binding CA");
+    let (mine, other) = (
+        ca.client("mine", "spiffe://corp.test/ns/a/sa/mine"),
+        ca.client("other", "spiffe://corp.test/ns/a/sa/other"),
+    );
+    let dir = test_dir(&[("jwks.json", &jwks(&key)), ("ca.pem", &ca.pem)]);
+    ca.server().write(dir.path(), "server");
+    let config = with_listen(
+        &config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - name: idp\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            ),
+        ),
+        "  tls: { cert: server.pem, key: server.key, client_ca: ca.pem, client_auth: optional }\n",
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let mut claims = baseline_claims();
+    claims.insert(
+        "cnf".into(),
+        json!({ "x5t#S256": portcullis::authn::mtls::thumbprint(&mine.der) }),
+    );
+    let at = token(&key, &claims);
+    let call = |client: Option<&crate::pki::Leaf>| {
+        let client = https_client(&ca.pem, client, false);
+        let request = Request::get(format!("https://{}/api/items", gw.addr))
+            .header("authorization", format!("Bearer {at}"))
+            .body(Full::default())
+            .unwrap();
+        async move {
+            https_send(&client, request)
+                .await
+                .unwrap()
+                .0
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call(Some(&mine)).await, 200);
+    assert_eq!(upstream.hits(), 1);
+    // The same (cached) token over another certificate, and over none.
+    assert_eq!(call(Some(&other)).await, 401);
+    gw.event_where("mismatch", |e| {
+        e["reason"] == "certificate_binding_mismatch"
+    })
+    .await;
+    assert_eq!(call(None).await, 401);
+    gw.event_where("no certificate", |e| {
+        e["reason"] == "certificate_binding_required"
+    })
+    .await;
+    assert_eq!(upstream.hits(), 1, "a refused request reached the upstream");
 }
