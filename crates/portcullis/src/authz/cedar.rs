@@ -132,6 +132,16 @@ impl CedarPolicy {
                     .unwrap_or(false),
             ),
         );
+        // "dpop", "mtls" or "none": how the token is sender-constrained.
+        attrs.insert(
+            "binding".to_string(),
+            RestrictedExpression::new_string(
+                user.and_then(|u| u.pointer("/binding/type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("none")
+                    .to_string(),
+            ),
+        );
         let caller = Entity::new(principal.clone(), attrs, HashSet::new())
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let action = uid(

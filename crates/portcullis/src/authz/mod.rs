@@ -112,6 +112,19 @@ pub struct RequestFacts<'a> {
 /// Headers a policy may look at.
 const INPUT_HEADERS: [&str; 3] = ["content-type", "user-agent", "accept"];
 
+/// How the principal's token is sender-constrained, as the authenticate layer proved it
+/// for this request (a request with a bound token gets here only if its binding held):
+/// `{"type": "dpop", "jkt": ...}`, `{"type": "mtls", "x5t": ...}`, or `null`.
+fn binding_of(principal: &Principal) -> Value {
+    let cnf = principal.claims.all.get("cnf").and_then(Value::as_object);
+    let member = |name: &str| cnf.and_then(|c| c.get(name)).and_then(Value::as_str);
+    match (member("jkt"), member("x5t#S256")) {
+        (Some(jkt), _) => json!({ "type": "dpop", "jkt": jkt }),
+        (None, Some(x5t)) => json!({ "type": "mtls", "x5t": x5t }),
+        (None, None) => Value::Null,
+    }
+}
+
 /// The policy input (the same for every engine; documented in the README).
 pub fn policy_input(
     route: &RouteAuthz,
@@ -157,6 +170,7 @@ pub fn policy_input(
             "scopes": p.scopes,
             "claims": Value::Object(p.claims.all.clone()),
             "mfa": mfa,
+            "binding": binding_of(p),
         })
     });
     let headers: Map<String, Value> = INPUT_HEADERS

@@ -63,6 +63,28 @@ fn input_has_the_documented_shape() {
     assert_eq!(value["environment"]["mfa_verified"], false);
     assert_eq!(value["environment"]["mtls_identity"], Value::Null);
     assert_eq!(value["request"]["method"], "DELETE");
+    assert_eq!(value["user"]["binding"], Value::Null);
+}
+
+#[test]
+fn a_bound_token_shows_its_binding() {
+    let mut bound = principal("alice", &["items:read"], &["user"]);
+    bound
+        .claims
+        .all
+        .insert("cnf".into(), json!({"jkt": "thumb"}));
+    assert_eq!(
+        input(Method::GET, "1", &bound)["user"]["binding"],
+        json!({"type": "dpop", "jkt": "thumb"})
+    );
+    bound
+        .claims
+        .all
+        .insert("cnf".into(), json!({"x5t#S256": "cert"}));
+    assert_eq!(
+        input(Method::GET, "1", &bound)["user"]["binding"],
+        json!({"type": "mtls", "x5t": "cert"})
+    );
 }
 
 #[test]
