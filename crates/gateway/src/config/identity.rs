@@ -325,7 +325,7 @@ pub(super) fn compile(
     }
     if let Some(dpop) = raw
         .and_then(|r| r.dpop.as_ref())
-        .and_then(|raw| compile_dpop(raw, limiter, shared, problems))
+        .and_then(|raw| compile_dpop(raw, limiter, (shared, resolver), problems))
     {
         authenticator = authenticator.with_dpop(dpop);
     }
@@ -492,10 +492,26 @@ const DPOP_REPLAY_ENTRIES: usize = 1_000_000;
 fn compile_dpop(
     raw: &super::raw::RawDpop,
     limiter: &Arc<Limiter>,
-    shared: &Shared,
+    (shared, resolver): (&Shared, &Resolver),
     problems: &mut Problems,
 ) -> Option<Arc<portcullis::authn::dpop::Dpop>> {
-    use portcullis::authn::dpop::{Dpop, DpopSettings, ReplayCache, ReplayStore};
+    use portcullis::authn::dpop::{Dpop, DpopSettings, NonceKey, ReplayCache, ReplayStore};
+    let max_age = raw.max_age.map_or(Duration::from_secs(60), |d| d.0);
+    let nonces = match &raw.nonce_key {
+        None => None,
+        Some(text) => {
+            let secret = resolver.secret("identity.dpop.nonce_key", text, problems)?;
+            let Some(key) = NonceKey::new(secret.expose().as_bytes(), max_age) else {
+                problems.at(
+                    "identity.dpop.nonce_key",
+                    text,
+                    "the nonce key needs at least 32 bytes",
+                );
+                return None;
+            };
+            Some(key)
+        }
+    };
     let replay = match raw.replay_store.as_ref().map(|t| t.value.as_str()) {
         None | Some("memory") => {
             // One cache per process: a reload must not forget which proofs were used.
@@ -518,7 +534,7 @@ fn compile_dpop(
     };
     Some(Arc::new(Dpop {
         settings: DpopSettings {
-            max_age: raw.max_age.map_or(Duration::from_secs(60), |d| d.0),
+            max_age,
             clock_skew: Duration::from_secs(5),
             algorithms: vec![
                 Algorithm::Es256,
@@ -529,6 +545,7 @@ fn compile_dpop(
             ],
         },
         replay,
+        nonces,
     }))
 }
 

@@ -335,6 +335,7 @@ pub struct RawJwt {
 pub struct RawDpop {
     pub max_age: Option<ConfigDuration>,
     pub replay_store: Option<Text>,
+    pub nonce_key: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -489,3 +489,73 @@ async fn certificate_bound_tokens_need_their_certificate() {
     .await;
     assert_eq!(upstream.hits(), 1, "a refused request reached the upstream");
 }
+
+#[tokio::test]
+async fn server_nonces_are_stateless_and_shared_by_instances_with_the_key() {
+    let upstream = Upstream::start().await;
+    let key = SigningKey::generate_es256("k").unwrap().0;
+    let client = SigningKey::generate_es256("client").unwrap().0;
+    let start = |nonce_key: &str| {
+        let dir = test_dir(&[("jwks.json", &jwks(&key)), ("nonce-key", nonce_key)]);
+        let config = config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - name: idp\n      issuer: {ISSUER}\n      audiences: [api]\n      jwks_file: jwks.json\n      algorithms: [ES256]\n  dpop: {{ max_age: 60s, nonce_key: \"${{file:nonce-key}}\" }}\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            ),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        dir
+    };
+    let shared_key = "shared-nonce-key-0123456789abcdef0123";
+    let a = Gateway::start_in(start(shared_key)).await;
+    let b = Gateway::start_in(start(shared_key)).await;
+    let stranger = Gateway::start_in(start("another-nonce-key-0123456789abcdef99")).await;
+    let at = bound_token(&key, &client);
+    let host = "api.shared.test";
+    let url = "http://api.shared.test/api/items";
+    let send_proof = |gw: &Gateway, nonce: Option<String>| {
+        let mut claims = claims_for("GET", url, &at);
+        if let Some(nonce) = nonce {
+            claims["nonce"] = json!(nonce);
+        }
+        let proof = proof_with(&client, claims, json!({}));
+        let request = Request::get(gw.url("/api/items"))
+            .header("host", host)
+            .header("authorization", format!("DPoP {at}"))
+            .header("dpop", proof)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        async move {
+            let (status, headers, _) = send(request).await.unwrap();
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                status.as_u16(),
+                header("www-authenticate"),
+                header("dpop-nonce"),
+            )
+        }
+    };
+    // No nonce: 401 use_dpop_nonce, with one to use.
+    let (status, challenge, nonce) = send_proof(&a, None).await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains("error=\"use_dpop_nonce\""),
+        "{challenge}"
+    );
+    assert!(!nonce.is_empty());
+    a.event_where("nonce", |e| e["reason"] == "dpop_nonce_required")
+        .await;
+    // With it: accepted here and at the other instance holding the key; each answer brings
+    // a nonce for the next proof.
+    let (status, _, next) = send_proof(&a, Some(nonce.clone())).await;
+    assert_eq!((status, next.is_empty()), (200, false));
+    assert_eq!(send_proof(&b, Some(nonce.clone())).await.0, 200);
+    // An instance with another key does not accept it.
+    assert_eq!(send_proof(&stranger, Some(nonce)).await.0, 401);
+    assert_eq!(upstream.hits(), 2);
+}

@@ -86,6 +86,10 @@ pub enum DpopError {
     /// The replay store could not be asked (fail closed).
     #[error("the replay store is unavailable")]
     StoreUnavailable,
+    /// Server nonces are required and the proof has none, or a stale or foreign one; the
+    /// client retries with this fresh nonce (`DPoP-Nonce`).
+    #[error("the proof needs a fresh server nonce")]
+    UseNonce(String),
 }
 
 impl DpopError {
@@ -109,6 +113,7 @@ impl DpopError {
             DpopError::Replayed => "dpop_replayed",
             DpopError::KeyMismatch => "dpop_key_mismatch",
             DpopError::StoreUnavailable => "dpop_replay_store_unavailable",
+            DpopError::UseNonce(_) => "dpop_nonce_required",
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct Proof {
     pub jti: String,
     /// Until when (Unix seconds) its `jti` must be remembered.
     pub remember_until: f64,
+    /// Its server nonce, if it carries one.
+    pub nonce: Option<String>,
 }
 
 /// The RFC 7638 SHA-256 thumbprint of a public JWK: its required members only, in
@@ -219,6 +226,7 @@ pub fn verify(
         jkt,
         jti: jti.to_string(),
         remember_until: iat + settings.max_age.as_secs_f64() + 2.0 * skew,
+        nonce: text("nonce").map(str::to_string),
     })
 }
 
@@ -323,13 +331,64 @@ impl ReplayStore {
     }
 }
 
-/// DPoP at this gateway: the proof rules and the replay store.
+/// Stateless server nonces (RFC 9449 §8): base64url of a time step and an HMAC over it, so
+/// any instance holding the key issues and accepts them, with no shared state. A nonce is
+/// good for the step it was issued in and the next one (between one and two `max_age`).
+pub struct NonceKey {
+    key: aws_lc_rs::hmac::Key,
+    step_secs: u64,
+}
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceKey")
+            .field("step_secs", &self.step_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes of HMAC kept in a nonce.
+const NONCE_MAC_BYTES: usize = 16;
+
+impl NonceKey {
+    /// A key from `secret` (at least 32 bytes), with steps of `step` (the proofs' `max_age`).
+    pub fn new(secret: &[u8], step: Duration) -> Option<NonceKey> {
+        (secret.len() >= 32).then(|| NonceKey {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+            step_secs: step.as_secs().max(1),
+        })
+    }
+
+    fn for_step(&self, step: u64) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.key, &step.to_be_bytes());
+        let mut bytes = step.to_be_bytes().to_vec();
+        bytes.extend_from_slice(tag.as_ref().get(..NONCE_MAC_BYTES).unwrap_or_default());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The nonce to hand out at `now` (Unix seconds).
+    pub fn issue(&self, now: f64) -> String {
+        self.for_step(now.max(0.0) as u64 / self.step_secs)
+    }
+
+    /// Whether `nonce` was issued by this key in this step or the one before.
+    pub fn accepts(&self, nonce: &str, now: f64) -> bool {
+        let current = now.max(0.0) as u64 / self.step_secs;
+        [current, current.saturating_sub(1)]
+            .iter()
+            .any(|step| crate::session::seal::same(nonce, &self.for_step(*step)))
+    }
+}
+
+/// DPoP at this gateway: the proof rules, the replay store, and server nonces if required.
 #[derive(Debug)]
 pub struct Dpop {
     /// The proof rules.
     pub settings: DpopSettings,
     /// Where proof ids are remembered.
     pub replay: ReplayStore,
+    /// Server nonces (`nonce_key`), when required.
+    pub nonces: Option<NonceKey>,
 }
 
 #[cfg(test)]
@@ -486,6 +545,26 @@ mod tests {
             ),
             Err(DpopError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn nonces_are_accepted_for_two_steps_by_any_holder_of_the_key() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let (a, b) = (
+            NonceKey::new(secret, Duration::from_secs(60)).unwrap(),
+            NonceKey::new(secret, Duration::from_secs(60)).unwrap(),
+        );
+        let nonce = a.issue(6000.0);
+        assert!(b.accepts(&nonce, 6000.0));
+        assert!(b.accepts(&nonce, 6119.0));
+        assert!(!b.accepts(&nonce, 6120.0), "stale");
+        let other = NonceKey::new(
+            b"another-key-0123456789abcdef-0123",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(!other.accepts(&nonce, 6000.0), "foreign");
+        assert!(NonceKey::new(b"short", Duration::from_secs(60)).is_none());
     }
 
     #[test]

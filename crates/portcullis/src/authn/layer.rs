@@ -279,6 +279,14 @@ async fn check_binding(
             if !crate::session::seal::same(&verified.jkt, jkt) {
                 return Err(proof_refused(DpopError::KeyMismatch));
             }
+            if let Some(nonces) = &dpop.nonces
+                && !verified
+                    .nonce
+                    .as_deref()
+                    .is_some_and(|n| nonces.accepts(n, now))
+            {
+                return Err(proof_refused(DpopError::UseNonce(nonces.issue(now))));
+            }
             match dpop.replay.first_use(&verified, now).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(proof_refused(DpopError::Replayed)),
@@ -288,11 +296,11 @@ async fn check_binding(
     }
 }
 
-impl<S, B> Service<Request<B>> for Authenticate<S>
+impl<S, B, R> Service<Request<B>> for Authenticate<S>
 where
-    S: Service<Request<B>, Error = Denial> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = http::Response<R>, Error = Denial> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Response: Send + 'static,
+    R: Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -369,7 +377,15 @@ where
             }
             forward_identity(&mut req, &principal, &forward);
             req.extensions_mut().insert(principal);
-            inner.call(req).await
+            let mut response = inner.call(req).await?;
+            // RFC 9449 §8: a fresh nonce on answers to DPoP requests, for the next proof.
+            if scheme == Scheme::Dpop
+                && let Some(nonces) = authenticator.dpop().and_then(|d| d.nonces.as_ref())
+                && let Ok(value) = HeaderValue::from_str(&nonces.issue(super::now_secs()))
+            {
+                response.headers_mut().insert("dpop-nonce", value);
+            }
+            Ok(response)
         }))
     }
 }

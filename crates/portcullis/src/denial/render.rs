@@ -85,6 +85,15 @@ impl Denial {
             } => {
                 let error = match self {
                     Denial::Unauthenticated {
+                        reason: AuthFailure::Dpop(crate::authn::dpop::DpopError::UseNonce(nonce)),
+                        ..
+                    } => {
+                        if let Ok(value) = HeaderValue::from_str(nonce) {
+                            headers.insert("dpop-nonce", value);
+                        }
+                        "use_dpop_nonce"
+                    }
+                    Denial::Unauthenticated {
                         reason: AuthFailure::Dpop(_),
                         ..
                     } => "invalid_dpop_proof",
