@@ -56,6 +56,15 @@ pub async fn run(
     let upstream = start_items_api(jwks, listener, dev_idp).await?;
     let dir = write_demo_files(listen, admin, upstream, &pem, (tls, login))?;
     let (bound_tx, bound_rx) = oneshot::channel();
+    // A DPoP client key: tokens bound to it are useless without a proof made with it.
+    let (dpop_client, dpop_pem) = SigningKey::generate_es256("dpop-client")
+        .map_err(|e| anyhow::anyhow!("cannot create the DPoP client key: {e}"))?;
+    write_private(&dir.join("dpop-client.pem"), &dpop_pem)?;
+    let dpop_jkt = dpop_client
+        .public_jwk()
+        .as_object()
+        .and_then(portcullis::authn::dpop::thumbprint)
+        .ok_or_else(|| anyhow::anyhow!("the DPoP client key has no thumbprint"))?;
     let config_path = dir.join("portcullis.yaml");
     let admin_token = std::fs::read_to_string(dir.join("admin-token")).unwrap_or_default();
     let tokens = DemoTokens {
@@ -67,6 +76,12 @@ pub async fn run(
             &[("amr", serde_json::json!(["pwd", "otp"]))],
         )?,
         bob: mint(&key, "bob", "items:read", &[])?,
+        alice_dpop: mint(
+            &key,
+            "alice",
+            "items:read items:write",
+            &[("cnf", serde_json::json!({ "jkt": dpop_jkt }))],
+        )?,
     };
     tokio::spawn(async move {
         if let Ok(bound) = bound_rx.await {
@@ -87,6 +102,8 @@ struct DemoTokens {
     alice: String,
     alice_mfa: String,
     bob: String,
+    /// Bound to the demo's DPoP client key (`dpop-client.pem`).
+    alice_dpop: String,
 }
 
 fn mint(
@@ -202,7 +219,8 @@ identity:
       algorithms: [ES256]
       max_lifetime: 1h
       token_types: [at+jwt]
-{login_identity}  forward:
+{login_identity}  dpop: {{ max_age: 60s, replay_store: memory }}
+  forward:
     token: false
     identity_headers:
       x-user-id: sub
@@ -349,6 +367,10 @@ fn print_banner(
     let scheme = if tls { "https" } else { "http" };
     let gw = format!("{scheme}://{}", bound.listen);
     let (alice, alice_mfa, bob) = (&tokens.alice, &tokens.alice_mfa, &tokens.bob);
+    let alice_dpop = &tokens.alice_dpop;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "portcullis".into());
     let dir = config
         .parent()
         .map(|d| d.display().to_string())
@@ -370,6 +392,8 @@ Tokens (ES256, signed by the demo's dev key; its JWKS is served by the demo upst
   ALICE={alice}
   ALICE_MFA={alice_mfa}
   BOB={bob}
+  ALICE_DPOP={alice_dpop}
+  (ALICE_DPOP is bound to {dir}/dpop-client.pem: useless without a DPoP proof made with that key)
   (mint more: portcullis token --key {dir}/dev-key.pem --iss {ISSUER} --aud {AUDIENCE} --sub carol --scope items:read)
 
 Try these (each answer carries x-request-id and the security headers):
@@ -381,6 +405,8 @@ Try these (each answer carries x-request-id and the security headers):
   curl -i -X PUT {gw}/api/items/3 -H "authorization: Bearer $ALICE" -H 'content-type: application/json' -d '{{"name":"x"}}'   # 403: item 3 is bob's (policy)
   curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE"       # 401: step-up, MFA required
   curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE_MFA"   # 204: owner, with MFA
+  curl -i {gw}/api/items -H "authorization: DPoP $ALICE_DPOP" -H "dpop: $({exe} dpop proof --key {dir}/dpop-client.pem --url {gw}/api/items --token $ALICE_DPOP)"   # 200: a DPoP-bound call (one proof per request)
+  curl -i {gw}/api/items -H "authorization: Bearer $ALICE_DPOP"   # 401: a bound token without its proof (no downgrade)
   portcullis audit verify {dir}/decisions.log                # the tamper-evident decision log
   curl -i {gw}/api/public/status                           # public route, 5 per 10s: see RateLimit headers
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/public/status; done; echo   # the 6th is 429
