@@ -2,7 +2,7 @@
 //! token they were opened with, and the failed-login budget. Also the constant-time token
 //! comparison every admin check uses.
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -102,23 +102,10 @@ impl Sessions {
 
 /// The session id the request's cookie carries, if any.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+    portcullis::session::cookie::get(headers, COOKIE)
 }
 
-/// Compares secrets without revealing, through timing, how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use portcullis::secret::constant_time_eq;
 
 #[cfg(test)]
 mod tests {
@@ -140,7 +127,7 @@ mod tests {
     fn the_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
-            header::COOKIE,
+            axum::http::header::COOKIE,
             HeaderValue::from_static("a=1; portcullis_admin=abc; b=2"),
         );
         assert_eq!(session_cookie(&headers), Some("abc"));

@@ -20,6 +20,12 @@ impl Secret {
     }
 }
 
+/// Compares secrets (tokens, thumbprints, states) without revealing, through timing, how
+/// much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

@@ -294,50 +294,17 @@ async fn a_proof_replayed_on_another_instance_is_refused_and_redis_down_fails_cl
     // accepted by one is refused by the other.
     let (host, shared_url) = ("api.shared.test", "http://api.shared.test/api/items");
     let proof = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
-    let on = |gw: &Gateway| gw.url("/api/items");
-    assert_eq!(
-        call_as(
-            &on(&a),
-            Some(host),
-            "DPoP",
-            &at,
-            std::slice::from_ref(&proof)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        call_as(
-            &on(&b),
-            Some(host),
-            "DPoP",
-            &at,
-            std::slice::from_ref(&proof)
-        )
-        .await
-        .0,
-        401
-    );
+    let status = |gw: &Gateway, proof: &str| {
+        let (url, proof, at) = (gw.url("/api/items"), proof.to_string(), at.clone());
+        async move { call_as(&url, Some(host), "DPoP", &at, &[proof]).await.0 }
+    };
+    assert_eq!(status(&a, &proof).await, 200);
+    assert_eq!(status(&b, &proof).await, 401);
     b.event_where("replay", |e| e["reason"] == "dpop_replayed")
         .await;
     let other = proof_with(&client, claims_for("GET", shared_url, &at), json!({}));
-    assert_eq!(
-        call_as(
-            &on(&b),
-            Some(host),
-            "DPoP",
-            &at,
-            std::slice::from_ref(&other)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        call_as(&on(&a), Some(host), "DPoP", &at, &[other]).await.0,
-        401
-    );
+    assert_eq!(status(&b, &other).await, 200);
+    assert_eq!(status(&a, &other).await, 401);
     assert_eq!(upstream.hits(), 2);
     // Redis down: no proof can be checked for replay, so none is accepted (and no 5xx).
     redis.stop();

@@ -215,7 +215,9 @@ pub fn verify(
         return Err(DpopError::Stale);
     }
     let expected = ath(access_token);
-    if !text("ath").is_some_and(|given| crate::session::seal::same(given, &expected)) {
+    if !text("ath")
+        .is_some_and(|given| crate::secret::constant_time_eq(given.as_bytes(), expected.as_bytes()))
+    {
         return Err(DpopError::AthMismatch);
     }
     let jti = text("jti")
@@ -309,22 +311,13 @@ impl ReplayStore {
             ReplayStore::Redis(limiter) => {
                 let redis = limiter.shared_store().ok_or(DpopError::StoreUnavailable)?;
                 let millis = ((proof.remember_until - now).max(1.0) * 1000.0) as u64;
-                let mut command = redis::cmd("SET");
                 // The hash tag keeps one key's proofs on one Cluster slot.
-                command
-                    .arg(format!(
-                        "portcullis:dpop:{{{}}}:{}",
-                        proof.jkt,
-                        ath(&proof.jti)
-                    ))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis);
                 redis
-                    .command::<Option<String>>(command)
+                    .set_new(
+                        format!("portcullis:dpop:{{{}}}:{}", proof.jkt, ath(&proof.jti)),
+                        millis,
+                    )
                     .await
-                    .map(|answer| answer.is_some())
                     .map_err(|_| DpopError::StoreUnavailable)
             }
         }
@@ -374,9 +367,9 @@ impl NonceKey {
     /// Whether `nonce` was issued by this key in this step or the one before.
     pub fn accepts(&self, nonce: &str, now: f64) -> bool {
         let current = now.max(0.0) as u64 / self.step_secs;
-        [current, current.saturating_sub(1)]
-            .iter()
-            .any(|step| crate::session::seal::same(nonce, &self.for_step(*step)))
+        [current, current.saturating_sub(1)].iter().any(|step| {
+            crate::secret::constant_time_eq(nonce.as_bytes(), self.for_step(*step).as_bytes())
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use crate::future::ResponseFuture;
 use crate::reason::{AuthFailure, BindingProblem, CredentialProblem, ForbiddenReason};
 use crate::route::RouteMatch;
 use crate::scope::RequestScope;
+use crate::secret::constant_time_eq;
 use http::{HeaderValue, Request, header};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -174,36 +175,32 @@ fn request_url<B>(req: &Request<B>) -> String {
     format!("{scheme}://{authority}{}", req.uri().path())
 }
 
-/// The token's sender constraint (`cnf`), checked on every request after the verified-token
-/// cache, so a cached token never becomes usable on another connection or without its key:
-/// `x5t#S256` against this connection's client certificate (RFC 8705), `jkt` against a
-/// valid, first-use DPoP proof (RFC 9449), and `binding: required`.
 /// What the binding checks read from the request (taken before any await, so the request
 /// body need not be shared across threads).
 struct BindingFacts {
     method: http::Method,
-    url: String,
-    proofs: Vec<HeaderValue>,
+    /// For DPoP requests only: the URL and the proofs (at most two: one too many is enough).
+    dpop: Option<(String, Vec<HeaderValue>)>,
     identity: Option<Arc<ClientIdentity>>,
 }
 
 impl BindingFacts {
-    fn of<B>(req: &Request<B>) -> Self {
+    fn of<B>(req: &Request<B>, scheme: Scheme) -> Self {
         BindingFacts {
             method: req.method().clone(),
-            url: request_url(req),
-            proofs: req
-                .headers()
-                .get_all("dpop")
-                .iter()
-                .take(2)
-                .cloned()
-                .collect(),
+            dpop: (scheme == Scheme::Dpop).then(|| {
+                let proofs = req.headers().get_all("dpop").iter().take(2).cloned();
+                (request_url(req), proofs.collect())
+            }),
             identity: req.extensions().get::<Arc<ClientIdentity>>().cloned(),
         }
     }
 }
 
+/// The token's sender constraint (`cnf`), checked on every request after the verified-token
+/// cache, so a cached token never becomes usable on another connection or without its key:
+/// `x5t#S256` against this connection's client certificate (RFC 8705), `jkt` against a
+/// valid, first-use DPoP proof (RFC 9449), and `binding: required`.
 async fn check_binding(
     req: BindingFacts,
     principal: &Principal,
@@ -230,7 +227,7 @@ async fn check_binding(
                     "a certificate-bound token without a client certificate",
                 ));
             }
-            Some(identity) if !crate::session::seal::same(&identity.sha256, x5t) => {
+            Some(identity) if !constant_time_eq(identity.sha256.as_bytes(), x5t.as_bytes()) => {
                 return Err(binding_refused(
                     BindingProblem::CertificateMismatch,
                     format!(
@@ -256,7 +253,11 @@ async fn check_binding(
             let dpop = authenticator
                 .dpop()
                 .ok_or_else(|| proof_refused(DpopError::Missing))?;
-            let mut proofs = req.proofs.iter();
+            let (url, proofs) = req
+                .dpop
+                .as_ref()
+                .ok_or_else(|| proof_refused(DpopError::Missing))?;
+            let mut proofs = proofs.iter();
             let proof = proofs
                 .next()
                 .ok_or_else(|| proof_refused(DpopError::Missing))?;
@@ -267,16 +268,10 @@ async fn check_binding(
                 .to_str()
                 .map_err(|_| proof_refused(DpopError::Malformed("not ASCII".into())))?;
             let now = super::now_secs();
-            let verified = dpop::verify(
-                proof,
-                req.method.as_str(),
-                &req.url,
-                token,
-                &dpop.settings,
-                now,
-            )
-            .map_err(proof_refused)?;
-            if !crate::session::seal::same(&verified.jkt, jkt) {
+            let verified =
+                dpop::verify(proof, req.method.as_str(), url, token, &dpop.settings, now)
+                    .map_err(proof_refused)?;
+            if !constant_time_eq(verified.jkt.as_bytes(), jkt.as_bytes()) {
                 return Err(proof_refused(DpopError::KeyMismatch));
             }
             if let Some(nonces) = &dpop.nonces
@@ -356,7 +351,7 @@ where
                         reason: AuthFailure::Token(e),
                     })?;
             check_binding(
-                BindingFacts::of(&req),
+                BindingFacts::of(&req, scheme),
                 &principal,
                 (&token, scheme),
                 &authenticator,

@@ -222,6 +222,21 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout)?
     }
 
+    /// `SET key 1 NX PX millis`: whether the key was new (a session's refresh lock, a DPoP
+    /// proof's first use).
+    pub async fn set_new(&self, key: String, millis: u64) -> Result<bool, RedisError> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis.max(1));
+        self.command::<Option<String>>(command)
+            .await
+            .map(|answer| answer.is_some())
+    }
+
     /// Publishes `flags` to the shared flag set and reads back every flag in force at `now`
     /// (Unix seconds), at most [`MAX_SHARED_FLAGS`], forgetting expired ones.
     pub async fn exchange_flags(

@@ -1,6 +1,6 @@
 //! The login flow's own endpoints: starting a login, the provider's callback, and logout.
 
-use super::seal::{random_token, s256, same};
+use super::seal::{random_token, s256};
 use super::store::{Loaded, SessionRecord};
 use super::{Sessions, cookie, form, now};
 use crate::body::{self, Body};
@@ -25,6 +25,10 @@ struct PendingLogin {
 
 /// Longest return path kept.
 const MAX_RETURN_BYTES: usize = 1024;
+
+fn same(a: &str, b: &str) -> bool {
+    crate::secret::constant_time_eq(a.as_bytes(), b.as_bytes())
+}
 
 fn refused(reason: LoginProblem, detail: impl Into<String>) -> Denial {
     Denial::LoginRefused {

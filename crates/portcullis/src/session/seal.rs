@@ -121,11 +121,6 @@ pub fn s256(text: &str) -> String {
     ))
 }
 
-/// Constant-time equality of two strings.
-pub fn same(a: &str, b: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

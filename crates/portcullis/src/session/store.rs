@@ -327,17 +327,9 @@ impl SessionStore {
             return Ok(true);
         };
         let redis = limiter.shared_store().ok_or("no shared store")?;
-        let mut command = redis::cmd("SET");
-        command
-            .arg(lock_key(sid))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis);
         redis
-            .command::<Option<String>>(command)
+            .set_new(lock_key(sid), millis)
             .await
-            .map(|answer| answer.is_some())
             .map_err(|e| e.to_string())
     }
 
