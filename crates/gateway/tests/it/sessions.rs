@@ -310,6 +310,16 @@ async fn browser_login_refresh_csrf_step_up_and_logout() {
     assert_eq!(seen["idpAsksAgain"], true);
     gw.event_where("revoked", |e| e["reason"] == "session_revoked")
         .await;
+    // None of the refusals above reached the upstream: all it saw on session routes came
+    // with a session's access token.
+    for seen in upstream.all() {
+        assert!(
+            seen.headers.contains_key("authorization") || !seen.uri.starts_with("/app/"),
+            "{} {} reached the upstream without a session",
+            seen.method,
+            seen.uri
+        );
+    }
     gw.event_where("logout", |e| {
         e["event_type"] == "session" && e["reason"] == "logout"
     })
