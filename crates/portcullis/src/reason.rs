@@ -59,6 +59,8 @@ reasons! {
         DuplicateHost => "duplicate_host",
         /// A `Host` that is not visible ASCII.
         InvalidHost => "invalid_host",
+        /// A trusted proxy's forwarded client certificate header that cannot be read.
+        ForwardedClientCert => "forwarded_client_cert",
         /// Userinfo in the host.
         UserinfoInHost => "userinfo_in_host",
         /// `Host` differs from the target's authority.
@@ -140,10 +142,13 @@ pub enum AuthFailure {
     Credential(CredentialProblem),
     /// The token itself was refused.
     Token(TokenError),
-    /// The DPoP proof was refused.
-    Dpop(crate::authn::dpop::DpopError),
-    /// The token's binding does not hold.
-    Binding(BindingProblem),
+    /// The DPoP proof was refused; the algorithms a proof may use (the challenge's `algs`).
+    Dpop(
+        crate::authn::dpop::DpopError,
+        crate::authn::dpop::ProofAlgorithms,
+    ),
+    /// The token's binding does not hold; the algorithms a DPoP proof may use.
+    Binding(BindingProblem, crate::authn::dpop::ProofAlgorithms),
 }
 
 impl AuthFailure {
@@ -152,8 +157,8 @@ impl AuthFailure {
         match self {
             AuthFailure::Credential(problem) => problem.as_str(),
             AuthFailure::Token(error) => error.reason(),
-            AuthFailure::Dpop(error) => error.reason(),
-            AuthFailure::Binding(problem) => problem.as_str(),
+            AuthFailure::Dpop(error, _) => error.reason(),
+            AuthFailure::Binding(problem, _) => problem.as_str(),
         }
     }
 

@@ -536,13 +536,6 @@ fn compile_dpop(
         settings: DpopSettings {
             max_age,
             clock_skew: Duration::from_secs(5),
-            algorithms: vec![
-                Algorithm::Es256,
-                Algorithm::Es384,
-                Algorithm::EdDsa,
-                Algorithm::Ps256,
-                Algorithm::Rs256,
-            ],
         },
         replay,
         nonces,

@@ -44,6 +44,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use upstream::{UpstreamContext, compile_upstream, socket_addr};
 
+/// `listen.client_cert_header`: a header name, believed only from `trusted_proxies`.
+fn client_cert_header(
+    raw: &RawConfig,
+    has_trusted: bool,
+    resolver: &secret::Resolver,
+    problems: &mut Problems,
+) -> Option<http::HeaderName> {
+    let text = raw.listen.client_cert_header.as_ref()?;
+    let path = "listen.client_cert_header";
+    let value = resolver.text(path, text, problems)?;
+    let Ok(name) = http::HeaderName::from_bytes(value.as_bytes()) else {
+        problems.at(path, text, format!("`{value}` is not a header name"));
+        return None;
+    };
+    if !has_trusted {
+        problems.at(
+            path,
+            text,
+            "is set but listen.trusted_proxies is empty, so it would never be believed; list the proxies that send it",
+        );
+    }
+    Some(name)
+}
+
 /// Largest configuration file read (a bound on untrusted-ish input).
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -289,8 +313,10 @@ fn compile(
             "is empty, so every request would be refused; list the served host names, or remove it",
         );
     }
+    let client_cert_header = client_cert_header(&raw, !trusted.is_empty(), &resolver, problems);
     let normalize = NormalizeSettings {
         hosts,
+        client_cert_header,
         max_uri_bytes,
         max_header_bytes,
         max_header_count,

@@ -65,6 +65,7 @@ pub struct RawListen {
     pub hosts: Option<Vec<Text>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
+    pub client_cert_header: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

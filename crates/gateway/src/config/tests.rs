@@ -269,3 +269,41 @@ routes:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_forwarded_certificate_header_needs_trusted_proxies_and_a_valid_name() {
+    let with = |listen: &str| {
+        MINIMAL.replace(
+            "listen: { address: 127.0.0.1:0 }",
+            &format!("listen: {{ address: 127.0.0.1:0, {listen} }}"),
+        )
+    };
+    let errors = compile(&with("client_cert_header: x-forwarded-client-cert"))
+        .err()
+        .unwrap_or_default()
+        .join("\n");
+    assert!(
+        errors.contains("listen.client_cert_header") && errors.contains("trusted_proxies"),
+        "{errors}"
+    );
+    let errors = compile(&with(
+        "trusted_proxies: [10.0.0.0/8], client_cert_header: \"bad header\"",
+    ))
+    .err()
+    .unwrap_or_default()
+    .join("\n");
+    assert!(errors.contains("not a header name"), "{errors}");
+    let config = compile(&with(
+        "trusted_proxies: [10.0.0.0/8], client_cert_header: X-Client-Cert",
+    ))
+    .map_err(|e| e.join("\n"))
+    .unwrap();
+    assert_eq!(
+        config
+            .normalize
+            .client_cert_header
+            .as_ref()
+            .map(|h| h.as_str()),
+        Some("x-client-cert")
+    );
+}

@@ -14,6 +14,7 @@ mod util;
 mod admin;
 mod alerts;
 mod authz;
+mod binding;
 mod cli;
 mod dashboard;
 mod detect;

@@ -13,9 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The algorithms a proof may use (asymmetric only), as the `algs` of a DPoP challenge.
-pub const PROOF_ALGORITHMS: &str = "ES256 ES384 EdDSA PS256 RS256";
-
 /// Longest proof read.
 const MAX_PROOF_BYTES: usize = 8192;
 /// Longest `jti` remembered.
@@ -28,8 +25,24 @@ pub struct DpopSettings {
     pub max_age: Duration,
     /// Tolerance for `iat` in the future (and beyond `max_age`).
     pub clock_skew: Duration,
-    /// Accepted proof algorithms (asymmetric only).
-    pub algorithms: Vec<Algorithm>,
+}
+
+/// The algorithms a proof may use, as the `algs` of a DPoP challenge (RFC 9449 §7.1): the
+/// token issuer's list (every algorithm Portcullis verifies is asymmetric).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofAlgorithms(std::sync::Arc<str>);
+
+impl ProofAlgorithms {
+    /// The list of `algorithms`, space-separated.
+    pub fn new(algorithms: &[Algorithm]) -> Self {
+        let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
+        ProofAlgorithms(names.join(" ").into())
+    }
+
+    /// The space-separated names.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The exact check a proof failed (the event's detail; the client sees `invalid_dpop_proof`).
@@ -146,12 +159,19 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
         "OKP" => vec![("crv", text("crv")?), ("kty", "OKP"), ("x", text("x")?)],
         _ => return None,
     };
-    let body: Vec<String> = members
-        .iter()
-        .map(|(k, v)| format!("{}:{}", Value::from(*k), Value::from(*v)))
-        .collect();
-    let canonical = format!("{{{}}}", body.join(","));
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    // Written straight into one buffer: this runs on every DPoP request.
+    let mut canonical = Vec::with_capacity(160);
+    canonical.push(b'{');
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            canonical.push(b',');
+        }
+        serde_json::to_writer(&mut canonical, name).ok()?;
+        canonical.push(b':');
+        serde_json::to_writer(&mut canonical, value).ok()?;
+    }
+    canonical.push(b'}');
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
     Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
 }
 
@@ -161,16 +181,32 @@ pub fn ath(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
-/// Checks `proof` for a request of `method` to `htu` (scheme, authority and path, no query
-/// or fragment) carrying `access_token`, at `now` (Unix seconds).
+/// The request a proof must be for: its method, its URL (scheme, authority and path, no
+/// query or fragment) and the access token it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofTarget<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The URL `htu` must name.
+    pub htu: &'a str,
+    /// The access token `ath` must hash.
+    pub access_token: &'a str,
+}
+
+/// Checks `proof` for `target`, signed with one of `algorithms` (the token issuer's), at
+/// `now` (Unix seconds).
 pub fn verify(
     proof: &str,
-    method: &str,
-    htu: &str,
-    access_token: &str,
+    target: ProofTarget<'_>,
+    algorithms: &[Algorithm],
     settings: &DpopSettings,
     now: f64,
 ) -> Result<Proof, DpopError> {
+    let ProofTarget {
+        method,
+        htu,
+        access_token,
+    } = target;
     let parsed = token::parse_proof(proof, MAX_PROOF_BYTES).map_err(|e| match e {
         TokenError::AlgNone => DpopError::AlgNotAllowed("none".into()),
         TokenError::AlgNotAllowed(alg) => DpopError::AlgNotAllowed(alg),
@@ -182,16 +218,10 @@ pub fn verify(
         return Err(DpopError::WrongType);
     }
     let alg = unverified.header.alg;
-    if !settings.algorithms.contains(&alg) {
+    if !algorithms.contains(&alg) {
         return Err(DpopError::AlgNotAllowed(alg.name().into()));
     }
-    let key = VerifyingKey::from_jwk(&Value::Object(jwk.clone()), &[alg]).map_err(|e| match e {
-        KeyError::Private => DpopError::PrivateJwk,
-        other => DpopError::BadJwk(other.to_string()),
-    })?;
-    if key.algorithm != alg {
-        return Err(DpopError::AlgNotAllowed(alg.name().into()));
-    }
+    let key = proof_key(&jwk, alg)?;
     if !key.verify(unverified.signing_input, &unverified.signature) {
         return Err(DpopError::BadSignature);
     }
@@ -230,6 +260,21 @@ pub fn verify(
         remember_until: iat + settings.max_age.as_secs_f64() + 2.0 * skew,
         nonce: text("nonce").map(str::to_string),
     })
+}
+
+/// The key a proof's header `jwk` names, for the proof's `alg` only.
+pub(crate) fn proof_key(
+    jwk: &Map<String, Value>,
+    alg: Algorithm,
+) -> Result<VerifyingKey, DpopError> {
+    let key = VerifyingKey::from_jwk_members(jwk, &[alg]).map_err(|e| match e {
+        KeyError::Private => DpopError::PrivateJwk,
+        other => DpopError::BadJwk(other.to_string()),
+    })?;
+    if key.algorithm != alg {
+        return Err(DpopError::AlgNotAllowed(alg.name().into()));
+    }
+    Ok(key)
 }
 
 /// RFC 9449 §4.3: `htu` compared without query and fragment, scheme and host
@@ -394,7 +439,16 @@ mod tests {
         DpopSettings {
             max_age: Duration::from_secs(60),
             clock_skew: Duration::from_secs(5),
-            algorithms: vec![Algorithm::Es256, Algorithm::EdDsa, Algorithm::Ps256],
+        }
+    }
+
+    const ALGS: &[Algorithm] = &[Algorithm::Es256, Algorithm::EdDsa, Algorithm::Ps256];
+
+    fn to<'a>(htu: &'a str, at: &'a str) -> ProofTarget<'a> {
+        ProofTarget {
+            method: "GET",
+            htu,
+            access_token: at,
         }
     }
 
@@ -439,9 +493,8 @@ mod tests {
         let check = |claims: Value, header: Value| {
             verify(
                 &proof(&key, claims, header),
-                "GET",
-                "https://API.test:443/items?x=1",
-                at,
+                to("https://API.test:443/items?x=1", at),
+                ALGS,
                 &settings(),
                 now,
             )
@@ -508,9 +561,8 @@ mod tests {
         assert!(matches!(
             verify(
                 &unsigned,
-                "GET",
-                "https://api.test/items",
-                at,
+                to("https://api.test/items", at),
+                ALGS,
                 &settings(),
                 now
             ),
@@ -524,20 +576,37 @@ mod tests {
             URL_SAFE_NO_PAD.encode(good().to_string())
         );
         assert!(matches!(
-            verify(&hs, "GET", "https://api.test/items", at, &settings(), now),
+            verify(
+                &hs,
+                to("https://api.test/items", at),
+                ALGS,
+                &settings(),
+                now
+            ),
             Err(DpopError::AlgNotAllowed(_))
         ));
         assert!(matches!(
             verify(
                 "not-a-jws",
-                "GET",
-                "https://api.test/items",
-                at,
+                to("https://api.test/items", at),
+                ALGS,
                 &settings(),
                 now
             ),
             Err(DpopError::Malformed(_))
         ));
+        // Only the issuer's algorithms: an ES256 proof for an RS256-only issuer.
+        assert_eq!(
+            verify(
+                &proof(&key, good(), json!({})),
+                to("https://api.test/items", at),
+                &[Algorithm::Rs256],
+                &settings(),
+                now
+            ),
+            Err(DpopError::AlgNotAllowed("ES256".into()))
+        );
+        assert_eq!(ProofAlgorithms::new(ALGS).as_str(), "ES256 EdDSA PS256");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// The signature algorithms Portcullis verifies. Symmetric (`HS*`) and `none` do not exist
@@ -123,13 +123,13 @@ pub enum KeyError {
     Malformed,
 }
 
-fn member<'a>(jwk: &'a Value, name: &'static str) -> Result<&'a str, KeyError> {
+fn member<'a>(jwk: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, KeyError> {
     jwk.get(name)
         .and_then(Value::as_str)
         .ok_or(KeyError::Missing(name))
 }
 
-fn b64(jwk: &Value, name: &'static str) -> Result<Vec<u8>, KeyError> {
+fn b64(jwk: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, KeyError> {
     URL_SAFE_NO_PAD
         .decode(member(jwk, name)?)
         .map_err(|_| KeyError::Malformed)
@@ -139,9 +139,17 @@ impl VerifyingKey {
     /// Builds a key from one JWK, pinning its algorithm: the JWK's `alg` if present (it must
     /// be in `allowed`), else the only algorithm in `allowed` that fits the key type.
     pub fn from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, KeyError> {
+        Self::from_jwk_members(jwk.as_object().ok_or(KeyError::Malformed)?, allowed)
+    }
+
+    /// [`VerifyingKey::from_jwk`] for a JWK already read as an object (a DPoP proof's).
+    pub fn from_jwk_members(
+        jwk: &Map<String, Value>,
+        allowed: &[Algorithm],
+    ) -> Result<VerifyingKey, KeyError> {
         if ["d", "p", "q", "dp", "dq", "qi", "k"]
             .iter()
-            .any(|m| jwk.get(m).is_some())
+            .any(|m| jwk.contains_key(*m))
         {
             return Err(KeyError::Private);
         }

@@ -1,7 +1,7 @@
 //! [`AuthenticateLayer`]: credentials in exactly one place, verified, scoped, and the
 //! identity passed upstream only as the gateway proved it.
 
-use super::dpop::{self, DpopError};
+use super::dpop::{self, DpopError, ProofAlgorithms};
 use super::mtls::{ClientIdentity, any_matches};
 use super::settings::{AuthMode, ForwardSettings};
 use super::{Authenticator, Principal};
@@ -144,17 +144,21 @@ fn bearer_token<B>(req: &Request<B>, dpop: bool) -> Result<Option<(String, Schem
     Ok(Some((token.to_string(), scheme)))
 }
 
-fn binding_refused(problem: BindingProblem, detail: impl Into<String>) -> Denial {
+fn binding_refused(
+    problem: BindingProblem,
+    algs: ProofAlgorithms,
+    detail: impl Into<String>,
+) -> Denial {
     Denial::Unauthenticated {
-        reason: AuthFailure::Binding(problem),
+        reason: AuthFailure::Binding(problem, algs),
         detail: detail.into(),
     }
 }
 
-fn proof_refused(error: DpopError) -> Denial {
+fn proof_refused(error: DpopError, algs: ProofAlgorithms) -> Denial {
     Denial::Unauthenticated {
         detail: error.to_string(),
-        reason: AuthFailure::Dpop(error),
+        reason: AuthFailure::Dpop(error, algs),
     }
 }
 
@@ -212,6 +216,11 @@ async fn check_binding(
         .all
         .get("cnf")
         .and_then(serde_json::Value::as_object);
+    // Proofs use the token issuer's algorithms; the list is only written out for a refusal.
+    let algorithms = authenticator.algorithms_of(&principal.issuer);
+    let algs = || ProofAlgorithms::new(algorithms);
+    let binding_refused = |problem, detail: &str| binding_refused(problem, algs(), detail);
+    let proof_refused = |error| proof_refused(error, algs());
     if cnf.is_none() && authenticator.binding_required(&principal.issuer) {
         return Err(binding_refused(
             BindingProblem::Unbound,
@@ -230,7 +239,7 @@ async fn check_binding(
             Some(identity) if !constant_time_eq(identity.sha256.as_bytes(), x5t.as_bytes()) => {
                 return Err(binding_refused(
                     BindingProblem::CertificateMismatch,
-                    format!(
+                    &format!(
                         "bound to {x5t}, the connection's certificate is {}",
                         identity.sha256
                     ),
@@ -268,9 +277,13 @@ async fn check_binding(
                 .to_str()
                 .map_err(|_| proof_refused(DpopError::Malformed("not ASCII".into())))?;
             let now = super::now_secs();
-            let verified =
-                dpop::verify(proof, req.method.as_str(), url, token, &dpop.settings, now)
-                    .map_err(proof_refused)?;
+            let target = dpop::ProofTarget {
+                method: req.method.as_str(),
+                htu: url,
+                access_token: token,
+            };
+            let verified = dpop::verify(proof, target, algorithms, &dpop.settings, now)
+                .map_err(proof_refused)?;
             if !constant_time_eq(verified.jkt.as_bytes(), jkt.as_bytes()) {
                 return Err(proof_refused(DpopError::KeyMismatch));
             }

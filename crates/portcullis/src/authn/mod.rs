@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod dpop;
+pub mod forwarded_cert;
 pub mod introspection;
 pub mod jwks;
 pub mod keys;
@@ -164,6 +165,14 @@ impl Authenticator {
     /// The DPoP rules, when DPoP is accepted.
     pub fn dpop(&self) -> Option<&Arc<dpop::Dpop>> {
         self.dpop.as_ref()
+    }
+
+    /// The algorithms the issuer named `name` allows (its tokens' DPoP proofs use them too).
+    pub fn algorithms_of(&self, name: &str) -> &[Algorithm] {
+        self.issuers
+            .iter()
+            .find(|i| &*i.name == name)
+            .map_or(&[], |i| i.algorithms.as_slice())
     }
 
     /// Whether the issuer named `name` refuses tokens without `cnf`.

@@ -62,7 +62,7 @@ impl Denial {
                 | AuthFailure::Token(TokenError::Expired) => Severity::Low,
                 AuthFailure::Credential(_) | AuthFailure::Token(_) => Severity::Medium,
                 // A bound token used without its key or certificate looks like a stolen one.
-                AuthFailure::Dpop(_) | AuthFailure::Binding(_) => Severity::High,
+                AuthFailure::Dpop(..) | AuthFailure::Binding(..) => Severity::High,
             },
             Denial::SessionRequired { reason, .. } => match reason {
                 SessionProblem::NoSession

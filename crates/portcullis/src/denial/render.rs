@@ -4,6 +4,7 @@
 
 use super::{AuthFailure, CredentialProblem, Denial};
 use crate::body::{self, Body};
+use crate::reason::BindingProblem;
 use crate::request_id::RequestId;
 use http::{HeaderValue, Method, Response, header};
 
@@ -78,30 +79,32 @@ impl Denial {
                     HeaderValue::from_static("Bearer realm=\"portcullis\""),
                 );
             }
-            // RFC 9449 §7.1: a DPoP challenge, with the algorithms proofs may use.
+            // RFC 9449 §7.1: a DPoP challenge, with the algorithms proofs may use (a
+            // certificate-bound token's problem is the token's: a Bearer challenge).
             Denial::Unauthenticated {
-                reason: AuthFailure::Dpop(_) | AuthFailure::Binding(_),
+                reason: reason @ (AuthFailure::Dpop(_, algs) | AuthFailure::Binding(_, algs)),
                 ..
-            } => {
-                let error = match self {
-                    Denial::Unauthenticated {
-                        reason: AuthFailure::Dpop(crate::authn::dpop::DpopError::UseNonce(nonce)),
-                        ..
-                    } => {
+            } if !matches!(
+                reason,
+                AuthFailure::Binding(
+                    BindingProblem::NoCertificate | BindingProblem::CertificateMismatch,
+                    _
+                )
+            ) =>
+            {
+                let error = match reason {
+                    AuthFailure::Dpop(crate::authn::dpop::DpopError::UseNonce(nonce), _) => {
                         if let Ok(value) = HeaderValue::from_str(nonce) {
                             headers.insert("dpop-nonce", value);
                         }
                         "use_dpop_nonce"
                     }
-                    Denial::Unauthenticated {
-                        reason: AuthFailure::Dpop(_),
-                        ..
-                    } => "invalid_dpop_proof",
+                    AuthFailure::Dpop(..) => "invalid_dpop_proof",
                     _ => "invalid_token",
                 };
                 let value = format!(
                     "DPoP realm=\"portcullis\", error=\"{error}\", algs=\"{}\"",
-                    crate::authn::dpop::PROOF_ALGORITHMS
+                    algs.as_str()
                 );
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, value);

@@ -46,6 +46,10 @@ pub struct NormalizeSettings {
     /// The host names this listener serves (`listen.hosts`); empty: any. Another `Host` or
     /// `:authority` → 421.
     pub hosts: Vec<String>,
+    /// The header in which a trusted proxy forwards the client's certificate
+    /// (`listen.client_cert_header`): read into the request's client identity when a trusted
+    /// proxy sends it, removed when anyone else does.
+    pub client_cert_header: Option<HeaderName>,
 }
 
 impl Default for NormalizeSettings {
@@ -58,6 +62,7 @@ impl Default for NormalizeSettings {
             body_read_timeout: Duration::from_secs(30),
             trusted_proxies: TrustedProxies::default(),
             hosts: Vec::new(),
+            client_cert_header: None,
         }
     }
 }
@@ -158,7 +163,11 @@ where
         scope.set_client_ip(ip);
         parts.extensions.insert(ClientIp(ip));
     }
-    if !peer.is_some_and(|p| settings.trusted_proxies.trusts(p.0.ip())) {
+    let from_proxy = peer.is_some_and(|p| settings.trusted_proxies.trusts(p.0.ip()));
+    if let Some(name) = &settings.client_cert_header {
+        forwarded_identity(name, from_proxy, &mut parts)?;
+    }
+    if !from_proxy {
         // What only a proxy in front may say about the original request (its host, port
         // and prefix) is not taken from anyone else: it could forge password-reset links.
         for name in FORWARDED_BY_PROXIES {
@@ -186,6 +195,36 @@ where
     let progress = parts.extensions.get::<BodyProgress>().cloned();
     let body = GuardedBody::new(body, settings.body_read_timeout, trip).with_progress(progress);
     Ok(Request::from_parts(parts, body))
+}
+
+/// The client certificate a trusted proxy forwards replaces the connection's identity (which,
+/// if any, is the proxy's own); one it cannot have sent is refused loudly rather than
+/// ignored, since bound tokens and identity rules would silently stop matching.
+fn forwarded_identity(
+    name: &HeaderName,
+    from_proxy: bool,
+    parts: &mut http::request::Parts,
+) -> Result<(), Denial> {
+    if !from_proxy {
+        parts.headers.remove(name);
+        return Ok(());
+    }
+    if !parts.headers.contains_key(name) {
+        return Ok(());
+    }
+    let values = parts.headers.get_all(name).iter().map(|v| v.as_bytes());
+    let now = i64::try_from(crate::authn::now_secs() as u64).unwrap_or(i64::MAX);
+    match crate::authn::forwarded_cert::read(values, now) {
+        Ok(identity) => {
+            parts.extensions.insert(Arc::new(identity));
+            Ok(())
+        }
+        Err(e) => Err(malformed(
+            MalformedReason::ForwardedClientCert,
+            format!("{name}: {e}"),
+            false,
+        )),
+    }
 }
 
 /// Headers describing the original request that only a trusted proxy may send (`Forwarded`
