@@ -11,11 +11,16 @@
 // tokens for it live AT_TTL seconds (env, default 300). The login page takes any user name
 // with the password `pw`; ticking "second factor" logs in with MFA (acr mfa, amr pwd+otp).
 // GET /__stats counts token endpoint calls by grant type (successes and errors).
+// Bound tokens: `dpop-client` / `dpop-secret` (client_credentials) must send a DPoP proof
+// (RFC 9449) with its token request and gets JWTs bound to that key (cnf.jkt);
+// `mtls-client` / `mtls-secret`, over https with a client certificate, gets JWTs bound to
+// that certificate (RFC 8705, cnf.x5t#S256). Any client certificate is taken: binding, not
+// client authentication, is what the tests need.
 // Test control: POST /__rotate makes a new signing key current (the old one stays published).
 import http from 'node:http';
 import https from 'node:https';
 import { readFileSync } from 'node:fs';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const RESOURCE = 'https://api.test';
@@ -41,6 +46,24 @@ function provider(issuer, keys) {
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: 'ES256',
     }, {
+      client_id: 'dpop-client',
+      client_secret: 'dpop-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      dpop_bound_access_tokens: true,
+      id_token_signed_response_alg: 'ES256',
+    }, {
+      client_id: 'mtls-client',
+      client_secret: 'mtls-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      tls_client_certificate_bound_access_tokens: true,
+      id_token_signed_response_alg: 'ES256',
+    }, {
       client_id: 'portal',
       client_secret: 'portal-secret',
       grant_types: ['authorization_code', 'refresh_token'],
@@ -61,6 +84,15 @@ function provider(issuer, keys) {
     jwks: { keys },
     features: {
       clientCredentials: { enabled: true },
+      dPoP: { enabled: true },
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate: (ctx) => {
+          const peer = ctx.req.socket.getPeerCertificate?.();
+          return peer && peer.raw ? new X509Certificate(peer.raw) : undefined;
+        },
+      },
       introspection: { enabled: true },
       revocation: { enabled: true },
       devInteractions: { enabled: false },
@@ -97,7 +129,12 @@ function provider(issuer, keys) {
 let keys = [newKey()];
 let current;
 const tls = process.env.TLS_CERT && process.env.TLS_KEY
-  ? { cert: readFileSync(process.env.TLS_CERT), key: readFileSync(process.env.TLS_KEY) }
+  ? {
+    cert: readFileSync(process.env.TLS_CERT),
+    key: readFileSync(process.env.TLS_KEY),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }
   : null;
 const scheme = tls ? 'https' : 'http';
 const readBody = (req) => new Promise((resolve) => {

@@ -370,3 +370,152 @@ async fn a_forwarded_client_certificate_is_believed_only_from_trusted_proxies() 
         "an untrusted peer's forwarded certificate reached the upstream"
     );
 }
+
+/// A client_credentials token from the real IdP, asked for by `client` over `https`.
+async fn idp_token(
+    https: &crate::pki::HttpsClient,
+    issuer: &str,
+    client: (&str, &str),
+    proof: Option<String>,
+) -> Value {
+    use base64::engine::general_purpose::STANDARD;
+    let basic = STANDARD.encode(format!("{}:{}", client.0, client.1));
+    let mut request = Request::post(format!("{issuer}/token"))
+        .header("authorization", format!("Basic {basic}"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(proof) = proof {
+        request = request.header("dpop", proof);
+    }
+    let body = "grant_type=client_credentials&resource=https%3A%2F%2Fapi.test&scope=items%3Aread";
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
+    let (response, body) = https_send(https, request).await.unwrap();
+    assert_eq!(response.status(), 200, "token request failed: {body}");
+    json(&body)
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(1).unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// A proof by `key` for `method` `url`, with `ath` for `at` when given.
+fn fresh_proof(key: &SigningKey, method: &str, url: &str, at: Option<&str>) -> String {
+    let mut claims = json!({
+        "htm": method, "htu": url, "iat": now(),
+        "jti": portcullis::session::seal::random_token(16).unwrap(),
+    });
+    if let Some(at) = at {
+        claims["ath"] = json!(ath(at));
+    }
+    let mut header = Map::new();
+    header.insert("jwk".into(), key.public_jwk());
+    key.sign(claims.as_object().unwrap(), "dpop+jwt", &header)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn real_idp_dpop_and_certificate_bound_tokens() {
+    let ca = Ca::new("Bound tokens CA");
+    let upstream = Upstream::start().await;
+    let (mine, other) = (
+        ca.client("mine", "spiffe://corp.test/ns/a/sa/mine"),
+        ca.client("other", "spiffe://corp.test/ns/a/sa/other"),
+    );
+    let dir = test_dir(&[("ca.pem", &ca.pem)]);
+    ca.server().write(dir.path(), "server");
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let env = [("TLS_CERT", cert.as_os_str()), ("TLS_KEY", key.as_os_str())];
+    let idp = crate::oidc::Idp::start_with(&env, None);
+    let config = with_listen(
+        &config_with(
+            &upstream.url(),
+            &format!(
+                "outbound:\n  ca_files: [ca.pem]\n  system_roots: false\n\
+identity:\n  jwt:\n    - name: oidc\n      issuer: {issuer}\n      audiences: [https://api.test]\n      algorithms: [ES256]\n      token_types: [at+jwt]\n  dpop: {{ max_age: 60s }}\n\
+{ALLOW_ALL}routes:\n  - match: {{ path: /api/items }}\n    upstream: main\n",
+                issuer = idp.issuer
+            ),
+        ),
+        "  tls: { cert: server.pem, key: server.key, client_ca: ca.pem, client_auth: optional }\n",
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let url = format!("https://{}/api/items", gw.addr);
+    let to_idp = https_client(&ca.pem, Some(&mine), false);
+    let (no_cert, with_mine, with_other) = (
+        https_client(&ca.pem, None, false),
+        https_client(&ca.pem, Some(&mine), false),
+        https_client(&ca.pem, Some(&other), false),
+    );
+    let call = |client: &crate::pki::HttpsClient, scheme: &str, at: &str, proof: Option<String>| {
+        let mut request = Request::get(&url).header("authorization", format!("{scheme} {at}"));
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        let request = request.body(Full::<Bytes>::default()).unwrap();
+        let client = client.clone();
+        async move {
+            let (response, _) = https_send(&client, request).await.unwrap();
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (response.status().as_u16(), id)
+        }
+    };
+    let reason = |id: String, reason: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.event_where(reason, |e| {
+                e["request_id"] == id.as_str() && e["reason"] == reason
+            })
+            .await;
+        }
+    };
+
+    // DPoP: the IdP binds the token to the key that signed the token request's proof.
+    let holder = SigningKey::generate_es256("holder").unwrap().0;
+    let stranger = SigningKey::generate_es256("stranger").unwrap().0;
+    let token_url = format!("{}/token", idp.issuer);
+    let answer = idp_token(
+        &to_idp,
+        &idp.issuer,
+        ("dpop-client", "dpop-secret"),
+        Some(fresh_proof(&holder, "POST", &token_url, None)),
+    )
+    .await;
+    assert_eq!(answer["token_type"], "DPoP", "{answer}");
+    let at = answer["access_token"].as_str().unwrap().to_string();
+    let jkt = thumbprint(holder.public_jwk().as_object().unwrap()).unwrap();
+    assert_eq!(claims_of(&at)["cnf"]["jkt"], jkt.as_str());
+    let proof = || Some(fresh_proof(&holder, "GET", &url, Some(&at)));
+    assert_eq!(call(&no_cert, "DPoP", &at, proof()).await.0, 200);
+    assert_eq!(call(&no_cert, "DPoP", &at, proof()).await.0, 200);
+    let (status, id) = call(&no_cert, "Bearer", &at, None).await;
+    assert_eq!(status, 401);
+    reason(id, "dpop_downgrade").await;
+    let foreign = Some(fresh_proof(&stranger, "GET", &url, Some(&at)));
+    let (status, id) = call(&no_cert, "DPoP", &at, foreign).await;
+    assert_eq!(status, 401);
+    reason(id, "dpop_key_mismatch").await;
+    assert_eq!(upstream.hits(), 2, "a refused request reached the upstream");
+
+    // RFC 8705: the IdP binds the token to the certificate of its TLS connection.
+    let answer = idp_token(&to_idp, &idp.issuer, ("mtls-client", "mtls-secret"), None).await;
+    let at = answer["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        claims_of(&at)["cnf"]["x5t#S256"],
+        mtls::thumbprint(&mine.der).as_str(),
+        "{answer}"
+    );
+    assert_eq!(call(&with_mine, "Bearer", &at, None).await.0, 200);
+    let (status, id) = call(&with_other, "Bearer", &at, None).await;
+    assert_eq!(status, 401);
+    reason(id, "certificate_binding_mismatch").await;
+    let (status, id) = call(&no_cert, "Bearer", &at, None).await;
+    assert_eq!(status, 401);
+    reason(id, "certificate_binding_required").await;
+    assert_eq!(upstream.hits(), 3, "a refused request reached the upstream");
+}
