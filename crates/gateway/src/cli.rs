@@ -78,6 +78,9 @@ pub enum DpopCommand {
         /// A server nonce (`DPoP-Nonce`) to include.
         #[arg(long)]
         nonce: Option<String>,
+        /// How many proofs to print, one per line, each with its own `jti` (for load tests).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
     },
     /// Print the RFC 7638 thumbprint of a key's public half (the `cnf.jkt` it binds to).
     Thumbprint {

@@ -68,11 +68,15 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             url,
             token,
             nonce,
+            count,
         }) => {
-            println!(
-                "{}",
-                token::dpop_proof(&key, &method, &url, token.as_deref(), nonce.as_deref())?
-            );
+            let request = token::ProofRequest {
+                method: &method,
+                url: &url,
+                token: token.as_deref(),
+                nonce: nonce.as_deref(),
+            };
+            token::dpop_proofs(&key, &request, count, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Dpop(cli::DpopCommand::Thumbprint { key }) => {

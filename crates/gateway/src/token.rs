@@ -34,34 +34,56 @@ pub fn thumbprint_of(path: &Path) -> anyhow::Result<String> {
         .context("the key has no RFC 7638 thumbprint")
 }
 
-/// `portcullis dpop proof`: one proof for one request.
-pub fn dpop_proof(
+/// `portcullis dpop proof`: `count` proofs for one request, one per line, each with its own
+/// `jti` (the private key is read once).
+pub fn dpop_proofs(
     key: &Path,
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    nonce: Option<&str>,
-) -> anyhow::Result<String> {
+    request: &ProofRequest<'_>,
+    count: usize,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    if count == 0 || count > MAX_PROOFS {
+        bail!("--count must be between 1 and {MAX_PROOFS}");
+    }
     let (key, jwk) = public_jwk(key)?;
-    let htu = url.split(['?', '#']).next().unwrap_or(url);
+    let htu = request.url.split(['?', '#']).next().unwrap_or(request.url);
     let mut claims = Map::new();
-    claims.insert("htm".into(), json!(method.to_ascii_uppercase()));
+    claims.insert("htm".into(), json!(request.method.to_ascii_uppercase()));
     claims.insert("htu".into(), json!(htu));
     claims.insert("iat".into(), json!(portcullis::authn::now_secs() as u64));
-    claims.insert(
-        "jti".into(),
-        json!(portcullis::request_id::RequestId::generate().as_str()),
-    );
-    if let Some(token) = token {
+    if let Some(token) = request.token {
         claims.insert("ath".into(), json!(portcullis::authn::dpop::ath(token)));
     }
-    if let Some(nonce) = nonce {
+    if let Some(nonce) = request.nonce {
         claims.insert("nonce".into(), json!(nonce));
     }
     let mut header = Map::new();
     header.insert("jwk".into(), jwk);
-    let proof = key.sign(&claims, "dpop+jwt", &header)?;
-    Ok(proof)
+    let mut out = std::io::BufWriter::new(out);
+    for _ in 0..count {
+        claims.insert(
+            "jti".into(),
+            json!(portcullis::request_id::RequestId::generate().as_str()),
+        );
+        writeln!(out, "{}", key.sign(&claims, "dpop+jwt", &header)?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Most proofs one `portcullis dpop proof --count` prints.
+const MAX_PROOFS: usize = 5_000_000;
+
+/// What a DPoP proof is for.
+pub struct ProofRequest<'a> {
+    /// The request method (`htm`).
+    pub method: &'a str,
+    /// The request URL (`htu`, without query and fragment).
+    pub url: &'a str,
+    /// The access token (`ath`), if any.
+    pub token: Option<&'a str>,
+    /// A server nonce, if any.
+    pub nonce: Option<&'a str>,
 }
 
 /// Prints a token signed as `args` asks.
