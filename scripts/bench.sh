@@ -8,6 +8,7 @@
 # (the same ECDSA P-256 certificate for both, TLS 1.3): keep-alive throughput, new full
 # handshakes per second (a new connection per request, no resumption) with CPU per
 # handshake, and resumed handshakes (session tickets) per second, Portcullis against nginx.
+# Ends with scripts/bench-dpop.sh (DPoP proofs against Bearer, memory and Redis replay stores).
 #
 # Usage: scripts/bench.sh [seconds per run, default 10]
 # Loopback only; every load run is bounded in time.
@@ -18,7 +19,6 @@ CONNS="${BENCH_CONNECTIONS:-64}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 
 scripts/install-deps.sh nginx-light wrk haproxy openssl redis-server >/dev/null
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -p portcullis-gateway >&2
 BIN="$CARGO_TARGET_DIR/release/portcullis"
 
@@ -30,6 +30,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
@@ -67,24 +69,7 @@ printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$WORK/tls
 openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
   -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" 2>/dev/null
 
-# The upstream: nginx answering a small JSON body from memory, one worker on core 1.
-cat > "$WORK/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/upstream.pid;
-error_log $WORK/upstream-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    location / { default_type application/json; return 200 '{"id":1,"name":"hammer"}'; }
-  }
-}
-CONF
-taskset -c 1 "$NGINX" -c "$WORK/upstream.conf" -p "$WORK" &
-PIDS+=($!)
+start_upstream "$UP_PORT"
 
 # The nginx proxy under test: one worker on core 0, keep-alive to the upstream.
 cat > "$WORK/proxy.conf" <<CONF
@@ -322,14 +307,6 @@ taskset -c 0 "$BIN" run --config "$WORK/async/portcullis.yaml" 2>"$WORK/async.er
 ASYNC_PID=$!
 PIDS+=($ASYNC_PID)
 
-wait_for() { # URL
-  for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "bench: $1 never answered" >&2
-  exit 1
-}
 wait_for "http://127.0.0.1:$UP_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 wait_for "http://127.0.0.1:$PC_PORT/"
@@ -365,35 +342,7 @@ done
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")" | head -1)
 TLS_NGINX_WORKER=$(pgrep -P "$(cat "$WORK/tls-proxy.pid")" | head -1)
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
-
 IDLE_RSS=$(rss_kib "$PC_PID")
-
-# One measured run: prints "rps p50_us p99_us cpu_us_per_request". Extra wrk arguments
-# (a header, a script) follow the URL and PID.
-measure() { # URL PID [wrk args...]
-  local url=$1 pid=$2
-  shift 2
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$@" "$url" >/dev/null # warm-up
-  local before after out
-  before=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
-  after=$(cpu_ticks "$pid")
-  echo "$out" | awk -v ticks=$((after - before)) -v hz="$TICK" '
-    function us(v) {
-      if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
-      if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
-      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000000 }
-      return v
-    }
-    /^ +50%/ { p50 = us($2) }
-    /^ +99%/ { p99 = us($2) }
-    /requests in/ { total = $1 }
-    /^Requests\/sec/ { rps = $2 }
-    END { printf "%.0f %.0f %.0f %.2f\n", rps, p50, p99, (ticks / hz) * 1000000 / total }'
-}
 
 read -r N_RPS N_P50 N_P99 N_CPU < <(measure "http://127.0.0.1:$NGINX_PORT/api/items" "$NGINX_WORKER")
 read -r P_RPS P_P50 P_P99 P_CPU < <(measure "http://127.0.0.1:$PC_PORT/api/items" "$PC_PID")
@@ -474,7 +423,6 @@ until curl -fsS -o /dev/null "http://127.0.0.1:$DEMO_ADMIN/readyz" 2>/dev/null; 
 done
 DEMO_MS=$(( ($(date +%s%N) - START) / 1000000 ))
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 printf '\n%-22s %12s %10s %10s %14s\n' "plain proxy ($CONNS conns)" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-22s %12s %10s %10s %14s\n' "nginx" "$N_RPS" "$N_P50" "$N_P99" "$N_CPU"
 printf '%-22s %12s %10s %10s %14s\n' "portcullis" "$P_RPS" "$P_P50" "$P_P99" "$P_CPU"
@@ -519,3 +467,8 @@ printf 'openssl s_time, one client: full handshakes/s nginx %s, portcullis %s (%
 printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
 printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
 echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"
+
+# DPoP: its own gateways and ports, after everything above has finished with core 0.
+cleanup
+trap - EXIT
+scripts/bench-dpop.sh "$DURATION"

@@ -215,7 +215,10 @@ fn record(
         "engine": engine,
         "reasons": reasons,
     });
-    record.as_object().cloned().unwrap_or_default()
+    match record {
+        Value::Object(record) => record,
+        _ => Map::new(),
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ pub struct DistinctSketch {
 #[derive(Clone, PartialEq, Eq)]
 enum Repr {
     /// The first distinct hashes, `len` of them.
-    Exact { hashes: [u64; EXACT], len: u8 },
+    Exact {
+        hashes: [u64; EXACT],
+        len: u8,
+    },
     Registers([u8; REGISTERS]),
 }
 

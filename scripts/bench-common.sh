@@ -1,0 +1,74 @@
+# Helpers shared by the benchmark scripts (sourced, not run). The caller sets DURATION, CONNS,
+# WORK and a PIDS array, and has nginx and wrk installed.
+
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+TICK=$(getconf CLK_TCK)
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# The upstream: nginx answering a small JSON body from memory, one worker on core 1.
+start_upstream() { # PORT
+  cat > "$WORK/upstream.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$1;
+    location / { default_type application/json; return 200 '{"id":1,"name":"hammer"}'; }
+  }
+}
+CONF
+  taskset -c 1 "$NGINX" -c "$WORK/upstream.conf" -p "$WORK" &
+  PIDS+=($!)
+}
+
+wait_for() { # URL
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: $1 never answered" >&2
+  exit 1
+}
+
+# One measured run: prints "rps p50_us p99_us cpu_us_per_request". Extra wrk arguments
+# (a header, a script) follow the URL and PID. wrk sees BENCH_PHASE=warmup during the 2 s
+# warm-up and BENCH_PHASE=measured during the run, so a script can stream different requests
+# in each. Answers that are not 2xx/3xx are reported on stderr: the figures would not be
+# those of the route under test. The measured run's request count is left in
+# $WORK/measured.requests; when MEASURE_COUNTER names a command printing a number, its growth
+# over the measured run alone is left in $WORK/measured.counter.
+measure() { # URL PID [wrk args...]
+  local url=$1 pid=$2
+  shift 2
+  BENCH_PHASE=warmup taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$@" "$url" >/dev/null
+  local before after out counted=0
+  [ -n "${MEASURE_COUNTER:-}" ] && counted=$($MEASURE_COUNTER)
+  before=$(cpu_ticks "$pid")
+  out=$(BENCH_PHASE=measured taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  after=$(cpu_ticks "$pid")
+  [ -n "${MEASURE_COUNTER:-}" ] && echo $(($($MEASURE_COUNTER) - counted)) > "$WORK/measured.counter"
+  echo "$out" | awk '/requests in/ {print $1}' > "$WORK/measured.requests"
+  if echo "$out" | grep -q 'Non-2xx or 3xx'; then
+    echo "bench: $url: $(echo "$out" | grep 'Non-2xx or 3xx' | tr -s ' ') of $(echo "$out" | awk '/requests in/ {print $1}')" >&2
+  fi
+  echo "$out" | awk -v ticks=$((after - before)) -v hz="$TICK" '
+    function us(v) {
+      if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
+      if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
+      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000000 }
+      return v
+    }
+    /^ +50%/ { p50 = us($2) }
+    /^ +99%/ { p99 = us($2) }
+    /requests in/ { total = $1 }
+    /^Requests\/sec/ { rps = $2 }
+    END { printf "%.0f %.0f %.0f %.2f\n", rps, p50, p99, (ticks / hz) * 1000000 / total }'
+}
