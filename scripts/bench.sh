@@ -36,6 +36,7 @@ source scripts/bench-common.sh
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
 VAL_PORT=18612 TLS_PC_PORT=18613 TLS_NGINX_PORT=18614 WATCH_DET_PORT=18615 WATCH_ALL_PORT=18616
+NOLOG_PORT=18617
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
@@ -164,9 +165,13 @@ printf 'package bench\n\nallow := true\n' > "$WORK/allow.rego"
 
 # The full pipeline with the demo's Rego policy and a decision log, sync against async.
 cp examples/policies/authz.rego examples/policies/data.json "$WORK/"
-for mode in sync async; do
+# "none": the same without a decision log, so the record's cost is a difference of two runs.
+for mode in sync async none; do
   port=$SYNC_PORT
   [ "$mode" = async ] && port=$ASYNC_PORT
+  [ "$mode" = none ] && port=$NOLOG_PORT
+  log="  decision_log: { path: decisions.log, durability: $mode }"
+  [ "$mode" = none ] && log=""
   mkdir -p "$WORK/$mode"
   cat > "$WORK/$mode/portcullis.yaml" <<CONF
 listen: { address: 127.0.0.1:$port }
@@ -179,7 +184,7 @@ identity:
 policy:
   engine: rego
   rego: { files: [../authz.rego], data: [../data.json], query: data.api.authz.allow }
-  decision_log: { path: decisions.log, durability: $mode }
+$log
 routes:
   - match: { path: "/jwt/items/{id}" }
     upstream: backend
@@ -306,6 +311,9 @@ PIDS+=($SYNC_PID)
 taskset -c 0 "$BIN" run --config "$WORK/async/portcullis.yaml" 2>"$WORK/async.err" &
 ASYNC_PID=$!
 PIDS+=($ASYNC_PID)
+taskset -c 0 "$BIN" run --config "$WORK/none/portcullis.yaml" 2>"$WORK/none.err" &
+NOLOG_PID=$!
+PIDS+=($NOLOG_PID)
 
 wait_for "http://127.0.0.1:$UP_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
@@ -327,7 +335,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json
 [ "$code" = 200 ] || { echo "bench: the validating gateway refused the conforming body ($code)" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -d '{"is_admin":true}' "http://127.0.0.1:$VAL_PORT/items")
 [ "$code" = 400 ] || { echo "bench: the validating gateway accepted a non-conforming body ($code)" >&2; exit 1; }
-for port in $SYNC_PORT $ASYNC_PORT; do
+for port in $SYNC_PORT $ASYNC_PORT $NOLOG_PORT; do
   for _ in $(seq 1 200); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/jwt/items/2")" != 000 ] && break
     sleep 0.05
@@ -357,6 +365,7 @@ read -r H1_RPS H1_P50 H1_P99 H1_CPU < <(measure "http://127.0.0.1:$HAPROXY_PORT/
 SCOPED=(-H "authorization: Bearer $(cat "$WORK/scoped.txt")")
 read -r S_RPS S_P50 S_P99 S_CPU < <(measure "http://127.0.0.1:$SYNC_PORT/jwt/items/2" "$SYNC_PID" "${SCOPED[@]}")
 read -r Y_RPS Y_P50 Y_P99 Y_CPU < <(measure "http://127.0.0.1:$ASYNC_PORT/jwt/items/2" "$ASYNC_PID" "${SCOPED[@]}")
+read -r O_RPS O_P50 O_P99 O_CPU < <(measure "http://127.0.0.1:$NOLOG_PORT/jwt/items/2" "$NOLOG_PID" "${SCOPED[@]}")
 SYNC_RECORDS=$(wc -l < "$WORK/sync/decisions.log")
 UAH=(-H "user-agent: portcullis-bench/1.0")
 read -r M_RPS M_P50 M_P99 M_CPU < <(measure "http://127.0.0.1:$RL_MEM_PORT/api/items" "$RL_MEM_PID" "${UAH[@]}")
@@ -437,7 +446,10 @@ printf 'portcullis / haproxy, 10,000 tokens cycling: %s (target > 1)\n' "$(ratio
 printf '\n%-34s %12s %10s %10s %14s\n' "JWT + Rego + decision log" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "durability: sync" "$S_RPS" "$S_P50" "$S_P99" "$S_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "durability: async" "$Y_RPS" "$Y_P50" "$Y_P99" "$Y_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "no decision log" "$O_RPS" "$O_P50" "$O_P99" "$O_CPU"
 printf 'sync / async: %s (target >= 0.80); %s decision records fsynced in the sync runs\n' "$(ratio "$S_RPS" "$Y_RPS")" "$SYNC_RECORDS"
+printf 'decision record, CPU µs per request: sync +%s, async +%s (target <= 2)\n' \
+  "$(awk -v a="$S_CPU" -v b="$O_CPU" 'BEGIN { printf "%.1f", a - b }')" "$(awk -v a="$Y_CPU" -v b="$O_CPU" 'BEGIN { printf "%.1f", a - b }')"
 printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"

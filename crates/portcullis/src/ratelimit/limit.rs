@@ -47,19 +47,34 @@ pub struct RateLimit<S> {
     limits: Arc<RateLimiting>,
 }
 
+/// The store key: `<rule>:<route>:sub:<subject>`, `...:ip:<address>` or `...:anonymous`,
+/// built in one allocation (it is built for every rule of every request).
 fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
+    use std::fmt::Write;
     let principal = req
         .extensions()
         .get::<Arc<Principal>>()
-        .and_then(|p| p.subject.clone());
-    let ip = client_ip(req).map(|ip| ip.to_string()).unwrap_or_default();
-    let who = match (rule.key, principal) {
-        (LimitKey::Ip, _) => format!("ip:{ip}"),
-        (_, Some(sub)) => format!("sub:{sub}"),
-        (LimitKey::PrincipalOrIp, None) => format!("ip:{ip}"),
-        (LimitKey::Principal, None) => "anonymous".to_string(),
-    };
-    format!("{}:{route}:{who}", rule.name)
+        .and_then(|p| p.subject.as_deref());
+    let mut key = String::with_capacity(rule.name.len() + route.len() + 48);
+    key.push_str(&rule.name);
+    key.push(':');
+    key.push_str(route);
+    key.push(':');
+    match (rule.key, principal) {
+        (LimitKey::Ip, _) | (LimitKey::PrincipalOrIp, None) => {
+            key.push_str("ip:");
+            if let Some(ip) = client_ip(req) {
+                // Writing into a String cannot fail.
+                let _ = write!(key, "{ip}");
+            }
+        }
+        (_, Some(sub)) => {
+            key.push_str("sub:");
+            key.push_str(sub);
+        }
+        (LimitKey::Principal, None) => key.push_str("anonymous"),
+    }
+    key
 }
 
 impl<S, B, RB> Service<Request<B>> for RateLimit<S>
@@ -78,26 +93,26 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let matched = req.extensions().get::<RouteMatch>().cloned();
-        let route_rule = matched.as_ref().and_then(|m| m.route.policy.limit.clone());
-        let rules: Vec<LimitRule> = self
-            .limits
-            .settings
-            .default
-            .iter()
-            .cloned()
-            .chain(route_rule)
-            .collect();
-        if rules.is_empty() {
+        let matched = req
+            .extensions()
+            .get::<RouteMatch>()
+            .map(|m| m.route.clone());
+        let has_route_rule = matched.as_ref().is_some_and(|r| r.policy.limit.is_some());
+        if self.limits.settings.default.is_none() && !has_route_rule {
             return ResponseFuture::inner(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limits = self.limits.clone();
-        let route = matched
-            .map(|m| m.route.endpoint.to_string())
-            .unwrap_or_default();
         ResponseFuture::boxed(Box::pin(async move {
+            // Borrowed from the settings and the route (both held by this future), never
+            // cloned per request.
+            let rules = limits
+                .settings
+                .default
+                .iter()
+                .chain(matched.as_ref().and_then(|r| r.policy.limit.as_ref()));
+            let route = matched.as_ref().map_or("", |r| &*r.endpoint);
             let mut threat = req
                 .extensions()
                 .get::<ThreatScore>()
@@ -112,8 +127,8 @@ where
             if subject.is_some_and(|s| limits.tracker.principal_flagged(s)) {
                 threat.add_detector_flag();
             }
-            let mut tightest: Option<(String, Verdict)> = None;
-            for rule in &rules {
+            let mut tightest: Option<(&str, Verdict)> = None;
+            for rule in rules {
                 let quota = if limits.settings.adaptive {
                     rule.quota.adapted(threat.score)
                 } else {
@@ -121,7 +136,7 @@ where
                 };
                 let verdict = limits
                     .limiter
-                    .check(&key_for(rule, &route, &req), quota)
+                    .check(&key_for(rule, route, &req), quota)
                     .await
                     .map_err(|_| {
                         refusal(
@@ -150,12 +165,12 @@ where
                     .as_ref()
                     .is_none_or(|(_, t)| verdict.remaining < t.remaining)
                 {
-                    tightest = Some((rule.name.clone(), verdict));
+                    tightest = Some((&rule.name, verdict));
                 }
             }
             let mut response = inner.call(req).await?;
             if let Some((name, verdict)) = tightest {
-                set_headers(response.headers_mut(), &name, &verdict);
+                set_headers(response.headers_mut(), name, &verdict);
             }
             Ok(response)
         }))
