@@ -218,6 +218,11 @@ mod serve {
         let grace = generation.config.request_timeout + Duration::from_secs(1);
         drop(generation);
         server::serve(gateway.clone(), listener, shutdown_rx, grace).await;
+        // Async decision records still queued are written and synced before the process
+        // ends (bounded wait).
+        for log in gateway.shared.decision_logs() {
+            log.flush(Duration::from_secs(5)).await;
+        }
         // The last alert counts go out after the last request (bounded wait).
         gateway.stop_alerts().await;
         eprintln!("portcullis: stopped");

@@ -98,6 +98,8 @@ struct Pending {
     lingering: bool,
     /// The log was dropped: write what is left and stop.
     closed: bool,
+    /// Callers of [`DecisionLog::flush`], told once everything queued before them is on disk.
+    flushes: Vec<oneshot::Sender<()>>,
 }
 
 struct Queue {
@@ -227,6 +229,25 @@ impl DecisionLog {
         }
     }
 
+    /// Waits (at most `timeout`) until every record queued so far is written and synced,
+    /// async ones included: at shutdown, so the last records are not lost with the process.
+    pub async fn flush(&self, timeout: Duration) {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.queue.lock();
+            if pending.closed {
+                return;
+            }
+            pending.flushes.push(tx);
+            let wake = pending.sleeping || pending.lingering;
+            drop(pending);
+            if wake {
+                self.queue.wake.notify_one();
+            }
+        }
+        let _ = tokio::time::timeout(timeout, rx).await;
+    }
+
     /// Records dropped because the async queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -263,13 +284,18 @@ struct Writer {
 impl Writer {
     fn run(mut self, queue: &Queue) {
         let mut batch = Vec::new();
+        let mut flushing = Vec::new();
         let mut last_batch = 0;
         loop {
             let closed = {
                 let mut pending = queue.lock();
                 // Async records linger (a few writes a second under load); a sync record
                 // or a full batch wakes the writer at once.
-                while !pending.closed && !pending.urgent && pending.jobs.len() < ASYNC_BATCH {
+                while !pending.closed
+                    && !pending.urgent
+                    && pending.flushes.is_empty()
+                    && pending.jobs.len() < ASYNC_BATCH
+                {
                     pending.sleeping = true;
                     let timeout = if pending.jobs.is_empty() {
                         Duration::from_secs(3600)
@@ -291,7 +317,10 @@ impl Writer {
                 if pending.urgent && last_batch > 1 {
                     let deadline = Instant::now() + SYNC_LINGER;
                     pending.lingering = true;
-                    while !pending.closed && pending.jobs.len() < SYNC_BATCH {
+                    while !pending.closed
+                        && pending.flushes.is_empty()
+                        && pending.jobs.len() < SYNC_BATCH
+                    {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
@@ -307,11 +336,15 @@ impl Writer {
                 let take = pending.jobs.len().min(MAX_BATCH);
                 batch.extend(pending.jobs.drain(..take));
                 pending.urgent = pending.jobs.iter().any(|j| j.done.is_some());
+                // Flushes are answered with the batch that empties the queue.
+                if pending.jobs.is_empty() {
+                    flushing.append(&mut pending.flushes);
+                }
                 pending.closed && pending.jobs.is_empty()
             };
             last_batch = batch.len();
-            if !batch.is_empty() {
-                let result = self.write_batch(&batch);
+            if !batch.is_empty() || !flushing.is_empty() {
+                let result = self.write_batch(&batch, !flushing.is_empty());
                 // Counted before anyone hears back, so a caller sees its own record counted.
                 if result.is_ok() {
                     self.written
@@ -322,6 +355,9 @@ impl Writer {
                         let _ = done.send(result.clone());
                     }
                 }
+                for flush in flushing.drain(..) {
+                    let _ = flush.send(());
+                }
             }
             self.report_drops();
             if closed {
@@ -330,7 +366,7 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: &[Job]) -> Result<(), RecordError> {
+    fn write_batch(&mut self, batch: &[Job], force_sync: bool) -> Result<(), RecordError> {
         self.buffer.clear();
         let mut prev = self.prev_hash;
         for job in batch {
@@ -339,7 +375,7 @@ impl Writer {
         self.file
             .write_all(&self.buffer)
             .map_err(|e| RecordError::Io(e.to_string()))?;
-        let needs_sync = self.always_sync || batch.iter().any(|j| j.done.is_some());
+        let needs_sync = force_sync || self.always_sync || batch.iter().any(|j| j.done.is_some());
         if needs_sync {
             self.file
                 .sync_data()
