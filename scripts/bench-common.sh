@@ -1,8 +1,38 @@
-# Helpers shared by the benchmark scripts (sourced, not run). The caller sets DURATION, CONNS,
-# WORK and a PIDS array, and has nginx and wrk installed.
+# Helpers shared by the benchmark scripts (sourced from the repository root, not run). The
+# caller sets DURATION; bench_start sets up everything else the load helpers need.
 
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TICK=$(getconf CLK_TCK)
+CONNS="${BENCH_CONNECTIONS:-64}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
+
+# Installs the given packages when missing, builds the release gateway (BIN) and makes WORK
+# and PIDS, both cleaned up on exit.
+bench_start() { # PACKAGE...
+  scripts/install-deps.sh "$@" >/dev/null
+  cargo build --release --locked -p portcullis-gateway >&2
+  BIN="$CARGO_TARGET_DIR/release/portcullis"
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap cleanup EXIT
+}
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# A new ES256 key in PEM (PKCS#8) at KEY_FILE, and its public JWKS (one key, `kid` KID) on
+# stdout.
+es256_key_and_jwks() { # KEY_FILE KID
+  openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$1"
+  openssl ec -in "$1" -pubout -outform DER 2>/dev/null | KID="$2" python3 -c '
+import base64, json, os, sys
+point = sys.stdin.buffer.read()[-65:]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": os.environ["KID"], "alg": "ES256",
+                            "use": "sig", "x": b64(point[1:33]), "y": b64(point[33:])}]}))'
+}
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

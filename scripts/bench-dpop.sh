@@ -17,38 +17,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
-CONNS="${BENCH_CONNECTIONS:-64}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 # Upper bound of the request rate of any run here: enough proofs and tokens for it.
 RATE_BOUND="${BENCH_DPOP_RATE_BOUND:-30000}"
-
-scripts/install-deps.sh nginx-light wrk openssl redis-server >/dev/null
-cargo build --release --locked -p portcullis-gateway >&2
-BIN="$CARGO_TARGET_DIR/release/portcullis"
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
+bench_start nginx-light wrk openssl redis-server
 
 UP_PORT=18621 MEM_PORT=18622 REDIS_GW_PORT=18623 REDIS_PORT=18624
 HOST=bench.dpop
 URL_PATH=/dpop/items
 
 # The issuer's ES256 key (a JWKS file for the gateways) and the client's DPoP key.
-openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/jwt.pem"
-openssl ec -in "$WORK/jwt.pem" -pubout -outform DER 2>/dev/null | python3 -c '
-import base64, json, sys
-point = sys.stdin.buffer.read()[-65:]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256", "use": "sig",
-                            "x": b64(point[1:33]), "y": b64(point[33:])}]}))' > "$WORK/jwks.json"
+es256_key_and_jwks "$WORK/jwt.pem" bench > "$WORK/jwks.json"
 openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/client.pem"
 MINT=(--key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench)
 BOUND=$("$BIN" token "${MINT[@]}" --cnf-jkt "$WORK/client.pem")

@@ -15,23 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
-CONNS="${BENCH_CONNECTIONS:-64}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
-
-scripts/install-deps.sh nginx-light wrk haproxy openssl redis-server >/dev/null
-cargo build --release --locked -p portcullis-gateway >&2
-BIN="$CARGO_TARGET_DIR/release/portcullis"
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
+bench_start nginx-light wrk haproxy openssl redis-server
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
 SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
@@ -41,14 +27,8 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
 # 10,000 distinct valid tokens minted by `portcullis token`.
-openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/jwt.pem"
+es256_key_and_jwks "$WORK/jwt.pem" bench > "$WORK/jwks.json"
 openssl ec -in "$WORK/jwt.pem" -pubout -out "$WORK/jwt.pub.pem" 2>/dev/null
-openssl ec -in "$WORK/jwt.pem" -pubout -outform DER 2>/dev/null | python3 -c '
-import base64, json, sys
-point = sys.stdin.buffer.read()[-65:]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256", "use": "sig",
-                            "x": b64(point[1:33]), "y": b64(point[33:])}]}))' > "$WORK/jwks.json"
 "$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --count 10000 > "$WORK/tokens.txt"
 ONE_TOKEN=$(head -1 "$WORK/tokens.txt")
 cat > "$WORK/cycle.lua" <<'LUA'

@@ -11,6 +11,8 @@
 # are still built, encoded and sent, which is the cost to measure).
 # Loopback only; every run is bounded by N.
 set -euo pipefail
+# shellcheck source=scripts/bench-common.sh
+source "$(dirname "$0")/bench-common.sh"
 N="${N:-400}"
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -18,13 +20,7 @@ UP_PORT=18701 GW_PORT=18702
 python3 -m http.server "$UP_PORT" --bind 127.0.0.1 --directory "$WORK" >/dev/null 2>&1 &
 echo ok > "$WORK/index.html"
 BIN1=$1
-openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$WORK/jwt.pem"
-openssl ec -in "$WORK/jwt.pem" -pubout -outform DER 2>/dev/null | python3 -c '
-import base64, json, sys
-point = sys.stdin.buffer.read()[-65:]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "alg": "ES256", "use": "sig",
-                            "x": b64(point[1:33]), "y": b64(point[33:])}]}))' > "$WORK/jwks.json"
+es256_key_and_jwks "$WORK/jwt.pem" k > "$WORK/jwks.json"
 TOKEN=$("$BIN1" token --key "$WORK/jwt.pem" --iss https://idp.cg --aud cg --sub alice --ttl 60m --kid k)
 printf 'package cg\n\nallow := true\n' > "$WORK/allow.rego"
 cat > "$WORK/portcullis.yaml" <<CONF

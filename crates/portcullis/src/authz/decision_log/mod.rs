@@ -90,8 +90,6 @@ struct Job {
 #[derive(Default)]
 struct Pending {
     jobs: Vec<Job>,
-    /// A sync record is among `jobs`.
-    urgent: bool,
     /// The writer is waiting on the condition variable.
     sleeping: bool,
     /// The writer is in its commit delay: only a full sync batch wakes it.
@@ -208,13 +206,12 @@ impl DecisionLog {
                     Durability::Sync => Err(RecordError::Backlog),
                 };
             }
-            let urgent = done.is_some();
+            let sync = done.is_some();
             pending.jobs.push(Job { record, done });
-            pending.urgent |= urgent;
             // The first record of an empty queue wakes the writer too: it sleeps without a
             // deadline until there is something to linger over.
             let queued = pending.jobs.len();
-            let wake = (pending.sleeping && (urgent || queued == 1 || queued >= ASYNC_BATCH))
+            let wake = (pending.sleeping && (sync || queued == 1 || queued >= ASYNC_BATCH))
                 || (pending.lingering && queued >= SYNC_BATCH);
             drop(pending);
             if wake {
@@ -287,62 +284,7 @@ impl Writer {
         let mut flushing = Vec::new();
         let mut last_batch = 0;
         loop {
-            let closed = {
-                let mut pending = queue.lock();
-                // Async records linger (a few writes a second under load); a sync record
-                // or a full batch wakes the writer at once.
-                while !pending.closed
-                    && !pending.urgent
-                    && pending.flushes.is_empty()
-                    && pending.jobs.len() < ASYNC_BATCH
-                {
-                    pending.sleeping = true;
-                    let timeout = if pending.jobs.is_empty() {
-                        Duration::from_secs(3600)
-                    } else {
-                        ASYNC_LINGER
-                    };
-                    let (guard, waited) = queue
-                        .wake
-                        .wait_timeout(pending, timeout)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    pending = guard;
-                    pending.sleeping = false;
-                    if waited.timed_out() && !pending.jobs.is_empty() {
-                        break;
-                    }
-                }
-                // Under load (the last batch held more than one record), sync records
-                // wait up to SYNC_LINGER for company; a lone request never waits.
-                if pending.urgent && last_batch > 1 {
-                    let deadline = Instant::now() + SYNC_LINGER;
-                    pending.lingering = true;
-                    while !pending.closed
-                        && pending.flushes.is_empty()
-                        && pending.jobs.len() < SYNC_BATCH
-                    {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        pending = queue
-                            .wake
-                            .wait_timeout(pending, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
-                    pending.lingering = false;
-                }
-                let take = pending.jobs.len().min(MAX_BATCH);
-                batch.extend(pending.jobs.drain(..take));
-                pending.urgent = pending.jobs.iter().any(|j| j.done.is_some());
-                // Flushes are answered with the batch that empties the queue.
-                if pending.jobs.is_empty() {
-                    flushing.append(&mut pending.flushes);
-                }
-                pending.closed && pending.jobs.is_empty()
-            };
-            last_batch = batch.len();
+            let closed = self.next_batch(queue, last_batch, &mut batch, &mut flushing);
             if !batch.is_empty() || !flushing.is_empty() {
                 let result = self.write_batch(&batch, !flushing.is_empty());
                 // Counted before anyone hears back, so a caller sees its own record counted.
@@ -350,6 +292,7 @@ impl Writer {
                     self.written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
+                last_batch = batch.len();
                 for job in batch.drain(..) {
                     if let Some(done) = job.done {
                         let _ = done.send(result.clone());
@@ -366,6 +309,67 @@ impl Writer {
         }
     }
 
+    /// Waits until there is something to write and moves it into `batch` (and, once the
+    /// queue is empty, the waiting flushes into `flushing`); true once the log is closed and
+    /// nothing is left.
+    fn next_batch(
+        &self,
+        queue: &Queue,
+        last_batch: usize,
+        batch: &mut Vec<Job>,
+        flushing: &mut Vec<oneshot::Sender<()>>,
+    ) -> bool {
+        let mut pending = queue.lock();
+        // Async records linger (a few writes a second under load); a sync record, a flush or
+        // a full batch ends the wait at once.
+        while !pending.closed
+            && pending.flushes.is_empty()
+            && (!self.always_sync || pending.jobs.is_empty())
+            && pending.jobs.len() < ASYNC_BATCH
+        {
+            pending.sleeping = true;
+            let timeout = if pending.jobs.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                ASYNC_LINGER
+            };
+            let (guard, waited) = queue
+                .wake
+                .wait_timeout(pending, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            pending = guard;
+            pending.sleeping = false;
+            if waited.timed_out() && !pending.jobs.is_empty() {
+                break;
+            }
+        }
+        // Under load (the last batch held more than one record), sync records wait up to
+        // SYNC_LINGER for company; a lone request never waits.
+        if self.always_sync && !pending.jobs.is_empty() && last_batch > 1 {
+            let deadline = Instant::now() + SYNC_LINGER;
+            pending.lingering = true;
+            while !pending.closed && pending.flushes.is_empty() && pending.jobs.len() < SYNC_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                pending = queue
+                    .wake
+                    .wait_timeout(pending, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            pending.lingering = false;
+        }
+        let take = pending.jobs.len().min(MAX_BATCH);
+        batch.extend(pending.jobs.drain(..take));
+        // Flushes are answered with the batch that empties the queue.
+        if pending.jobs.is_empty() {
+            flushing.append(&mut pending.flushes);
+        }
+        pending.closed && pending.jobs.is_empty()
+    }
+
     fn write_batch(&mut self, batch: &[Job], force_sync: bool) -> Result<(), RecordError> {
         self.buffer.clear();
         let mut prev = self.prev_hash;
@@ -375,8 +379,7 @@ impl Writer {
         self.file
             .write_all(&self.buffer)
             .map_err(|e| RecordError::Io(e.to_string()))?;
-        let needs_sync = force_sync || self.always_sync || batch.iter().any(|j| j.done.is_some());
-        if needs_sync {
+        if force_sync || self.always_sync {
             self.file
                 .sync_data()
                 .map_err(|e| RecordError::Io(e.to_string()))?;
