@@ -80,6 +80,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         limiters: &gateway.shared.limiters(),
         certificates: &generation.config.certificates,
         tracer: tracer.as_deref(),
+        websockets: &gateway.shared.websockets,
     });
     (
         [(

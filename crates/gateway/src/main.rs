@@ -10,6 +10,7 @@ mod demo;
 mod event_stream;
 mod flood;
 mod gateway;
+mod grpc;
 mod metrics;
 mod pipeline;
 mod proxy;
@@ -18,6 +19,7 @@ mod server;
 mod tls;
 mod token;
 mod traces;
+mod upgrade;
 mod upstream_pool;
 
 use clap::Parser;

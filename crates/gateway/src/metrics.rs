@@ -76,6 +76,8 @@ pub struct Readings<'a> {
     pub certificates: &'a [crate::config::WatchedCert],
     /// The span exporter, if traces are configured.
     pub tracer: Option<&'a crate::traces::Tracer>,
+    /// Relayed WebSocket connections.
+    pub websockets: &'a portcullis::websocket::WebSocketCounts,
 }
 
 /// Every metric the gateway exports.
@@ -106,6 +108,9 @@ pub struct Metrics {
     store_degraded: Gauge,
     store_switches: Gauge,
     tls_failures: Family<ReasonLabel, Counter>,
+    websockets_open: Gauge,
+    websockets_total: Gauge,
+    websockets_closed: Family<ReasonLabel, Gauge>,
     cert_expiry: Family<CertLabel, Gauge>,
     no_route: Arc<str>,
 }
@@ -272,8 +277,29 @@ impl Metrics {
             "Switches between the shared rate-limit store and the fallback",
             store_switches.clone(),
         );
+        let websockets_open = Gauge::default();
+        let websockets_total = Gauge::default();
+        let websockets_closed = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "websocket_connections",
+            "WebSocket connections being relayed now (they count under max_connections too)",
+            websockets_open.clone(),
+        );
+        registry.register(
+            "websocket_connections_opened",
+            "WebSocket connections relayed since start",
+            websockets_total.clone(),
+        );
+        registry.register(
+            "websocket_closed_by_gateway",
+            "WebSocket connections the gateway closed, by reason",
+            websockets_closed.clone(),
+        );
         Metrics {
             registry,
+            websockets_open,
+            websockets_total,
+            websockets_closed,
             store_degraded,
             store_switches,
             tls_failures,
@@ -348,12 +374,12 @@ impl Metrics {
     }
 
     /// The label for a policy action: itself while the set of actions stays small and the
-    /// text is a plain identifier, else `other`.
+    /// text is a plain identifier (or a gRPC method, `/pkg.Service/Method`), else `other`.
     fn action_label(&self, action: &str) -> Arc<str> {
-        let plain = action.len() <= 64
+        let plain = action.len() <= 128
             && action
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'.'));
         let Ok(mut actions) = self.actions.lock() else {
             return Arc::from("other");
         };
@@ -402,7 +428,16 @@ impl Metrics {
             limiters,
             certificates,
             tracer,
+            websockets,
         } = *readings;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.websockets_open.set(gauge(websockets.open()));
+        self.websockets_total.set(gauge(websockets.total()));
+        for (reason, count) in websockets.closed_by_gateway() {
+            self.websockets_closed
+                .get_or_create(&ReasonLabel { reason })
+                .set(gauge(count));
+        }
         let load = |c: &std::sync::atomic::AtomicU64| {
             i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
         };

@@ -2,6 +2,7 @@
 
 use crate::config::GatewayConfig;
 use crate::proxy::Proxy;
+use crate::upgrade::WebSocketSettings;
 use portcullis::authn::{Authenticate, AuthenticateLayer};
 use portcullis::authz::{Authorize, AuthorizeLayer};
 use portcullis::cors::{Cors, CorsLayer};
@@ -103,6 +104,12 @@ macro_rules! stack_of {
                 trusted,
                 config.upstreams.clone(),
                 config.mask_upstream_errors,
+                Arc::new(WebSocketSettings {
+                    limits: config.server.websocket,
+                    counts: config.websockets.clone(),
+                    events: events.clone(),
+                }),
+                config.request_timeout,
             ))
     }};
 }

@@ -2,10 +2,11 @@
 //! headers, per-upstream timeouts, and transport failures turned into [`Denial`]s.
 
 use crate::config::{HostRule, UpstreamMap};
+use crate::upgrade::WebSocketSettings;
 use crate::upstream_pool::{ProxyBody, UpstreamClient};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use portcullis::Denial;
 use portcullis::body::{self, Body};
@@ -26,20 +27,27 @@ pub struct Proxy {
     trusted: Arc<TrustedProxies>,
     upstreams: Arc<UpstreamMap>,
     mask_errors: bool,
+    websocket: Arc<WebSocketSettings>,
+    request_timeout: Duration,
 }
 
 impl Proxy {
     /// A proxy believing forwarding headers only from `trusted` peers; with `mask_errors`,
-    /// upstream 5xx answers are replaced by a generic problem.
+    /// upstream 5xx answers are replaced by a generic problem. WebSockets are relayed within
+    /// `websocket`; a gRPC deadline never goes past `request_timeout`.
     pub fn new(
         trusted: Arc<TrustedProxies>,
         upstreams: Arc<UpstreamMap>,
         mask_errors: bool,
+        websocket: Arc<WebSocketSettings>,
+        request_timeout: Duration,
     ) -> Self {
         Proxy {
             trusted,
             upstreams,
             mask_errors,
+            websocket,
+            request_timeout,
         }
     }
 }
@@ -84,11 +92,19 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let prepared = prepare(req, &self.trusted, &self.upstreams);
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        let upgrade = crate::upgrade::take(&mut req);
+        let prepared = prepare(req, &self.trusted, &self.upstreams, self.request_timeout);
         let mask_errors = self.mask_errors;
+        let websocket = self.websocket.clone();
         Box::pin(async move {
-            let (req, client, upstream, timeout, trip) = prepared?;
+            let Prepared {
+                req,
+                client,
+                upstream,
+                timeout,
+                trip,
+            } = prepared?;
             let sent = tokio::time::timeout(timeout, client.request(req)).await;
             let response = match sent {
                 Err(_) => return Err(Denial::UpstreamTimeout { upstream }),
@@ -101,7 +117,18 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
                             detail: error_chain(&error),
                         }));
                 }
-                Ok(Ok(response)) => response,
+                Ok(Ok(mut response)) => {
+                    if let Some(upgrade) = upgrade
+                        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        upgrade.start(&mut response, &websocket);
+                        let (mut parts, _) = response.into_parts();
+                        strip_hop_by_hop(&mut parts.headers);
+                        crate::upgrade::switching_headers(&mut parts.headers);
+                        return Ok(Response::from_parts(parts, body::empty()));
+                    }
+                    response
+                }
             };
             if mask_errors && response.status().is_server_error() {
                 let status = response.status();
@@ -120,18 +147,20 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
     }
 }
 
-type Prepared = (
-    Request<ProxyBody>,
-    UpstreamClient,
-    String,
-    Duration,
-    BodyTrip,
-);
+/// A request ready to go upstream, with what its forwarding needs.
+struct Prepared {
+    req: Request<ProxyBody>,
+    client: UpstreamClient,
+    upstream: String,
+    timeout: Duration,
+    trip: BodyTrip,
+}
 
 fn prepare(
     mut req: Request<ProxyBody>,
     trusted: &TrustedProxies,
     upstreams: &UpstreamMap,
+    request_timeout: Duration,
 ) -> Result<Prepared, Denial> {
     // Compiled together: a route names only upstreams of its own configuration.
     let Some(upstream) = req
@@ -178,7 +207,13 @@ fn prepare(
             detail: format!("cannot build upstream URI: {e}"),
         })?;
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    let mut timeout = upstream.timeout;
+    if upstream.grpc {
+        *req.version_mut() = Version::HTTP_2;
+        timeout = crate::grpc::prepare(req.headers_mut(), timeout.min(request_timeout));
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let tls = req.extensions().get::<Transport>().is_some_and(|t| t.tls);
     let host = match &upstream.host {
@@ -195,13 +230,13 @@ fn prepare(
         set_forwarding_headers(headers, peer, trusted.trusts(peer), tls);
     }
     strip_gateway_cookies(headers);
-    Ok((
+    Ok(Prepared {
         req,
-        upstream.client.clone(),
-        upstream.name.clone(),
-        upstream.timeout,
+        client: upstream.client.clone(),
+        upstream: upstream.name.clone(),
+        timeout,
         trip,
-    ))
+    })
 }
 
 /// Removes the gateway's own cookies from what goes upstream: the dashboard's session and

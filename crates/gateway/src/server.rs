@@ -5,6 +5,7 @@
 use crate::flood::H2_PREFACE;
 use crate::gateway::Gateway;
 use crate::tls::{self, Handshake};
+use crate::upgrade::{ConnectionHold, ConnectionSlot};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -83,16 +84,16 @@ pub async fn serve(
                 .unwrap_or_else(|| first.clone())
         });
         let reports = reports.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            gateway.metrics.connection_opened();
+            // Held by the connection, and by a WebSocket relayed from it, which outlives it.
+            let hold = ConnectionHold::new(ConnectionSlot::new(permit, gateway.clone()), shutdown);
             match tls_config {
-                None => serve_plain(&gateway, stream, peer, watcher).await,
+                None => serve_plain(&gateway, stream, peer, watcher, hold).await,
                 Some(config) => {
-                    serve_tls(&gateway, config, stream, peer, &reports, watcher).await;
+                    serve_tls(&gateway, config, stream, peer, &reports, watcher, hold).await;
                 }
             }
-            gateway.metrics.connection_closed();
-            drop(permit);
         });
     }
     drop(listener);
@@ -109,6 +110,7 @@ async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
+    hold: ConnectionHold,
 ) {
     let limit = gateway.current().config.server.header_read_timeout;
     let Some(is_h2) = request_started(&stream, limit).await else {
@@ -120,6 +122,8 @@ async fn serve_plain(
         tls: false,
         identity: None,
         linger: None,
+        scanner: None,
+        hold,
     };
     serve_http(gateway, stream, is_h2, connection, watcher).await;
 }
@@ -133,6 +137,7 @@ async fn serve_tls(
     peer: SocketAddr,
     reports: &tls::FailureReports,
     watcher: hyper_util::server::graceful::Watcher,
+    hold: ConnectionHold,
 ) {
     let limit = gateway.current().config.server.header_read_timeout;
     let deadline = tokio::time::Instant::now() + limit;
@@ -154,6 +159,8 @@ async fn serve_tls(
         tls: true,
         identity: identity.map(Arc::new),
         linger: None,
+        scanner: None,
+        hold,
     };
     serve_http(gateway, stream, is_h2, connection, watcher).await;
 }
@@ -168,6 +175,12 @@ struct Connection {
     /// HTTP/1: set when a request was answered before its body was complete, so that the
     /// close lingers (`None` for HTTP/2, which has flow control and RST_STREAM instead).
     linger: Option<Arc<AtomicBool>>,
+    /// HTTP/1: the scanner of the connection's bytes, stopped once it switches protocols
+    /// (what follows is WebSocket frames, not requests).
+    scanner: Option<Arc<Mutex<FramingScanner>>>,
+    /// The connection's place under `max_connections` and the shutdown signal, given to
+    /// requests that ask for an upgrade.
+    hold: ConnectionHold,
 }
 
 async fn serve_http<I>(
@@ -180,8 +193,10 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let armed = Arc::new(AtomicBool::new(false));
+    let scanner = Arc::new(Mutex::new(FramingScanner::default()));
     if !is_h2 {
         connection.linger = Some(armed.clone());
+        connection.scanner = Some(scanner.clone());
     }
     let limits = gateway.current().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -203,7 +218,6 @@ async fn serve_http<I>(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let gateway = gateway.clone();
-    let scanner = Arc::new(Mutex::new(FramingScanner::default()));
     let control_limit = is_h2.then_some(limits.http2.max_control_frames_per_second);
     let io = ScannedStream {
         inner: crate::flood::FloodGuard::new(stream, control_limit),
@@ -225,7 +239,7 @@ async fn serve_http<I>(
         }
         handle(gateway.clone(), connection.clone(), req)
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let _ = watcher.watch(connection.into_owned()).await;
 }
 
@@ -408,6 +422,10 @@ async fn handle(
     if let Some(identity) = connection.identity {
         extensions.insert(identity);
     }
+    if req.headers().contains_key(http::header::UPGRADE) {
+        req.extensions_mut().insert(connection.hold.clone());
+    }
+    let extensions = req.extensions_mut();
     // HTTP/1: watch whether the answer leaves before the body has all arrived.
     let watch_body = connection.linger.map(|armed| {
         let progress = BodyProgress::default();
@@ -449,6 +467,12 @@ async fn handle(
         && !progress.is_complete()
     {
         armed.store(true, Ordering::Release);
+    }
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && let Some(scanner) = &connection.scanner
+        && let Ok(mut scanner) = scanner.lock()
+    {
+        scanner.stop();
     }
     let outcome = response.extensions().get::<Outcome>();
     gateway.metrics.request(

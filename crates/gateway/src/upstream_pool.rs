@@ -7,7 +7,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use portcullis::normalize::GuardedBody;
-use portcullis::outbound::{ClientCertificate, Trust, pooled_client};
+use portcullis::outbound::{ClientCertificate, HttpVersions, Trust, pooled_client};
 use portcullis::validate::Validated;
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
@@ -43,15 +43,17 @@ pub struct PooledUpstream {
 
 /// The pooled client for upstreams with this trust and these TLS settings: created once
 /// and kept across reloads, so that unchanged settings keep their warm connections.
+/// gRPC upstreams get a client of their own that speaks only HTTP/2.
 pub fn pooled_upstream(
     pools: &Mutex<HashMap<String, PooledUpstream>>,
     trust: &Trust,
     tls: Option<&UpstreamTls>,
+    grpc: bool,
 ) -> Result<PooledUpstream, String> {
     let server_name = tls.and_then(|t| t.server_name.clone());
     let cert = tls.and_then(|t| t.client_cert.as_ref());
     let key = format!(
-        "{:?} {:?} {:?}",
+        "{:?} {:?} {:?} {grpc}",
         trust.fingerprint(),
         server_name,
         cert.map(|(_, c, k)| (c, k))
@@ -70,7 +72,11 @@ pub fn pooled_upstream(
         client: Arc::new(pooled_client(
             config,
             server_name,
-            true,
+            if grpc {
+                HttpVersions::Http2Only
+            } else {
+                HttpVersions::Any
+            },
             Duration::from_secs(5),
         )),
         client_cert,

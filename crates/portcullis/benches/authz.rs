@@ -60,6 +60,8 @@ fn bench(c: &mut Criterion) {
         client_ip: None,
         headers: &headers,
         mtls_identity: None,
+        upgrade: None,
+        grpc: false,
     };
     let input = policy_input(&route, Some(&alice), false, &facts());
     assert!(rego.decide(&input).unwrap().allow && cedar.decide(&input).unwrap().allow);

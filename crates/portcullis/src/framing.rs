@@ -75,6 +75,13 @@ impl FramingScanner {
         }
     }
 
+    /// Stops following: the connection switched protocols, so what follows is not HTTP
+    /// (and must not fill the verdict queue).
+    pub fn stop(&mut self) {
+        self.state = State::Off;
+        self.verdicts.clear();
+    }
+
     /// The verdict for the next request head, in order: `Some(reason)` if its framing was
     /// ambiguous. `None` when the scanner has no verdict (it stopped following).
     pub fn next_verdict(&mut self) -> Option<Option<MalformedReason>> {

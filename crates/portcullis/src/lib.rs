@@ -55,6 +55,7 @@ pub mod time;
 pub mod timeout;
 pub mod trace;
 pub mod validate;
+pub mod websocket;
 
 pub use denial::Denial;
 

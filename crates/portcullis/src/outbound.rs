@@ -159,14 +159,24 @@ impl ResolvesClientCert for ClientCertificate {
     }
 }
 
+/// Which HTTP versions a pooled client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersions {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/1.1, or HTTP/2 when the server picks `h2` in ALPN (https only).
+    Any,
+    /// HTTP/2 only: `h2` over TLS, prior knowledge (h2c) over plain TCP (gRPC).
+    Http2Only,
+}
+
 /// Builds a pooled client for `http://` and `https://` URLs with this TLS configuration.
 /// `server_name`, when given, replaces the URL's host as SNI and as the name the server's
-/// certificate must carry. With `http2`, ALPN offers `h2` (used when the server picks it)
-/// besides `http/1.1`.
+/// certificate must carry.
 pub fn pooled_client<B>(
     config: ClientConfig,
     server_name: Option<ServerName<'static>>,
-    http2: bool,
+    versions: HttpVersions,
     connect_timeout: Duration,
 ) -> Client<HttpsConnector<HttpConnector>, B>
 where
@@ -186,12 +196,13 @@ where
         }
         None => builder,
     };
-    let connector = if http2 {
-        builder.enable_all_versions().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
+    let connector = match versions {
+        HttpVersions::Http1 => builder.enable_http1().wrap_connector(http),
+        HttpVersions::Any => builder.enable_all_versions().wrap_connector(http),
+        HttpVersions::Http2Only => builder.enable_http2().wrap_connector(http),
     };
     Client::builder(TokioExecutor::new())
+        .http2_only(versions == HttpVersions::Http2Only)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
@@ -230,7 +241,7 @@ impl HttpClient {
     pub fn new(trust: &Trust) -> Result<HttpClient, OutboundError> {
         let config = trust.client_config(None)?;
         Ok(HttpClient {
-            client: pooled_client(config, None, false, Duration::from_secs(5)),
+            client: pooled_client(config, None, HttpVersions::Http1, Duration::from_secs(5)),
             fingerprint: trust.fingerprint(),
         })
     }

@@ -49,6 +49,10 @@ reasons! {
         FragmentInTarget => "fragment_in_target",
         /// `*` as the target of a method other than `OPTIONS`.
         AsteriskTarget => "asterisk_target",
+        /// A WebSocket upgrade on a route without `websocket: true`.
+        WebSocketNotAllowed => "websocket_not_allowed",
+        /// A WebSocket handshake that breaks RFC 6455 §4.2.1.
+        WebSocketHandshake => "websocket_handshake",
         /// Several `Content-Length` fields.
         DuplicateContentLength => "duplicate_content_length",
         /// Both `Content-Length` and `Transfer-Encoding`.
@@ -194,6 +198,9 @@ reasons! {
         CorsPreflightRefused => "cors_preflight_refused",
         /// An unsafe method on a browser session from another site (CSRF).
         CrossSiteRequest => "cross_site_request",
+        /// A WebSocket handshake from an `Origin` the route does not allow (cross-site
+        /// WebSocket hijacking).
+        WebSocketOrigin => "websocket_origin",
     }
 }
 

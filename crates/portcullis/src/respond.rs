@@ -92,6 +92,7 @@ where
         let scope = Arc::new(RequestScope::new(id.clone(), req.method().clone()));
         // Kept for the event of a refusal made before routing (cheap: the URI shares bytes).
         let uri = req.uri().clone();
+        let grpc = crate::denial::is_grpc_request(req.headers());
         let https = req
             .extensions()
             .get::<crate::scope::Transport>()
@@ -119,12 +120,12 @@ where
                         }
                         _ => false,
                     };
-                    (
-                        denial.to_response(scope.id()),
-                        Some(denial.reason()),
-                        action,
-                        auth_failure,
-                    )
+                    let answer = if grpc {
+                        denial.to_grpc_response(scope.id())
+                    } else {
+                        denial.to_response(scope.id())
+                    };
+                    (answer, Some(denial.reason()), action, auth_failure)
                 }
             };
             headers.apply(response.headers_mut(), https);

@@ -57,6 +57,8 @@ pub fn public_policy() -> RoutePolicy {
         },
         authz: None,
         limit: None,
+        websocket: None,
+        grpc: false,
     }
 }
 

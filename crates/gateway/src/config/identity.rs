@@ -37,6 +37,8 @@ pub struct Shared {
     pub(super) trackers: Mutex<HashMap<String, Arc<ClientTracker>>>,
     /// Observed endpoints; outlives reloads so counts are kept.
     pub inventory: Arc<portcullis::discovery::Inventory>,
+    /// Relayed WebSocket connections (they outlive the generation that let them in).
+    pub websockets: Arc<portcullis::websocket::WebSocketCounts>,
     /// Session tickets and the session cache of the listener.
     pub(super) tls: super::tls::TlsState,
     /// The outbound client per trust, so reloads keep its pooled connections.
@@ -67,6 +69,7 @@ impl Default for Shared {
             limiters: Mutex::default(),
             trackers: Mutex::default(),
             inventory: Arc::default(),
+            websockets: Arc::default(),
             tls: super::tls::TlsState::default(),
             http_clients: Mutex::default(),
             upstream_clients: Mutex::default(),

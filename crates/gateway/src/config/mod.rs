@@ -253,7 +253,10 @@ fn compile(
         .as_ref()
         .map_or(normalize_defaults.max_body_bytes, |s| s.value);
     let h2 = server_defaults.http2;
+    let websocket =
+        upstream::websocket_limits(&limits.websocket, server_defaults.websocket, problems);
     let server = ServerLimits {
+        websocket,
         lingering_close: dur(limits.lingering_close, server_defaults.lingering_close),
         linger_max_bytes: max_body_bytes,
         header_read_timeout: dur(
@@ -547,6 +550,7 @@ fn compile(
         watched_files,
         contract,
         inventory: shared.inventory.clone(),
+        websockets: shared.websockets.clone(),
         rate_limiting,
         authorizer: policy.map(|p| p.authorizer),
         sessions,

@@ -102,6 +102,16 @@ pub struct RawLimits {
     pub lingering_close: Option<ConfigDuration>,
     #[serde(default)]
     pub http2: RawHttp2,
+    #[serde(default)]
+    pub websocket: RawWebSocketLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocketLimits {
+    pub max_message_bytes: Option<Spanned<u64>>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub max_lifetime: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +148,7 @@ pub struct RawUpstream {
     pub url: Text,
     pub timeout: Option<ConfigDuration>,
     pub host: Option<Text>,
+    pub protocol: Option<Text>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
@@ -255,6 +266,8 @@ pub struct RawRoute {
     pub resource: Option<RawResource>,
     pub require_mfa: Option<Vec<Text>>,
     pub client_identities: Option<Vec<Text>>,
+    pub websocket: Option<bool>,
+    pub websocket_origins: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@ use portcullis::authn::mtls::IdentityPattern;
 use portcullis::authn::{AuthMode, RouteAuth, ScopeRule};
 use portcullis::authz::RouteAuthz;
 use portcullis::route::{PathPattern, Route, RoutePolicy};
+use portcullis::websocket::WebSocketRoute;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -163,6 +164,7 @@ pub(super) fn compile_route(
             })
             .collect::<Vec<_>>()
     });
+    let websocket = compile_websocket(&path, raw, route_line, methods.as_deref(), problems);
     let upstream = match upstreams.get(raw.upstream.value.as_str()) {
         Some(upstream) => Some(upstream.clone()),
         None if declared.contains_key(&raw.upstream.value) => None,
@@ -178,6 +180,14 @@ pub(super) fn compile_route(
             None
         }
     };
+    let grpc = upstream.as_ref().is_some_and(|u| u.grpc);
+    if grpc && websocket.is_some() {
+        problems.add(
+            format!("{path}.websocket"),
+            route_line,
+            "a gRPC upstream takes no WebSocket upgrades",
+        );
+    }
     Some(Route {
         endpoint: Arc::from(endpoint),
         pattern: pattern?,
@@ -190,6 +200,8 @@ pub(super) fn compile_route(
             },
             authz,
             limit,
+            websocket,
+            grpc,
         },
         upstream: Arc::from(upstream?.name.as_str()),
     })
@@ -255,6 +267,60 @@ fn compile_authz(
         resource_id,
         require_mfa,
     }
+}
+
+/// `websocket` and `websocket_origins`: the origins must be origins (`scheme://host[:port]`)
+/// or `*`, and a route taking upgrades must take GET.
+fn compile_websocket(
+    path: &str,
+    raw: &raw::RawRoute,
+    line: Option<u64>,
+    methods: Option<&[Method]>,
+    problems: &mut Problems,
+) -> Option<WebSocketRoute> {
+    let enabled = raw.websocket.unwrap_or(false);
+    if !enabled {
+        if raw.websocket_origins.is_some() {
+            problems.add(
+                format!("{path}.websocket_origins"),
+                line,
+                "needs `websocket: true` (the route takes no upgrades)",
+            );
+        }
+        return None;
+    }
+    if methods.is_some_and(|m| !m.contains(&Method::GET)) {
+        problems.add(
+            format!("{path}.websocket"),
+            line,
+            "a WebSocket handshake is a GET, which the route's methods leave out",
+        );
+    }
+    let mut origins = Vec::new();
+    for (j, text) in raw.websocket_origins.iter().flatten().enumerate() {
+        let value = text.value.trim_end_matches('/');
+        let is_origin = value == "*"
+            || value.parse::<http::Uri>().is_ok_and(|uri| {
+                uri.scheme().is_some()
+                    && uri.authority().is_some()
+                    && uri
+                        .path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p == "/")
+            });
+        if is_origin {
+            origins.push(value.to_string());
+        } else {
+            problems.at(
+                format!("{path}.websocket_origins[{j}]"),
+                text,
+                format!(
+                    "`{}` is not an origin (scheme://host[:port], without a path) or `*`",
+                    text.value
+                ),
+            );
+        }
+    }
+    Some(WebSocketRoute { origins })
 }
 
 fn compile_scopes(

@@ -41,6 +41,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// The `Host` it is sent.
     pub host: HostRule,
+    /// `protocol: grpc`: HTTP/2 only, gRPC refusals, the full method as the policy action.
+    pub grpc: bool,
     /// The pooled client that reaches it (shared by upstreams with the same TLS settings,
     /// and kept across reloads).
     pub client: crate::upstream_pool::UpstreamClient,
@@ -95,6 +97,8 @@ pub struct ServerLimits {
     pub lingering_close: Duration,
     /// And at most how many bytes of it.
     pub linger_max_bytes: u64,
+    /// `limits.websocket`: the bounds of relayed WebSocket connections.
+    pub websocket: portcullis::websocket::WebSocketLimits,
 }
 
 impl Default for Http2Limits {
@@ -121,6 +125,7 @@ impl Default for ServerLimits {
             http2: Http2Limits::default(),
             lingering_close: Duration::from_secs(5),
             linger_max_bytes: normalize.max_body_bytes,
+            websocket: portcullis::websocket::WebSocketLimits::default(),
         }
     }
 }
@@ -190,6 +195,8 @@ pub struct GatewayConfig {
     pub contract: Option<Arc<portcullis::validate::ApiContract>>,
     /// Observed endpoints (shared by every generation).
     pub inventory: Arc<portcullis::discovery::Inventory>,
+    /// Relayed WebSocket connections (shared by every generation).
+    pub websockets: Arc<portcullis::websocket::WebSocketCounts>,
     /// Counts for the `check` summary.
     pub route_count: usize,
     /// Counts for the `check` summary.

@@ -98,6 +98,18 @@ pub(super) fn compile_upstream(
             },
         },
     };
+    let grpc = match raw.protocol.as_ref().map(|t| (t, t.value.as_str())) {
+        None | Some((_, "http")) => false,
+        Some((_, "grpc")) => true,
+        Some((text, other)) => {
+            problems.at(
+                format!("{path}.protocol"),
+                text,
+                format!("unknown protocol `{other}` (use http or grpc)"),
+            );
+            return None;
+        }
+    };
     let tls = match &raw.tls {
         Some(section) if scheme != &Scheme::HTTPS => {
             problems.add(
@@ -122,6 +134,7 @@ pub(super) fn compile_upstream(
         &context.shared.upstream_clients,
         context.trust,
         tls.as_ref(),
+        grpc,
     )
     .map_err(|e| problems.add(path.to_string(), line_of(&raw.url.referenced), e))
     .ok()?;
@@ -136,7 +149,41 @@ pub(super) fn compile_upstream(
         base_path: uri.path().trim_end_matches('/').to_string(),
         timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
         host,
+        grpc,
         client: pooled.client,
         client_cert,
     })
+}
+
+/// `limits.websocket`, each bound above zero.
+pub(super) fn websocket_limits(
+    raw: &raw::RawWebSocketLimits,
+    defaults: portcullis::websocket::WebSocketLimits,
+    problems: &mut Problems,
+) -> portcullis::websocket::WebSocketLimits {
+    let mut limits = defaults;
+    match &raw.max_message_bytes {
+        Some(n) if n.value == 0 => problems.add(
+            "limits.websocket.max_message_bytes",
+            line_of(&n.referenced),
+            "must be greater than 0",
+        ),
+        Some(n) => limits.max_message_bytes = n.value,
+        None => {}
+    }
+    for (name, value, slot) in [
+        ("idle_timeout", raw.idle_timeout, &mut limits.idle_timeout),
+        ("max_lifetime", raw.max_lifetime, &mut limits.max_lifetime),
+    ] {
+        match value {
+            Some(d) if d.0.is_zero() => problems.add(
+                format!("limits.websocket.{name}"),
+                None,
+                "must be longer than 0s",
+            ),
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    limits
 }

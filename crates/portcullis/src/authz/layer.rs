@@ -102,6 +102,11 @@ where
                 client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
                 headers: req.headers(),
                 mtls_identity: req.extensions().get::<Arc<ClientIdentity>>().map(|i| &**i),
+                upgrade: req
+                    .extensions()
+                    .get::<crate::websocket::Handshake>()
+                    .map(|_| "websocket"),
+                grpc: route.route.policy.grpc,
             };
             let input = policy_input(&settings, principal.as_deref(), mfa, &facts);
             let action = input

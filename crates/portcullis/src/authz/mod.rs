@@ -107,6 +107,11 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The identity of the connection's verified client certificate, if any.
     pub mtls_identity: Option<&'a ClientIdentity>,
+    /// The protocol the request asks to switch to (`websocket`), if any.
+    pub upgrade: Option<&'a str>,
+    /// A gRPC call (its route leads to a gRPC upstream): the action is the full method
+    /// (`/pkg.Service/Method`, the path) instead of `<method>_<type>`.
+    pub grpc: bool,
 }
 
 /// Headers a policy may look at.
@@ -144,11 +149,15 @@ pub fn policy_input(
         }
         id
     });
-    let action = format!(
-        "{}_{}",
-        facts.method.as_str().to_ascii_lowercase(),
-        route.resource_type
-    );
+    let action = if facts.grpc {
+        facts.path.to_string()
+    } else {
+        format!(
+            "{}_{}",
+            facts.method.as_str().to_ascii_lowercase(),
+            route.resource_type
+        )
+    };
     let user = principal.map(|p| {
         let roles = p
             .claims
@@ -190,7 +199,12 @@ pub fn policy_input(
             "mfa_verified": mfa,
             "mtls_identity": facts.mtls_identity.map_or(Value::Null, ClientIdentity::to_json),
         },
-        "request": { "method": facts.method.as_str(), "path": facts.path, "headers": headers },
+        "request": {
+            "method": facts.method.as_str(),
+            "path": facts.path,
+            "headers": headers,
+            "upgrade": facts.upgrade,
+        },
     })
 }
 

@@ -46,6 +46,8 @@ fn input(method: Method, id: &str, who: &Principal) -> Value {
         client_ip: None,
         headers: &headers,
         mtls_identity: None,
+        upgrade: None,
+        grpc: false,
     };
     policy_input(&route, Some(who), false, &facts)
 }
@@ -106,6 +108,8 @@ fn the_client_certificate_is_in_the_input() {
         client_ip: None,
         headers: &headers,
         mtls_identity: Some(&identity),
+        upgrade: None,
+        grpc: false,
     };
     let value = policy_input(&route, None, false, &facts);
     assert_eq!(value["environment"]["mtls_identity"], identity.to_json());

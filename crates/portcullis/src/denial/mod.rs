@@ -3,7 +3,10 @@
 //! security event (in `facts`).
 
 mod facts;
+mod grpc;
 mod render;
+
+pub use grpc::is_grpc_request;
 
 pub use crate::reason::{
     AuthFailure, CredentialProblem, ForbiddenReason, HeaderLimit, InvalidReason, LoginProblem,

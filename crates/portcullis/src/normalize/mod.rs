@@ -182,6 +182,12 @@ where
     if let Cow::Owned(path) = canonical {
         parts.uri = with_path(&parts.uri, &path)?;
     }
+    // Recognised before the hop-by-hop headers go: the router decides whether the route
+    // takes it, the proxy asks the upstream for it again.
+    if let Some(handshake) = crate::websocket::detect(&parts.method, parts.version, &parts.headers)
+    {
+        parts.extensions.insert(handshake);
+    }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(length) = declared_length
         && length > settings.max_body_bytes

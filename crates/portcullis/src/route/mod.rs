@@ -67,6 +67,13 @@ where
                 if let Some(scope) = scope {
                     scope.set_route(matched.route.endpoint.clone());
                 }
+                // An upgrade is refused here if the route does not take it: never a silent
+                // strip that would leave the client waiting for a 101.
+                if let Some(handshake) = req.extensions().get::<crate::websocket::Handshake>()
+                    && let Err(denial) = handshake.check(matched.route.policy.websocket.as_ref())
+                {
+                    return ResponseFuture::denied(denial);
+                }
                 req.extensions_mut().insert(matched);
                 ResponseFuture::inner(self.inner.call(req))
             }

@@ -34,6 +34,11 @@ pub struct RoutePolicy {
     pub authz: Option<RouteAuthz>,
     /// The route's own rate limit, on top of the default.
     pub limit: Option<LimitRule>,
+    /// Whether WebSocket upgrades are allowed (`websocket: true`), from which origins.
+    pub websocket: Option<crate::websocket::WebSocketRoute>,
+    /// The route leads to a gRPC service: refusals are gRPC statuses, the policy action is
+    /// the full method, and the API contract (OpenAPI) does not apply.
+    pub grpc: bool,
 }
 
 /// The route that matched a request, with its path parameters.

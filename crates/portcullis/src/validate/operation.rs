@@ -96,6 +96,14 @@ where
         let Some(contract) = &self.operations.contract else {
             return ResponseFuture::inner(self.inner.call(req));
         };
+        // An OpenAPI document cannot describe protobuf calls (`check` says so).
+        if req
+            .extensions()
+            .get::<crate::route::RouteMatch>()
+            .is_some_and(|m| m.route.policy.grpc)
+        {
+            return ResponseFuture::inner(self.inner.call(req));
+        }
         match contract.find(req.method(), req.uri().path()) {
             Some(matched) => {
                 matched.operation.stats.hit();

@@ -23,6 +23,10 @@ pub(super) async fn check_response(
     response: Response<Body>,
     max: usize,
 ) -> Result<(Response<Body>, Option<Denial>), Denial> {
+    // A switch to WebSocket has no body; what follows is not HTTP.
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((response, None));
+    }
     let status = response.status().as_u16();
     let violation = |reason, detail: String| Some(Denial::ResponseRejected { reason, detail });
     let Some(spec) = op.response(status) else {
