@@ -80,6 +80,26 @@ pub struct Readings<'a> {
     pub websockets: &'a portcullis::websocket::WebSocketCounts,
 }
 
+/// The count of open client connections.
+pub struct ConnectionGauge(Gauge);
+
+impl ConnectionGauge {
+    /// Counts one more open connection, until the returned guard is dropped.
+    pub fn opened(self) -> OpenConnection {
+        self.0.inc();
+        OpenConnection(self.0)
+    }
+}
+
+/// One open connection, counted until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -395,13 +415,10 @@ impl Metrics {
     }
 
     /// A client connection opened.
-    pub fn connection_opened(&self) {
-        self.open_connections.inc();
-    }
-
-    /// A client connection closed.
-    pub fn connection_closed(&self) {
-        self.open_connections.dec();
+    /// The open-connections gauge: a connection counts from [`ConnectionGauge::opened`] until
+    /// the value it returns is dropped.
+    pub fn connections(&self) -> ConnectionGauge {
+        ConnectionGauge(self.open_connections.clone())
     }
 
     /// A TLS handshake on the listener failed.

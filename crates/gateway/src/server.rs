@@ -87,7 +87,10 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             // Held by the connection, and by a WebSocket relayed from it, which outlives it.
-            let hold = ConnectionHold::new(ConnectionSlot::new(permit, gateway.clone()), shutdown);
+            let hold = ConnectionHold::new(
+                ConnectionSlot::new(permit, gateway.metrics.connections()),
+                shutdown,
+            );
             match tls_config {
                 None => serve_plain(&gateway, stream, peer, watcher, hold).await,
                 Some(config) => {

@@ -3,7 +3,7 @@
 //! back to the client and both upgraded connections are relayed, frame by frame, within
 //! `limits.websocket` and never past the token's `exp`.
 
-use crate::gateway::Gateway;
+use crate::metrics::{ConnectionGauge, OpenConnection};
 use crate::upstream_pool::ProxyBody;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response};
@@ -25,23 +25,16 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 /// open until the last holder lets go.
 pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
-    gateway: Arc<Gateway>,
+    _counted: OpenConnection,
 }
 
 impl ConnectionSlot {
-    /// Takes the place `permit` stands for and counts the connection open.
-    pub fn new(permit: OwnedSemaphorePermit, gateway: Arc<Gateway>) -> Self {
-        gateway.metrics.connection_opened();
+    /// Takes the place `permit` stands for and counts the connection open on `gauge`.
+    pub fn new(permit: OwnedSemaphorePermit, gauge: ConnectionGauge) -> Self {
         ConnectionSlot {
             _permit: permit,
-            gateway,
+            _counted: gauge.opened(),
         }
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.gateway.metrics.connection_closed();
     }
 }
 

@@ -457,6 +457,19 @@ fn compile(
                     ),
                 });
             }
+            if route.policy.grpc && raw.validation.is_some() {
+                warnings.push(Problem {
+                    path: format!("routes[{i}]"),
+                    line: raw
+                        .routes
+                        .get(i)
+                        .and_then(|r| line_of(&r.matcher.referenced)),
+                    message: format!(
+                        "`{}` leads to a gRPC upstream: `validation` does not check gRPC calls (protobuf bodies), only the other routes",
+                        route.endpoint
+                    ),
+                });
+            }
             routes.push(route);
         }
     }

@@ -394,3 +394,75 @@ routes:
     }
     no_panic(&stderr);
 }
+
+#[test]
+fn check_names_bad_websocket_and_grpc_settings_and_warns_about_grpc_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "listen: { address: 127.0.0.1:0 }
+upstreams:
+  main: { url: \"http://127.0.0.1:9\" }
+  rpc: { url: \"http://127.0.0.1:9\", protocol: grpc }
+  odd: { url: \"http://127.0.0.1:9\", protocol: spdy }
+limits:
+  websocket: { max_message_bytes: 0, idle_timeout: 0s }
+routes:
+  - match: { path: /ws, methods: [POST] }
+    upstream: main
+    auth: none
+    websocket: true
+    websocket_origins: [\"https://app.test/path\", \"*\"]
+  - match: { path: /plain }
+    upstream: main
+    auth: none
+    websocket_origins: [\"https://app.test\"]
+  - match: { prefix: /pkg.Svc/ }
+    upstream: rpc
+    auth: none
+    websocket: true
+";
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let (code, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stdout}");
+    for named in [
+        "upstreams.odd.protocol",
+        "limits.websocket.max_message_bytes",
+        "limits.websocket.idle_timeout",
+        "routes[0].websocket:",
+        "routes[0].websocket_origins[0]",
+        "routes[1].websocket_origins",
+        "routes[2].websocket",
+    ] {
+        assert!(stderr.contains(named), "{named} not named in: {stderr}");
+    }
+    assert!(
+        !stderr.contains("websocket_origins[1]"),
+        "`*` is allowed: {stderr}"
+    );
+    no_panic(&stderr);
+
+    // A valid file with an OpenAPI document and a gRPC upstream: check says what is not
+    // validated.
+    let api = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/openapi/items.yaml"
+    );
+    std::fs::copy(api, dir.path().join("openapi.yaml")).unwrap();
+    let good = "listen: { address: 127.0.0.1:0 }
+upstreams:
+  rpc: { url: \"http://127.0.0.1:9\", protocol: grpc }
+validation: { openapi: openapi.yaml }
+routes:
+  - match: { prefix: /pkg.Svc/ }
+    upstream: rpc
+    auth: none
+";
+    let path = dir.path().join("good.yaml");
+    std::fs::write(&path, good).unwrap();
+    let (code, stdout, stderr) = portcullis(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning: routes[0]") && stdout.contains("gRPC"),
+        "{stdout}"
+    );
+}

@@ -336,3 +336,36 @@ async fn idle_connections_and_expiring_tokens_are_closed() {
     assert_eq!(code, Some(CloseCode::Policy));
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn a_relayed_websocket_keeps_its_place_under_max_connections() {
+    let echo = EchoServer::start().await;
+    let config = config_with(
+        &format!("http://{}", echo.addr),
+        "limits: { max_connections: 1 }\nroutes:\n  - match: { path: /ws }\n    upstream: main\n    auth: none\n    websocket: true\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let mut ws = connect(&gw, "/ws", &[]).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert!(
+        tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The HTTP connection that carried the handshake is gone, the WebSocket is not: a new
+    // client waits in the backlog.
+    let waiting =
+        tokio::time::timeout(std::time::Duration::from_secs(1), get(&gw.url("/ws"))).await;
+    assert!(
+        waiting.is_err(),
+        "a second connection was served: {waiting:?}"
+    );
+    drop(ws);
+    let url = gw.url("/ws");
+    eventually_async("the slot to be free again", || async {
+        // Any answer: the upstream speaks only WebSocket.
+        get(&url).await.is_ok()
+    })
+    .await;
+}
