@@ -60,6 +60,7 @@ pub(super) async fn start_items_api(
         .route("/api/items", get(list).post(create))
         .route("/api/items/{id}", get(read).put(update).delete(remove))
         .route("/api/app", get(page).post(create_from_page))
+        .route("/api/live", get(super::live::live))
         .route(
             "/api/public/status",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),

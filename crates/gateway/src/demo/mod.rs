@@ -4,6 +4,7 @@
 
 mod dev_idp;
 mod items_api;
+mod live;
 
 use items_api::start_items_api;
 use portcullis::authn::sign::SigningKey;
@@ -16,6 +17,8 @@ const DEMO_POLICY: &str = include_str!("../../../../examples/policies/authz.rego
 const DEMO_DATA: &str = include_str!("../../../../examples/policies/data.json");
 /// The demo API's OpenAPI document, the same file as `examples/openapi/items.yaml`.
 const DEMO_OPENAPI: &str = include_str!("../../../../examples/openapi/items.yaml");
+/// A tiny WebSocket client to try `/api/live`, the same file as `examples/websocket-client.py`.
+const DEMO_WEBSOCKET_CLIENT: &str = include_str!("../../../../examples/websocket-client.py");
 
 /// The demo identity provider's issuer and the demo API's audience.
 const ISSUER: &str = "https://idp.portcullis.demo";
@@ -148,6 +151,7 @@ fn write_demo_files(
         ("authz.rego", DEMO_POLICY),
         ("data.json", DEMO_DATA),
         ("openapi.yaml", DEMO_OPENAPI),
+        ("websocket-client.py", DEMO_WEBSOCKET_CLIENT),
     ] {
         std::fs::write(dir.join(name), text)
             .map_err(|e| anyhow::anyhow!("cannot write the demo {name}: {e}"))?;
@@ -263,6 +267,10 @@ routes:
     upstream: items
     auth: none
     rate_limit: {{ limit: 5, window: 10s, key: ip }}
+  - match: {{ path: /api/live, methods: [GET] }}    # WebSocket echo, after the whole pipeline
+    upstream: items
+    scopes: [items:read]
+    websocket: true                    # from pages of the gateway's own origin (no websocket_origins)
 {partner_route}{login_route}"#,
         config = dir.join("portcullis.yaml").display(),
     );
@@ -366,6 +374,7 @@ fn print_banner(
 ) {
     let scheme = if tls { "https" } else { "http" };
     let gw = format!("{scheme}://{}", bound.listen);
+    let ws = format!("{}://{}", if tls { "wss" } else { "ws" }, bound.listen);
     let (alice, alice_mfa, bob) = (&tokens.alice, &tokens.alice_mfa, &tokens.bob);
     let alice_dpop = &tokens.alice_dpop;
     let exe = std::env::current_exe()
@@ -407,6 +416,8 @@ Try these (each answer carries x-request-id and the security headers):
   curl -i -X DELETE {gw}/api/items/1 -H "authorization: Bearer $ALICE_MFA"   # 204: owner, with MFA
   curl -i {gw}/api/items -H "authorization: DPoP $ALICE_DPOP" -H "dpop: $({exe} dpop proof --key {dir}/dpop-client.pem --url {gw}/api/items --token $ALICE_DPOP)"   # 200: a DPoP-bound call (one proof per request)
   curl -i {gw}/api/items -H "authorization: Bearer $ALICE_DPOP"   # 401: a bound token without its proof (no downgrade)
+  python3 {dir}/websocket-client.py {ws}/api/live -H "authorization: Bearer $ALICE" -H 'origin: {gw}' hello again   # WebSocket echo, after the whole pipeline
+  python3 {dir}/websocket-client.py {ws}/api/live -H "authorization: Bearer $ALICE" -H 'origin: https://evil.example'   # 403: foreign origin
   portcullis audit verify {dir}/decisions.log                # the tamper-evident decision log
   curl -i {gw}/api/public/status                           # public route, 5 per 10s: see RateLimit headers
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/public/status; done; echo   # the 6th is 429
@@ -451,9 +462,14 @@ only ever sees identity headers. Without a browser:
             String::new()
         },
     );
-    // Over https every curl trusts the demo's CA.
+    // Over https every client trusts the demo's CA.
     let banner = if tls {
-        banner.replace("  curl ", &format!("  curl --cacert {dir}/ca.pem "))
+        banner
+            .replace("  curl ", &format!("  curl --cacert {dir}/ca.pem "))
+            .replace(
+                "websocket-client.py ",
+                &format!("websocket-client.py --cacert {dir}/ca.pem "),
+            )
     } else {
         banner
     };

@@ -369,3 +369,54 @@ async fn a_relayed_websocket_keeps_its_place_under_max_connections() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_demo_prints_websocket_commands_that_work() {
+    // Plain, and over TLS (wss, the upgraded connection inside rustls).
+    for args in [&[][..], &["--tls"][..]] {
+        demo_websocket_commands(args).await;
+    }
+}
+
+async fn demo_websocket_commands(args: &[&str]) {
+    let demo = Demo::start_with(args).await;
+    let alice = demo.token("ALICE");
+    let line = |needle: &str| {
+        demo.banner
+            .iter()
+            .filter(|l| l.contains("websocket-client.py"))
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` WebSocket command in the banner"))
+            .trim()
+            .split("   # ")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let run = |command: String| {
+        let alice = alice.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("bash")
+                    .args(["-c", &command])
+                    .env("ALICE", alice)
+                    .output()
+                    .unwrap();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out) = run(line("hello again")).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "echo: hello\necho: again\n")
+    );
+    let (code, out) = run(line("evil")).await;
+    assert_eq!(code, Some(1));
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}

@@ -69,8 +69,13 @@ where
                 }
                 // An upgrade is refused here if the route does not take it: never a silent
                 // strip that would leave the client waiting for a 101.
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
                 if let Some(handshake) = req.extensions().get::<crate::websocket::Handshake>()
-                    && let Err(denial) = handshake.check(matched.route.policy.websocket.as_ref())
+                    && let Err(denial) =
+                        handshake.check(matched.route.policy.websocket.as_ref(), host)
                 {
                     return ResponseFuture::denied(denial);
                 }

@@ -39,8 +39,9 @@ impl Default for WebSocketLimits {
 /// What a route allows of WebSocket upgrades (`routes[].websocket: true`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WebSocketRoute {
-    /// Allowed `Origin` values, compared without regard to ASCII case; `*` allows any. A
-    /// handshake without `Origin` (not from a browser) is allowed.
+    /// Allowed `Origin` values, compared without regard to ASCII case; `*` allows any;
+    /// empty: only the gateway's own origin (an `Origin` whose host and port are the
+    /// request's `Host`). A handshake without `Origin` (not from a browser) is allowed.
     pub origins: Vec<String>,
 }
 
@@ -134,8 +135,8 @@ fn valid_key(key: &[u8]) -> bool {
 
 impl Handshake {
     /// The router's check, once the route is known: the route must allow upgrades, the
-    /// handshake be well-formed, and its `Origin` allowed.
-    pub fn check(&self, route: Option<&WebSocketRoute>) -> Result<(), Denial> {
+    /// handshake be well-formed, and its `Origin` allowed (`host`: the request's `Host`).
+    pub fn check(&self, route: Option<&WebSocketRoute>, host: Option<&str>) -> Result<(), Denial> {
         let malformed = |reason, detail: &str| Denial::Malformed {
             reason,
             detail: detail.to_string(),
@@ -154,10 +155,18 @@ impl Handshake {
             return Ok(());
         };
         let text = origin.to_str().unwrap_or_default();
-        let allowed = route
-            .origins
-            .iter()
-            .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(text));
+        let allowed = if route.origins.is_empty() {
+            // Same origin: what follows the scheme is the host (and port) the request names.
+            let authority = text.split_once("://").map(|(_, rest)| rest);
+            authority
+                .zip(host)
+                .is_some_and(|(a, h)| a.eq_ignore_ascii_case(h))
+        } else {
+            route
+                .origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(text))
+        };
         if allowed {
             Ok(())
         } else {
@@ -322,28 +331,45 @@ mod tests {
             unreachable!("a handshake")
         };
         let reason = |r: Result<(), Denial>| r.err().map(|d| d.reason());
-        assert_eq!(reason(shake.check(None)), Some("websocket_not_allowed"));
+        let host = Some("gw.example.test:8080");
+        assert_eq!(
+            reason(shake.check(None, host)),
+            Some("websocket_not_allowed")
+        );
         let allowed = WebSocketRoute {
             origins: vec!["https://app.example.test".into()],
         };
-        assert_eq!(reason(shake.check(Some(&allowed))), None);
+        assert_eq!(reason(shake.check(Some(&allowed), host)), None);
         let other = WebSocketRoute {
             origins: vec!["https://other.example.test".into()],
         };
-        assert_eq!(reason(shake.check(Some(&other))), Some("websocket_origin"));
         assert_eq!(
-            reason(shake.check(Some(&WebSocketRoute::default()))),
+            reason(shake.check(Some(&other), host)),
             Some("websocket_origin")
         );
         let any = WebSocketRoute {
             origins: vec!["*".into()],
         };
-        assert_eq!(reason(shake.check(Some(&any))), None);
+        assert_eq!(reason(shake.check(Some(&any), host)), None);
+        // No list: the gateway's own origin only.
+        let same = WebSocketRoute::default();
+        assert_eq!(
+            reason(shake.check(Some(&same), host)),
+            Some("websocket_origin")
+        );
+        assert_eq!(
+            reason(shake.check(Some(&same), Some("app.example.test"))),
+            None
+        );
+        assert_eq!(
+            reason(shake.check(Some(&same), None)),
+            Some("websocket_origin")
+        );
         // Not from a browser: no Origin, no cross-site hijacking to fear.
         let headers = handshake(&[]);
         let Some(shake) = detect(&Method::GET, Version::HTTP_11, &headers) else {
             unreachable!("a handshake")
         };
-        assert_eq!(reason(shake.check(Some(&other))), None);
+        assert_eq!(reason(shake.check(Some(&other), host)), None);
     }
 }
