@@ -8,7 +8,8 @@
 # (the same ECDSA P-256 certificate for both, TLS 1.3): keep-alive throughput, new full
 # handshakes per second (a new connection per request, no resumption) with CPU per
 # handshake, and resumed handshakes (session tickets) per second, Portcullis against nginx.
-# Ends with scripts/bench-dpop.sh (DPoP proofs against Bearer, memory and Redis replay stores).
+# Ends with scripts/bench-dpop.sh (DPoP proofs against Bearer, memory and Redis replay stores)
+# and scripts/bench-protocols.sh (WebSocket echo and gRPC unary, gateway against direct).
 #
 # Usage: scripts/bench.sh [seconds per run, default 10]
 # Loopback only; every load run is bounded in time.
@@ -464,3 +465,4 @@ echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <
 cleanup
 trap - EXIT
 scripts/bench-dpop.sh "$DURATION"
+scripts/bench-protocols.sh "$DURATION"

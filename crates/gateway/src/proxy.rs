@@ -121,11 +121,12 @@ impl tower::Service<Request<ProxyBody>> for Proxy {
                     if let Some(upgrade) = upgrade
                         && response.status() == StatusCode::SWITCHING_PROTOCOLS
                     {
-                        upgrade.start(&mut response, &websocket);
+                        let on_upstream = hyper::upgrade::on(&mut response);
                         let (mut parts, _) = response.into_parts();
                         strip_hop_by_hop(&mut parts.headers);
-                        crate::upgrade::switching_headers(&mut parts.headers);
-                        return Ok(Response::from_parts(parts, body::empty()));
+                        let answer = upgrade.answer(parts);
+                        upgrade.start(on_upstream, &websocket);
+                        return Ok(answer);
                     }
                     response
                 }

@@ -100,11 +100,17 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let deadline = tokio::time::Instant::now() + grace;
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
+        _ = tokio::time::sleep_until(deadline) => {
             eprintln!("portcullis: shutdown grace period over; closing remaining connections");
         }
+    }
+    // Relayed WebSockets saw the same signal and are sending their close frames (1001).
+    let websockets = gateway.shared.websockets.clone();
+    while websockets.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -218,6 +224,8 @@ async fn serve_http<I>(
         .max_header_list_size(limits.http2.max_header_list_bytes)
         .max_pending_accept_reset_streams(limits.http2.max_pending_resets)
         .max_local_error_reset_streams(limits.http2.max_pending_resets)
+        // RFC 8441: WebSockets over HTTP/2 (relayed to upstreams as HTTP/1.1 upgrades).
+        .enable_connect_protocol()
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let gateway = gateway.clone();

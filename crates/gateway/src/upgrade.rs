@@ -6,8 +6,7 @@
 use crate::metrics::{ConnectionGauge, OpenConnection};
 use crate::upstream_pool::ProxyBody;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
+use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use portcullis::authn::Principal;
@@ -71,6 +70,8 @@ pub struct WebSocketSettings {
 /// An upgrade the pipeline allowed, waiting for the upstream's answer.
 pub struct PendingUpgrade {
     on_client: OnUpgrade,
+    /// The client came over HTTP/2 (RFC 8441): it gets a 200, not a 101.
+    over_http2: bool,
     expires: Option<f64>,
     hold: Option<ConnectionHold>,
     scope: Option<Arc<RequestScope>>,
@@ -79,12 +80,13 @@ pub struct PendingUpgrade {
 /// Takes the client's side of an upgrade from a request the router let through as a
 /// WebSocket handshake, and asks the upstream for the upgrade on this hop.
 pub fn take(req: &mut Request<ProxyBody>) -> Option<PendingUpgrade> {
-    req.extensions().get::<Handshake>()?;
+    let handshake = req.extensions_mut().remove::<Handshake>()?;
     let on_client = hyper::upgrade::on(&mut *req);
-    portcullis::websocket::restore_upgrade_headers(req.headers_mut());
+    portcullis::websocket::restore_upgrade_headers(&handshake, req.headers_mut());
     let extensions = req.extensions();
     Some(PendingUpgrade {
         on_client,
+        over_http2: handshake.over_http2,
         expires: extensions
             .get::<Arc<Principal>>()
             .and_then(|p| p.claims.exp),
@@ -93,19 +95,26 @@ pub fn take(req: &mut Request<ProxyBody>) -> Option<PendingUpgrade> {
     })
 }
 
-/// The headers of a 101 for the client: the upgrade headers (this hop's) are kept, an
-/// extension the upstream claims is not (none was offered).
-pub fn switching_headers(headers: &mut HeaderMap) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, UPGRADE_WEBSOCKET);
-    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-}
-
 impl PendingUpgrade {
-    /// The upstream switched protocols: relays both upgraded connections in the background
-    /// once the client has its 101.
-    pub fn start(self, upstream: &mut Response<Incoming>, settings: &WebSocketSettings) {
-        let on_upstream = hyper::upgrade::on(upstream);
+    /// The client's answer to the upstream's 101 (whose hop-by-hop headers are gone): a 101
+    /// with this hop's upgrade headers, or for HTTP/2 a 200 without them (RFC 8441 §5). An
+    /// extension the upstream claims is dropped (none was offered).
+    pub fn answer(&self, mut parts: http::response::Parts) -> Response<portcullis::body::Body> {
+        let headers = &mut parts.headers;
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        if self.over_http2 {
+            parts.status = http::StatusCode::OK;
+            headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, UPGRADE_WEBSOCKET);
+        }
+        Response::from_parts(parts, portcullis::body::empty())
+    }
+
+    /// The upstream switched protocols (`on_upstream` is its side): relays both upgraded
+    /// connections in the background once the client has its answer.
+    pub fn start(self, on_upstream: OnUpgrade, settings: &WebSocketSettings) {
         let settings = settings.clone();
         let limits = settings.limits;
         let now = tokio::time::Instant::now();

@@ -51,8 +51,10 @@ reasons! {
         AsteriskTarget => "asterisk_target",
         /// A WebSocket upgrade on a route without `websocket: true`.
         WebSocketNotAllowed => "websocket_not_allowed",
-        /// A WebSocket handshake that breaks RFC 6455 §4.2.1.
+        /// A WebSocket handshake that breaks RFC 6455 §4.2.1 (or RFC 8441 §4).
         WebSocketHandshake => "websocket_handshake",
+        /// An HTTP/2 extended CONNECT for a protocol the gateway does not offer.
+        UnsupportedProtocol => "unsupported_protocol",
         /// Several `Content-Length` fields.
         DuplicateContentLength => "duplicate_content_length",
         /// Both `Content-Length` and `Transfer-Encoding`.

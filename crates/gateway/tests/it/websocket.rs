@@ -149,7 +149,10 @@ fn bearer(token: &str) -> (&'static str, String) {
 }
 
 /// The close code the client gets next (after any data messages), within the deadline.
-async fn close_code(ws: &mut Client) -> Option<CloseCode> {
+async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<CloseCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let wait = async {
         while let Some(message) = ws.next().await {
             match message {
@@ -419,4 +422,112 @@ async fn demo_websocket_commands(args: &[&str]) {
     let (code, out) = run(line("evil")).await;
     assert_eq!(code, Some(1));
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_with_going_away() {
+    let echo = EchoServer::start().await;
+    let config = config_with(
+        &format!("http://{}", echo.addr),
+        "routes:\n  - match: { path: /ws }\n    upstream: main\n    auth: none\n    websocket: true\n",
+    );
+    let mut gw = Gateway::start(&config).await;
+    let mut ws = connect(&gw, "/ws", &[]).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert!(
+        tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    gw.signal("TERM");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
+    assert!(gw.wait_exit().await, "{}", gw.stderr());
+}
+
+/// An RFC 8441 WebSocket: an HTTP/2 extended CONNECT to `path` on a new h2c connection,
+/// returning the status and, on 200, the WebSocket on the stream.
+async fn connect_h2(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, String)],
+) -> (u16, Option<H2Client>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let build = || {
+        let mut request = http::Request::connect(format!("http://{}{path}", gw.addr))
+            .header("sec-websocket-version", "13");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let mut request = request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        request
+    };
+    // The first request may leave before the server's SETTINGS (which allow it) arrived.
+    let started = std::time::Instant::now();
+    let mut response = loop {
+        sender.ready().await.unwrap();
+        match sender.send_request(build()).await {
+            Ok(response) => break response,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "extended CONNECT refused: {e}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    if status != 200 {
+        return (status, None);
+    }
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (status, Some(ws))
+}
+
+type H2Client =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+#[tokio::test]
+async fn websockets_over_http2_go_through_the_same_pipeline() {
+    let echo = EchoServer::start().await;
+    let (key, _) = SigningKey::generate_es256("k1").unwrap();
+    let gw = gateway(&echo, &key, "max_message_bytes: 1000").await;
+    let token = token(&key, &baseline_claims());
+    // Refused like the HTTP/1.1 form: no token, a foreign origin; never upstream.
+    assert_eq!(connect_h2(&gw, "/ws", &[]).await.0, 401);
+    let evil = ("origin", "https://evil.example.test".to_string());
+    assert_eq!(connect_h2(&gw, "/ws", &[bearer(&token), evil]).await.0, 403);
+    assert_eq!(echo.handshakes(), 0);
+    // Allowed: the policy saw `get_ws` with `request.upgrade` (it allows nothing else on /ws).
+    let (status, ws) = connect_h2(&gw, "/ws", &[bearer(&token)]).await;
+    assert_eq!(status, 200);
+    let mut ws = ws.unwrap();
+    ws.send(Message::text("over h2")).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();
+    assert_eq!(reply.unwrap().unwrap(), Message::text("echo: over h2"));
+    // The upstream's hop is an HTTP/1.1 upgrade with a key of the gateway's making.
+    let seen = echo.handshakes.lock().unwrap()[0].clone();
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["sec-websocket-key"].len(), 24);
+    // The same limits: an oversized message is closed with 1009.
+    let _ = ws.send(Message::binary(vec![0u8; 5000])).await;
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Size));
 }

@@ -184,9 +184,23 @@ where
     }
     // Recognised before the hop-by-hop headers go: the router decides whether the route
     // takes it, the proxy asks the upstream for it again.
-    if let Some(handshake) = crate::websocket::detect(&parts.method, parts.version, &parts.headers)
-    {
-        parts.extensions.insert(handshake);
+    match crate::websocket::detect(&parts) {
+        crate::websocket::Asked::Nothing => {}
+        crate::websocket::Asked::WebSocket(handshake) => {
+            if handshake.over_http2 {
+                // RFC 8441's CONNECT is the HTTP/1.1 handshake's GET: routes, policies and
+                // the API contract see one method for both.
+                parts.method = http::Method::GET;
+            }
+            parts.extensions.insert(handshake);
+        }
+        crate::websocket::Asked::OtherProtocol => {
+            return Err(malformed(
+                MalformedReason::UnsupportedProtocol,
+                "extended CONNECT for a protocol other than websocket",
+                false,
+            ));
+        }
     }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(length) = declared_length

@@ -72,7 +72,8 @@ where
                 let host = req
                     .headers()
                     .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok());
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str()));
                 if let Some(handshake) = req.extensions().get::<crate::websocket::Handshake>()
                     && let Err(denial) =
                         handshake.check(matched.route.policy.websocket.as_ref(), host)
