@@ -19,17 +19,20 @@ cargo build --release --locked -p portcullis-gateway --example protocol_load >&2
 LOAD="$CARGO_TARGET_DIR/release/examples/protocol_load"
 GW_PORT=18631
 
-server() { # KIND: starts an echo server on core 1, prints its address
-  taskset -c 1 "$LOAD" "$1" > "$WORK/$1.addr" &
+# The echo servers on core 1; each prints its address.
+for kind in ws-server grpc-server; do
+  taskset -c 1 "$LOAD" "$kind" > "$WORK/$kind.addr" &
   PIDS+=($!)
+done
+address() { # KIND
   for _ in $(seq 1 200); do
     grep -q listening "$WORK/$1.addr" 2>/dev/null && break
     sleep 0.05
   done
   awk '/listening/ {print $2}' "$WORK/$1.addr"
 }
-WS_UP=$(server ws-server)
-GRPC_UP=$(server grpc-server)
+WS_UP=$(address ws-server)
+GRPC_UP=$(address grpc-server)
 
 es256_key_and_jwks "$WORK/jwt.pem" bench > "$WORK/jwks.json"
 TOKEN=$("$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench)
@@ -43,7 +46,7 @@ upstreams:
   rpc: { url: "http://$GRPC_UP", timeout: 5s, protocol: grpc }
 identity:
   jwt:
-    - { name: bench, issuer: https://idp.bench, audiences: [bench], jwks_file: $WORK/jwks.json, algorithms: [ES256] }
+    - { name: bench, issuer: https://idp.bench, audiences: [bench], jwks_file: $WORK/jwks.json, algorithms: [ES256], max_lifetime: 2h }
 policy: { engine: rego, rego: { files: [$WORK/allow.rego], query: data.bench.allow } }
 limits: { websocket: { idle_timeout: 60s } }
 routes:
@@ -68,6 +71,7 @@ run() { # LOAD-ARGS...: KIND URL CONCURRENCY then the rest after the duration
   before=$(cpu_ticks "$GW_PID")
   out=$(taskset -c 1 "$LOAD" "$kind" "$url" "$conc" "$DURATION" "$@")
   after=$(cpu_ticks "$GW_PID")
+  [ -n "$out" ] || { echo "bench: the $kind load on $url failed" >&2; exit 1; }
   echo "$out" | awk -v ticks=$((after - before)) -v hz="$TICK" \
     '{ printf "%s %s %s %.2f\n", $1, $2, $3, (ticks / hz) * 1000000 / $4 }'
 }
