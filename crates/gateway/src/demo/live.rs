@@ -17,7 +17,9 @@ const MAX_MESSAGE: u64 = 1 << 20;
 pub(super) async fn live(mut req: Request) -> Response {
     use base64::Engine;
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return (StatusCode::BAD_REQUEST, "a WebSocket endpoint").into_response();
+        // A plain GET learns what the endpoint is (documented as such).
+        let about = serde_json::json!({ "websocket": "echo", "subprotocols": [] });
+        return axum::Json(about).into_response();
     };
     let mut input = key.as_bytes().to_vec();
     input.extend_from_slice(GUID.as_bytes());

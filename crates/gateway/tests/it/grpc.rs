@@ -126,13 +126,25 @@ struct EchoServer {
 
 impl EchoServer {
     async fn start() -> EchoServer {
+        EchoServer::start_with(None).await
+    }
+
+    /// With `tls`, over TLS (h2 by ALPN) with this server certificate.
+    async fn start_with(tls: Option<&crate::pki::Leaf>) -> EchoServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let echo = Echo::default();
         let calls = echo.calls.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(leaf) = tls {
+            let identity = tonic::transport::Identity::from_pem(&leaf.cert_pem, &leaf.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(echo)
                 .serve_with_incoming(incoming)
                 .await;
@@ -384,4 +396,24 @@ async fn deadlines_are_honoured_and_bounded_by_the_gateway() {
     assert!(started.elapsed() < Duration::from_secs(4));
     let told = echo.calls.lock().unwrap()[1].1.clone().unwrap();
     assert_eq!(told, "1000m");
+}
+
+#[tokio::test]
+async fn a_grpc_upstream_over_tls_is_reached_with_h2() {
+    let ca = crate::pki::Ca::new("grpc-upstream-ca");
+    let echo = EchoServer::start_with(Some(&ca.server())).await;
+    let dir = test_dir(&[("ca.pem", &ca.pem)]);
+    let config = config_with(
+        &format!("https://127.0.0.1:{}", echo.addr.port()),
+        "outbound:\n  ca_files: [ca.pem]\n  system_roots: false\nroutes:\n  - match: { prefix: /test.Echo/ }\n    upstream: main\n    auth: none\n",
+    )
+    .replace("timeout: 5s }", "timeout: 5s, protocol: grpc }");
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    let gw = Gateway::start_in(dir).await;
+    let mut grpc = client(&gw).await;
+    let reply = unary(&mut grpc, "/test.Echo/Unary", request(None, hello("tls")))
+        .await
+        .unwrap();
+    assert_eq!(reply.message, "echo: tls");
+    assert_eq!(echo.calls(), 1);
 }
