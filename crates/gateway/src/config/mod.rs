@@ -444,31 +444,27 @@ fn compile(
             sessions: sessions.is_some(),
         };
         if let Some(route) = compile_route(i, route, declared, context, &resolver, problems) {
-            if route.policy.auth.mode == AuthMode::None {
+            let mut warn = |message: String| {
                 warnings.push(Problem {
                     path: format!("routes[{i}]"),
                     line: raw
                         .routes
                         .get(i)
                         .and_then(|r| line_of(&r.matcher.referenced)),
-                    message: format!(
-                        "`{}` is public (auth: none): anyone can call it",
-                        route.endpoint
-                    ),
+                    message,
                 });
+            };
+            if route.policy.auth.mode == AuthMode::None {
+                warn(format!(
+                    "`{}` is public (auth: none): anyone can call it",
+                    route.endpoint
+                ));
             }
             if route.policy.grpc && raw.validation.is_some() {
-                warnings.push(Problem {
-                    path: format!("routes[{i}]"),
-                    line: raw
-                        .routes
-                        .get(i)
-                        .and_then(|r| line_of(&r.matcher.referenced)),
-                    message: format!(
-                        "`{}` leads to a gRPC upstream: `validation` does not check gRPC calls (protobuf bodies), only the other routes",
-                        route.endpoint
-                    ),
-                });
+                warn(format!(
+                    "`{}` leads to a gRPC upstream: `validation` does not check gRPC calls (protobuf bodies), only the other routes",
+                    route.endpoint
+                ));
             }
             routes.push(route);
         }

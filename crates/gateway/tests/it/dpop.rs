@@ -295,33 +295,8 @@ async fn server_nonces_are_stateless_and_shared_by_instances_with_the_key() {
 #[tokio::test]
 async fn the_demo_prints_a_dpop_call_that_works_once_per_proof() {
     let demo = Demo::start().await;
-    let bound = demo.token("ALICE_DPOP");
-    let line = |needle: &str| {
-        demo.banner
-            .iter()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` in the banner"))
-            .trim()
-            .split("   # ")
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let run = |command: String| {
-        let bound = bound.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let out = std::process::Command::new("bash")
-                    .args(["-c", &command])
-                    .env("ALICE_DPOP", bound)
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let line = |needle: &str| demo.command(&[needle]);
+    let run = |command: String| async { demo.run(command, "ALICE_DPOP").await.1 };
     let dpop_call = line("authorization: DPoP $ALICE_DPOP");
     assert!(
         run(dpop_call.clone()).await.starts_with("HTTP/1.1 200"),

@@ -665,6 +665,40 @@ impl Demo {
             .to_string()
     }
 
+    /// The command of the first banner line containing every one of `needles`, without its
+    /// trailing `   # comment`.
+    pub fn command(&self, needles: &[&str]) -> String {
+        self.banner
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no {needles:?} command in the banner"))
+            .trim()
+            .split("   # ")
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs a banner command in bash with the token `NAME` from the banner in its environment;
+    /// returns the exit code and what it printed.
+    pub async fn run(&self, command: String, name: &str) -> (Option<i32>, String) {
+        let token = self.token(name);
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("bash")
+                .args(["-c", &command])
+                .env(name, token)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
     /// A token the banner prints as `NAME=...`.
     pub fn token(&self, name: &str) -> String {
         self.banner

@@ -124,6 +124,29 @@ routes:\n  - match: {{ path: /ws, methods: [GET] }}\n    upstream: main\n    web
     Gateway::start_in(dir).await
 }
 
+/// An echo upstream behind a gateway with `limits.websocket: {limits}`, and a valid token.
+struct Protected {
+    echo: EchoServer,
+    key: SigningKey,
+    gw: Gateway,
+    token: String,
+}
+
+impl Protected {
+    async fn start(limits: &str) -> Protected {
+        let echo = EchoServer::start().await;
+        let (key, _) = SigningKey::generate_es256("k1").unwrap();
+        let gw = gateway(&echo, &key, limits).await;
+        let token = token(&key, &baseline_claims());
+        Protected {
+            echo,
+            key,
+            gw,
+            token,
+        }
+    }
+}
+
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -178,10 +201,12 @@ fn status_of(result: Result<Client, WsError>) -> u16 {
 
 #[tokio::test]
 async fn messages_are_relayed_both_ways_after_the_whole_pipeline() {
-    let echo = EchoServer::start().await;
-    let (key, _) = SigningKey::generate_es256("k1").unwrap();
-    let gw = gateway(&echo, &key, "max_message_bytes: 100000").await;
-    let token = token(&key, &baseline_claims());
+    let Protected {
+        echo,
+        key: _key,
+        gw,
+        token,
+    } = Protected::start("max_message_bytes: 100000").await;
     let mut ws = connect(
         &gw,
         "/ws",
@@ -228,11 +253,13 @@ async fn messages_are_relayed_both_ways_after_the_whole_pipeline() {
 
 #[tokio::test]
 async fn refused_handshakes_never_reach_the_upstream() {
-    let echo = EchoServer::start().await;
-    let (key, _) = SigningKey::generate_es256("k1").unwrap();
     let (other, _) = SigningKey::generate_es256("k1").unwrap();
-    let gw = gateway(&echo, &key, "idle_timeout: 10s").await;
-    let good = token(&key, &baseline_claims());
+    let Protected {
+        echo,
+        key: _key,
+        gw,
+        token: good,
+    } = Protected::start("idle_timeout: 10s").await;
     let forged = token(&other, &baseline_claims());
     let origin = ("origin", "https://app.example.test".to_string());
     // Path, handshake headers, the refusal's status and the event's reason.
@@ -279,10 +306,12 @@ async fn refused_handshakes_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn an_oversized_message_is_closed_with_1009_before_the_upstream_sees_it() {
-    let echo = EchoServer::start().await;
-    let (key, _) = SigningKey::generate_es256("k1").unwrap();
-    let gw = gateway(&echo, &key, "max_message_bytes: 1000").await;
-    let token = token(&key, &baseline_claims());
+    let Protected {
+        echo,
+        key: _key,
+        gw,
+        token,
+    } = Protected::start("max_message_bytes: 1000").await;
     let mut ws = connect(&gw, "/ws", &[bearer(&token)]).await.unwrap();
     ws.send(Message::binary(vec![0u8; 900])).await.unwrap();
     assert!(
@@ -312,10 +341,12 @@ async fn an_oversized_message_is_closed_with_1009_before_the_upstream_sees_it() 
 
 #[tokio::test]
 async fn idle_connections_and_expiring_tokens_are_closed() {
-    let echo = EchoServer::start().await;
-    let (key, _) = SigningKey::generate_es256("k1").unwrap();
-    let gw = gateway(&echo, &key, "idle_timeout: 1s, max_lifetime: 1h").await;
-    let token_now = token(&key, &baseline_claims());
+    let Protected {
+        echo: _echo,
+        key,
+        gw,
+        token: token_now,
+    } = Protected::start("idle_timeout: 1s, max_lifetime: 1h").await;
     let mut ws = connect(&gw, "/ws", &[bearer(&token_now)]).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
 
@@ -383,37 +414,8 @@ async fn the_demo_prints_websocket_commands_that_work() {
 
 async fn demo_websocket_commands(args: &[&str]) {
     let demo = Demo::start_with(args).await;
-    let alice = demo.token("ALICE");
-    let line = |needle: &str| {
-        demo.banner
-            .iter()
-            .filter(|l| l.contains("websocket-client.py"))
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` WebSocket command in the banner"))
-            .trim()
-            .split("   # ")
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let run = |command: String| {
-        let alice = alice.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let out = std::process::Command::new("bash")
-                    .args(["-c", &command])
-                    .env("ALICE", alice)
-                    .output()
-                    .unwrap();
-                (
-                    out.status.code(),
-                    String::from_utf8_lossy(&out.stdout).into_owned(),
-                )
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let line = |needle: &str| demo.command(&["websocket-client.py", needle]);
+    let run = |command: String| demo.run(command, "ALICE");
     let (code, out) = run(line("hello again")).await;
     assert_eq!(
         (code, out.as_str()),
@@ -507,10 +509,12 @@ type H2Client =
 
 #[tokio::test]
 async fn websockets_over_http2_go_through_the_same_pipeline() {
-    let echo = EchoServer::start().await;
-    let (key, _) = SigningKey::generate_es256("k1").unwrap();
-    let gw = gateway(&echo, &key, "max_message_bytes: 1000").await;
-    let token = token(&key, &baseline_claims());
+    let Protected {
+        echo,
+        key: _key,
+        gw,
+        token,
+    } = Protected::start("max_message_bytes: 1000").await;
     // Refused like the HTTP/1.1 form: no token, a foreign origin; never upstream.
     assert_eq!(connect_h2(&gw, "/ws", &[]).await.0, 401);
     let evil = ("origin", "https://evil.example.test".to_string());
