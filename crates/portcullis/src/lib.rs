@@ -42,6 +42,7 @@ pub mod outbound;
 pub mod problem;
 pub mod ratelimit;
 pub mod reason;
+pub mod redis_backend;
 pub mod request_id;
 pub mod respond;
 pub mod route;

@@ -91,10 +91,12 @@ impl Shared {
         }
     }
 
-    /// The Redis revocation store at `url`, created once (connections are made on use).
+    /// The Redis revocation store at `url` (with `cluster`, comma-separated node URLs),
+    /// created once (connections are made on use).
     fn redis_revocations(
         &self,
         url: &str,
+        cluster: bool,
         timeout: Duration,
         subject_ttl: Duration,
     ) -> Result<Arc<Revocations>, String> {
@@ -102,13 +104,22 @@ impl Shared {
             .redis_revocations
             .lock()
             .map_err(|_| "revocation registry poisoned".to_string())?;
-        if let Some(store) = stores.get(url) {
+        let key = format!("{cluster} {url}");
+        if let Some(store) = stores.get(&key) {
             return Ok(store.clone());
         }
-        let store = Arc::new(Revocations::Redis(
-            RedisRevocations::new(url, timeout, subject_ttl).map_err(|e| e.to_string())?,
-        ));
-        stores.insert(url.to_string(), store.clone());
+        let store = if cluster {
+            let nodes: Vec<String> = url
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            RedisRevocations::cluster(&nodes, timeout, subject_ttl)
+        } else {
+            RedisRevocations::new(url, timeout, subject_ttl)
+        };
+        let store = Arc::new(Revocations::Redis(store.map_err(|e| e.to_string())?));
+        stores.insert(key, store.clone());
         Ok(store)
     }
 
@@ -563,14 +574,6 @@ fn compile_revocation(
                 );
                 return None;
             };
-            if redis.cluster == Some(true) {
-                problems.at(
-                    "identity.revocation.redis.cluster",
-                    &redis.url,
-                    "a Redis Cluster revocation store is not supported yet (use one Redis server)",
-                );
-                return None;
-            }
             // The URL may carry a password, so it must be a reference.
             let url = resolver.secret("identity.revocation.redis.url", &redis.url, problems)?;
             let timeout = redis.timeout.map_or(Duration::from_millis(50), |d| d.0);
@@ -580,7 +583,12 @@ fn compile_revocation(
                 .max()
                 .unwrap_or(Duration::from_secs(3600));
             shared
-                .redis_revocations(url.expose(), timeout, subject_ttl)
+                .redis_revocations(
+                    url.expose(),
+                    redis.cluster == Some(true),
+                    timeout,
+                    subject_ttl,
+                )
                 .map_err(|e| {
                     problems.at(
                         "identity.revocation.redis.url",

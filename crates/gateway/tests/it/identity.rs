@@ -674,3 +674,81 @@ async fn redis_revocations_apply_on_every_instance_and_fail_closed() {
     assert_eq!(send(revoke(&a, r#"{"jti":"x"}"#)).await.unwrap().0, 503);
     assert_eq!(upstream.hits(), hits);
 }
+
+#[tokio::test]
+async fn revocations_on_a_redis_cluster_apply_on_every_instance() {
+    let cluster = Cluster::start().await;
+    let upstream = Upstream::start().await;
+    let (key, _) = SigningKey::generate_es256("k1").unwrap();
+    let start = || {
+        let dir = test_dir(&[("redis-url", &cluster.urls()), ("jwks.json", &jwks(&key))]);
+        let config = config_with(
+            &upstream.url(),
+            &format!(
+                "identity:\n  jwt:\n    - {{ name: t, issuer: {ISSUER}, audiences: [api], jwks_file: jwks.json, algorithms: [ES256] }}\n  revocation:\n    store: redis\n    redis: {{ url: \"${{file:redis-url}}\", timeout: 500ms, cluster: true }}\n{ALLOW_ALL}routes:\n  - match: {{ prefix: /api/ }}\n    upstream: main\n"
+            ),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        dir
+    };
+    let (a, b) = (
+        Gateway::start_in(start()).await,
+        Gateway::start_in(start()).await,
+    );
+    let revoke = |gw: &Gateway, body: &str| {
+        Request::post(gw.admin_url("/admin/revocations"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    // Many jtis, so that their keys land on every node's slots.
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let mut claims = baseline_claims();
+        claims.insert("jti".into(), json!(format!("c-{i}")));
+        claims.insert("sub".into(), json!(format!("user-{i}")));
+        tokens.push(token(&key, &claims));
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(
+            send(bearer(b.url("/api/x"), t)).await.unwrap().0,
+            200,
+            "{i}: {:?}",
+            b.events().last()
+        );
+        if i % 2 == 0 {
+            let body = format!("{{\"jti\":\"c-{i}\"}}");
+            assert_eq!(send(revoke(&a, &body)).await.unwrap().0, 200);
+        }
+    }
+    // Revoked through A, refused by B on its next request; the others still pass.
+    for (i, t) in tokens.iter().enumerate() {
+        let expected = if i % 2 == 0 { 401 } else { 200 };
+        assert_eq!(
+            send(bearer(b.url("/api/x"), t)).await.unwrap().0,
+            expected,
+            "{i}"
+        );
+    }
+    // A subject revoked through B is refused by A.
+    assert_eq!(
+        send(revoke(&b, r#"{"sub":"user-1"}"#)).await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        send(bearer(a.url("/api/x"), &tokens[1])).await.unwrap().0,
+        401
+    );
+    assert_eq!(
+        send(bearer(a.url("/api/x"), &tokens[3])).await.unwrap().0,
+        200
+    );
+    let holding = (0..3)
+        .filter(|n| cluster.redis_cli(*n, &["dbsize"]) != "0")
+        .count();
+    assert!(
+        holding >= 2,
+        "the revocation keys did not spread over the slots"
+    );
+    assert_eq!(upstream.hits(), 12 + 6 + 1);
+}

@@ -299,58 +299,6 @@ async fn redis_outage_falls_back_to_local_limits_without_5xx_and_recovers() {
     .await;
 }
 
-/// Three masters, started and joined by the test (`redis-cli --cluster create`).
-struct Cluster {
-    nodes: Vec<Redis>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(Redis::start_cluster_node(dir.path()).await);
-        }
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let status = std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("redis-cli");
-        assert!(status.success(), "cluster create failed");
-        for node in &nodes {
-            let port = node.port.to_string();
-            eventually("the cluster to be ready", || {
-                let out = std::process::Command::new("redis-cli")
-                    .args(["-p", &port, "cluster", "info"])
-                    .output()
-                    .ok()?;
-                String::from_utf8_lossy(&out.stdout)
-                    .contains("cluster_state:ok")
-                    .then_some(())
-            })
-            .await;
-        }
-        Cluster { nodes, _dir: dir }
-    }
-
-    fn redis_cli(&self, node: usize, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.nodes[node].port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
 #[tokio::test]
 async fn redis_cluster_limits_hold_across_slots() {
     let cluster = Cluster::start().await;

@@ -601,6 +601,67 @@ impl Redis {
     }
 }
 
+/// Three masters, started and joined by the test (`redis-cli --cluster create`).
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Redis::start_cluster_node(dir.path()).await);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(status.success(), "cluster create failed");
+        for node in &nodes {
+            let port = node.port.to_string();
+            eventually("the cluster to be ready", || {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port, "cluster", "info"])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            })
+            .await;
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    pub fn redis_cli(&self, node: usize, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.nodes[node].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The node URLs, comma-separated (as `cluster: true` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// `portcullis demo` on ephemeral ports, its banner read; killed on drop.
 pub struct Demo {
     pub banner: Vec<String>,

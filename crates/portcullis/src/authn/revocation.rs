@@ -2,6 +2,7 @@
 //! before a point in time.
 
 use super::Principal;
+use crate::redis_backend::{RedisBackend, RedisConnection};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -63,11 +64,11 @@ impl RevocationList {
 #[error("revocation store unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// A revocation list in Redis, shared by every gateway instance that uses the same store:
-/// a revocation made through one instance applies on the next request to any of them.
+/// A revocation list in Redis (one server or a Cluster), shared by every gateway instance
+/// that uses the same store: a revocation made through one instance applies on the next
+/// request to any of them.
 pub struct RedisRevocations {
-    client: redis::Client,
-    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    backend: RedisBackend,
     timeout: std::time::Duration,
     prefix: String,
     /// How long a subject revocation must be remembered (the longest token lifetime).
@@ -89,26 +90,39 @@ impl RedisRevocations {
         timeout: std::time::Duration,
         subject_ttl: std::time::Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisRevocations {
-            client,
-            connection: tokio::sync::OnceCell::new(),
+        let backend =
+            RedisBackend::single(url, timeout, 1).map_err(|e| StoreError(e.to_string()))?;
+        Ok(RedisRevocations::on(backend, timeout, subject_ttl))
+    }
+
+    /// A store on a Redis Cluster reached through any of `nodes`. A `jti` and a subject live
+    /// on their own slots, so a check asks both at once.
+    pub fn cluster(
+        nodes: &[String],
+        timeout: std::time::Duration,
+        subject_ttl: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let backend =
+            RedisBackend::cluster(nodes, timeout, 1).map_err(|e| StoreError(e.to_string()))?;
+        Ok(RedisRevocations::on(backend, timeout, subject_ttl))
+    }
+
+    fn on(
+        backend: RedisBackend,
+        timeout: std::time::Duration,
+        subject_ttl: std::time::Duration,
+    ) -> Self {
+        RedisRevocations {
+            backend,
             timeout,
             prefix: "portcullis:revoked:".into(),
             subject_ttl,
-        })
+        }
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
-            .set_connection_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connect = self.connection.get_or_try_init(|| {
-            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
-        });
-        match tokio::time::timeout(self.timeout * 4, connect).await {
-            Ok(Ok(manager)) => Ok(manager.clone()),
+    async fn connection(&self) -> Result<RedisConnection, StoreError> {
+        match tokio::time::timeout(self.timeout * 4, self.backend.connection()).await {
+            Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
             Err(_) => Err(StoreError("connecting timed out".into())),
         }
@@ -121,9 +135,32 @@ impl RedisRevocations {
             Err(_) => Err(StoreError("timed out".into())),
         }
     }
+
+    /// The values at the `jti` key and the subject key: one MGET on one server; on a Cluster,
+    /// where the two keys sit on different slots (and a pipeline goes to one node), one GET
+    /// each, sent at once.
+    async fn both(
+        &self,
+        jti: String,
+        sub: String,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        if !self.backend.is_cluster() {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(jti).arg(sub);
+            return self.run(cmd).await;
+        }
+        let get = |key: String| {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            self.run::<Option<String>>(cmd)
+        };
+        tokio::try_join!(get(jti), get(sub))
+    }
 }
 
 /// Where revocations live.
+// One value per configured store for the life of the process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Revocations {
     /// In this process only.
@@ -186,18 +223,20 @@ impl Revocations {
                 if claims.jti.is_none() && claims.sub.is_none() {
                     return Ok(false);
                 }
-                let mut cmd = redis::cmd("MGET");
-                cmd.arg(format!(
-                    "{}jti:{}",
-                    redis.prefix,
-                    claims.jti.as_deref().unwrap_or("\u{0}")
-                ))
-                .arg(format!(
-                    "{}sub:{}",
-                    redis.prefix,
-                    claims.sub.as_deref().unwrap_or("\u{0}")
-                ));
-                let (jti, sub): (Option<String>, Option<String>) = redis.run(cmd).await?;
+                let (jti, sub) = redis
+                    .both(
+                        format!(
+                            "{}jti:{}",
+                            redis.prefix,
+                            claims.jti.as_deref().unwrap_or("\u{0}")
+                        ),
+                        format!(
+                            "{}sub:{}",
+                            redis.prefix,
+                            claims.sub.as_deref().unwrap_or("\u{0}")
+                        ),
+                    )
+                    .await?;
                 if jti.is_some() {
                     return Ok(true);
                 }

@@ -3,6 +3,7 @@
 
 use super::gcra::{self, Quota, Verdict};
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
+use crate::redis_backend::{RedisBackend, RedisConnection as Connection};
 use crate::threat::SharedFlag;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -88,23 +89,10 @@ impl MemoryStore {
     }
 }
 
-// One value per store for the life of the process: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Backend {
-    Single {
-        client: redis::Client,
-        connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
-    },
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
-    },
-}
-
 /// GCRA state in Redis: one server, or a Redis Cluster (each limit key carries a hash tag,
 /// so it lives on one slot; the script is loaded on whichever node a key lands on).
 pub struct RedisStore {
-    backend: Backend,
+    backend: RedisBackend,
     script: redis::Script,
     timeout: Duration,
 }
@@ -135,10 +123,8 @@ impl RedisStore {
     /// A store at `url`, connected on first use; each check must answer within `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
         Ok(RedisStore {
-            backend: Backend::Single {
-                client: redis::Client::open(url).map_err(|e| RedisError::Address(e.to_string()))?,
-                connection: tokio::sync::OnceCell::new(),
-            },
+            backend: RedisBackend::single(url, timeout, 0)
+                .map_err(|e| RedisError::Address(e.to_string()))?,
             script: redis::Script::new(gcra::LUA),
             timeout,
         })
@@ -146,17 +132,9 @@ impl RedisStore {
 
     /// A store on a Redis Cluster reached through any of `nodes`.
     pub fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, RedisError> {
-        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(1)
-            .build()
-            .map_err(|e| RedisError::Address(e.to_string()))?;
         Ok(RedisStore {
-            backend: Backend::Cluster {
-                client,
-                connection: tokio::sync::OnceCell::new(),
-            },
+            backend: RedisBackend::cluster(nodes, timeout, 1)
+                .map_err(|e| RedisError::Address(e.to_string()))?,
             script: redis::Script::new(gcra::LUA),
             timeout,
         })
@@ -164,28 +142,10 @@ impl RedisStore {
 
     /// A connection to whichever deployment this store uses (made once, then shared).
     async fn connection(&self) -> Result<Connection, RedisError> {
-        match &self.backend {
-            Backend::Single { client, connection } => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(0);
-                let manager = connection
-                    .get_or_try_init(|| {
-                        redis::aio::ConnectionManager::new_with_config(client.clone(), config)
-                    })
-                    .await
-                    .map_err(|e| RedisError::Failed(e.to_string()))?;
-                Ok(Connection::Single(manager.clone()))
-            }
-            Backend::Cluster { client, connection } => {
-                let cluster = connection
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await
-                    .map_err(|e| RedisError::Failed(e.to_string()))?;
-                Ok(Connection::Cluster(cluster.clone()))
-            }
-        }
+        self.backend
+            .connection()
+            .await
+            .map_err(|e| RedisError::Failed(e.to_string()))
     }
 
     /// Whether `member` is in the set `key` (for shared IP reputation).
@@ -322,50 +282,11 @@ impl RedisStore {
     }
 }
 
-/// A connection to one Redis server or to a Cluster, usable wherever redis-rs takes a
-/// connection.
 /// The Redis sorted set of detector flags (member `client:<ip>` or `principal:<sub>`, score
 /// the Unix second the flag ends).
 const FLAG_SET: &str = "portcullis:flags";
 /// Shared flags read back per exchange at most.
 pub const MAX_SHARED_FLAGS: usize = 10_000;
-
-#[derive(Clone)]
-enum Connection {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Connection {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// What to do while the shared store is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq)]
