@@ -662,6 +662,14 @@ async fn redis_revocations_apply_on_every_instance_and_fail_closed() {
         ),
         "{event}"
     );
+    if event["reason"] == "revocation_unavailable" {
+        // The store's own error, for the operator (the client got a generic 401).
+        let detail = event["details"]["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("revocation store unavailable: "),
+            "{detail}"
+        );
+    }
     let mut claims = baseline_claims();
     claims.insert("sub".into(), json!("dave"));
     let (status, _, _) = send(bearer(b.url("/api/x"), &token(&key, &claims)))

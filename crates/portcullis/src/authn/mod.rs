@@ -215,7 +215,7 @@ impl Authenticator {
         match self.revocations.is_revoked(&principal).await {
             Ok(false) => {}
             Ok(true) => return Err(TokenError::Revoked),
-            Err(_) => return Err(TokenError::RevocationUnavailable),
+            Err(e) => return Err(TokenError::RevocationUnavailable(e.to_string())),
         }
         Ok(principal)
     }

@@ -88,9 +88,10 @@ pub enum TokenError {
     /// The introspection endpoint says the opaque token is not active.
     #[error("token not active")]
     Inactive,
-    /// The revocation store could not be asked (fail closed).
-    #[error("revocation store unavailable")]
-    RevocationUnavailable,
+    /// The revocation store could not be asked (fail closed); the store's error, for the
+    /// event.
+    #[error("{0}")]
+    RevocationUnavailable(String),
     /// The introspection endpoint could not be asked (fail closed).
     #[error("introspection failed")]
     IntrospectionFailed,
@@ -127,7 +128,7 @@ impl TokenError {
             TokenError::Revoked => "revoked",
             TokenError::Inactive => "inactive_token",
             TokenError::IntrospectionFailed => "introspection_unavailable",
-            TokenError::RevocationUnavailable => "revocation_unavailable",
+            TokenError::RevocationUnavailable(_) => "revocation_unavailable",
         }
     }
 }
