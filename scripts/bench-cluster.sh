@@ -65,12 +65,7 @@ YAML
   GW_PIDS+=($!)
   PIDS+=($!)
 done
-for port in "${GW_PORTS[@]}"; do
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.05
-  done
-done
+for port in "${GW_PORTS[@]}"; do wait_for_port "$port"; done
 
 by_command() { # "name calls usec" per command type, summed over the masters (INFO left out)
   for port in "${REDIS_PORTS[@]}"; do

@@ -68,6 +68,16 @@ wait_for() { # URL
   exit 1
 }
 
+wait_for_port() { # PORT: until something accepts on 127.0.0.1:PORT (a listener that answers
+  # every unauthenticated request with 401 cannot be awaited with wait_for)
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing listens on port $1" >&2
+  exit 1
+}
+
 # One measured run: prints "rps p50_us p99_us cpu_us_per_request". Extra wrk arguments
 # (a header, a script) follow the URL and PID. wrk sees BENCH_PHASE=warmup during the 2 s
 # warm-up and BENCH_PHASE=measured during the run, so a script can stream different requests

@@ -56,10 +56,7 @@ YAML
 taskset -c 0 "$BIN" run --config "$WORK/gateway.yaml" 2>"$WORK/gateway.err" &
 GW_PID=$!
 PIDS+=($GW_PID)
-for _ in $(seq 1 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break
-  sleep 0.05
-done
+wait_for_port "$GW_PORT"
 
 # One run: a 2 s warm-up, then the measured run with the gateway's CPU time around it.
 # Prints "per_second p50_us p99_us cpu_us_per_message".

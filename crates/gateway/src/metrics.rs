@@ -80,18 +80,7 @@ pub struct Readings<'a> {
     pub websockets: &'a portcullis::websocket::WebSocketCounts,
 }
 
-/// The count of open client connections.
-pub struct ConnectionGauge(Gauge);
-
-impl ConnectionGauge {
-    /// Counts one more open connection, until the returned guard is dropped.
-    pub fn opened(self) -> OpenConnection {
-        self.0.inc();
-        OpenConnection(self.0)
-    }
-}
-
-/// One open connection, counted until dropped.
+/// One open client connection, counted in `portcullis_open_connections` until dropped.
 pub struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
@@ -414,11 +403,10 @@ impl Metrics {
         label
     }
 
-    /// A client connection opened.
-    /// The open-connections gauge: a connection counts from [`ConnectionGauge::opened`] until
-    /// the value it returns is dropped.
-    pub fn connections(&self) -> ConnectionGauge {
-        ConnectionGauge(self.open_connections.clone())
+    /// A client connection opened; it counts until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.open_connections.inc();
+        OpenConnection(self.open_connections.clone())
     }
 
     /// A TLS handshake on the listener failed.

@@ -88,7 +88,7 @@ pub async fn serve(
         tokio::spawn(async move {
             // Held by the connection, and by a WebSocket relayed from it, which outlives it.
             let hold = ConnectionHold::new(
-                ConnectionSlot::new(permit, gateway.metrics.connections()),
+                ConnectionSlot::new(permit, gateway.metrics.connection_opened()),
                 shutdown,
             );
             match tls_config {
@@ -433,7 +433,10 @@ async fn handle(
     if let Some(identity) = connection.identity {
         extensions.insert(identity);
     }
-    if req.headers().contains_key(http::header::UPGRADE) {
+    // HTTP/1.1 asks with `Upgrade`, HTTP/2 with an extended CONNECT's `:protocol`.
+    if req.headers().contains_key(http::header::UPGRADE)
+        || req.extensions().get::<hyper::ext::Protocol>().is_some()
+    {
         req.extensions_mut().insert(connection.hold.clone());
     }
     let extensions = req.extensions_mut();

@@ -3,18 +3,16 @@
 //! back to the client and both upgraded connections are relayed, frame by frame, within
 //! `limits.websocket` and never past the token's `exp`.
 
-use crate::metrics::{ConnectionGauge, OpenConnection};
+use crate::metrics::OpenConnection;
 use crate::upstream_pool::ProxyBody;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use portcullis::authn::Principal;
 use portcullis::event::{EventBus, EventType, Severity, request_event};
 use portcullis::scope::RequestScope;
-use portcullis::websocket::{
-    Handshake, RelayEnd, RelayLimits, UPGRADE_WEBSOCKET, WebSocketCounts, WebSocketLimits,
-};
+use portcullis::websocket::{Handshake, RelayEnd, RelayLimits, WebSocketCounts, WebSocketLimits};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -28,11 +26,11 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
-    /// Takes the place `permit` stands for and counts the connection open on `gauge`.
-    pub fn new(permit: OwnedSemaphorePermit, gauge: ConnectionGauge) -> Self {
+    /// Takes the place `permit` stands for, with the connection counted open.
+    pub fn new(permit: OwnedSemaphorePermit, counted: OpenConnection) -> Self {
         ConnectionSlot {
             _permit: permit,
-            _counted: gauge.opened(),
+            _counted: counted,
         }
     }
 }
@@ -101,13 +99,12 @@ impl PendingUpgrade {
     /// extension the upstream claims is dropped (none was offered).
     pub fn answer(&self, mut parts: http::response::Parts) -> Response<portcullis::body::Body> {
         let headers = &mut parts.headers;
-        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         if self.over_http2 {
             parts.status = http::StatusCode::OK;
             headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         } else {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, UPGRADE_WEBSOCKET);
+            portcullis::websocket::set_upgrade_headers(headers);
         }
         Response::from_parts(parts, portcullis::body::empty())
     }

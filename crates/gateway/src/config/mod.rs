@@ -254,7 +254,7 @@ fn compile(
         .map_or(normalize_defaults.max_body_bytes, |s| s.value);
     let h2 = server_defaults.http2;
     let websocket =
-        upstream::websocket_limits(&limits.websocket, server_defaults.websocket, problems);
+        routes::websocket_limits(&limits.websocket, server_defaults.websocket, problems);
     let server = ServerLimits {
         websocket,
         lingering_close: dur(limits.lingering_close, server_defaults.lingering_close),

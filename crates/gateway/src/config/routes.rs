@@ -1,5 +1,6 @@
 //! Routes compiled from `routes:`: the match, the upstream, and the route's policy
-//! (authentication, scopes, client identities, authorization, its own limit).
+//! (authentication, scopes, client identities, authorization, its own limit, WebSocket
+//! upgrades), and `limits.websocket` beside the routes' WebSocket rules.
 
 use super::{Problems, Upstream, line_of};
 use super::{ratelimit, raw, secret};
@@ -321,6 +322,39 @@ fn compile_websocket(
         }
     }
     Some(WebSocketRoute { origins })
+}
+
+/// `limits.websocket`, each bound above zero.
+pub(super) fn websocket_limits(
+    raw: &raw::RawWebSocketLimits,
+    defaults: portcullis::websocket::WebSocketLimits,
+    problems: &mut Problems,
+) -> portcullis::websocket::WebSocketLimits {
+    let mut limits = defaults;
+    match &raw.max_message_bytes {
+        Some(n) if n.value == 0 => problems.add(
+            "limits.websocket.max_message_bytes",
+            line_of(&n.referenced),
+            "must be greater than 0",
+        ),
+        Some(n) => limits.max_message_bytes = n.value,
+        None => {}
+    }
+    for (name, value, slot) in [
+        ("idle_timeout", raw.idle_timeout, &mut limits.idle_timeout),
+        ("max_lifetime", raw.max_lifetime, &mut limits.max_lifetime),
+    ] {
+        match value {
+            Some(d) if d.0.is_zero() => problems.add(
+                format!("limits.websocket.{name}"),
+                None,
+                "must be longer than 0s",
+            ),
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    limits
 }
 
 fn compile_scopes(

@@ -154,36 +154,3 @@ pub(super) fn compile_upstream(
         client_cert,
     })
 }
-
-/// `limits.websocket`, each bound above zero.
-pub(super) fn websocket_limits(
-    raw: &raw::RawWebSocketLimits,
-    defaults: portcullis::websocket::WebSocketLimits,
-    problems: &mut Problems,
-) -> portcullis::websocket::WebSocketLimits {
-    let mut limits = defaults;
-    match &raw.max_message_bytes {
-        Some(n) if n.value == 0 => problems.add(
-            "limits.websocket.max_message_bytes",
-            line_of(&n.referenced),
-            "must be greater than 0",
-        ),
-        Some(n) => limits.max_message_bytes = n.value,
-        None => {}
-    }
-    for (name, value, slot) in [
-        ("idle_timeout", raw.idle_timeout, &mut limits.idle_timeout),
-        ("max_lifetime", raw.max_lifetime, &mut limits.max_lifetime),
-    ] {
-        match value {
-            Some(d) if d.0.is_zero() => problems.add(
-                format!("limits.websocket.{name}"),
-                None,
-                "must be longer than 0s",
-            ),
-            Some(d) => *slot = d.0,
-            None => {}
-        }
-    }
-    limits
-}

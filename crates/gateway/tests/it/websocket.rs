@@ -371,22 +371,27 @@ async fn idle_connections_and_expiring_tokens_are_closed() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
 
-#[tokio::test]
-async fn a_relayed_websocket_keeps_its_place_under_max_connections() {
+/// A gateway with a public WebSocket route (`extra` YAML before it) and one WebSocket open on
+/// it, through which one message has already been echoed.
+async fn open_public(extra: &str) -> (EchoServer, Gateway, Client) {
     let echo = EchoServer::start().await;
     let config = config_with(
         &format!("http://{}", echo.addr),
-        "limits: { max_connections: 1 }\nroutes:\n  - match: { path: /ws }\n    upstream: main\n    auth: none\n    websocket: true\n",
+        &format!(
+            "{extra}routes:\n  - match: {{ path: /ws }}\n    upstream: main\n    auth: none\n    websocket: true\n"
+        ),
     );
     let gw = Gateway::start(&config).await;
     let mut ws = connect(&gw, "/ws", &[]).await.unwrap();
     ws.send(Message::text("hi")).await.unwrap();
-    assert!(
-        tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let echoed = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();
+    assert!(echoed.is_some());
+    (echo, gw, ws)
+}
+
+#[tokio::test]
+async fn a_relayed_websocket_keeps_its_place_under_max_connections() {
+    let (_echo, gw, ws) = open_public("limits: { max_connections: 1 }\n").await;
     // The HTTP connection that carried the handshake is gone, the WebSocket is not: a new
     // client waits in the backlog.
     let waiting =
@@ -428,22 +433,14 @@ async fn demo_websocket_commands(args: &[&str]) {
 
 #[tokio::test]
 async fn shutdown_closes_open_websockets_with_going_away() {
-    let echo = EchoServer::start().await;
-    let config = config_with(
-        &format!("http://{}", echo.addr),
-        "routes:\n  - match: { path: /ws }\n    upstream: main\n    auth: none\n    websocket: true\n",
-    );
-    let mut gw = Gateway::start(&config).await;
-    let mut ws = connect(&gw, "/ws", &[]).await.unwrap();
-    ws.send(Message::text("hi")).await.unwrap();
-    assert!(
-        tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let (_echo, mut gw, mut ws) = open_public("").await;
+    // And one over HTTP/2, whose request carries no `Upgrade` header.
+    let (status, h2) = connect_h2(&gw, "/ws", &[]).await;
+    assert_eq!(status, 200);
+    let mut h2 = h2.unwrap();
     gw.signal("TERM");
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
+    assert_eq!(close_code(&mut h2).await, Some(CloseCode::Away));
     assert!(gw.wait_exit().await, "{}", gw.stderr());
 }
 

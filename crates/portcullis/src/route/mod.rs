@@ -69,16 +69,17 @@ where
                 }
                 // An upgrade is refused here if the route does not take it: never a silent
                 // strip that would leave the client waiting for a 101.
-                let host = req
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or_else(|| req.uri().authority().map(|a| a.as_str()));
-                if let Some(handshake) = req.extensions().get::<crate::websocket::Handshake>()
-                    && let Err(denial) =
+                if let Some(handshake) = req.extensions().get::<crate::websocket::Handshake>() {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+                    if let Err(denial) =
                         handshake.check(matched.route.policy.websocket.as_ref(), host)
-                {
-                    return ResponseFuture::denied(denial);
+                    {
+                        return ResponseFuture::denied(denial);
+                    }
                 }
                 req.extensions_mut().insert(matched);
                 ResponseFuture::inner(self.inner.call(req))

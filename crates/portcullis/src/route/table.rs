@@ -36,8 +36,9 @@ pub struct RoutePolicy {
     pub limit: Option<LimitRule>,
     /// Whether WebSocket upgrades are allowed (`websocket: true`), from which origins.
     pub websocket: Option<crate::websocket::WebSocketRoute>,
-    /// The route leads to a gRPC service: refusals are gRPC statuses, the policy action is
-    /// the full method, and the API contract (OpenAPI) does not apply.
+    /// The route leads to a gRPC service: the policy action is the full method and the API
+    /// contract (OpenAPI) does not apply. (Refusals are gRPC statuses for any request that
+    /// says it is gRPC, routed or not.)
     pub grpc: bool,
 }
 

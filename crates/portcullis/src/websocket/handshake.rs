@@ -21,7 +21,7 @@ pub struct Handshake {
 }
 
 /// The `Upgrade` value the gateway forwards.
-pub const UPGRADE_WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+const UPGRADE_WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
 
 /// What a request says about switching protocols.
 #[derive(Debug)]
@@ -175,15 +175,21 @@ impl Handshake {
 /// that came over HTTP/2 (which has none). Extensions are never offered: the relay bounds
 /// messages by their size on the wire, which a compressed message would get around.
 pub fn restore_upgrade_headers(handshake: &Handshake, headers: &mut HeaderMap) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, UPGRADE_WEBSOCKET);
-    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    set_upgrade_headers(headers);
     if handshake.over_http2 {
         headers.remove(header::SEC_WEBSOCKET_KEY);
         if let Some(key) = fresh_key() {
             headers.insert(header::SEC_WEBSOCKET_KEY, key);
         }
     }
+}
+
+/// This hop's `Connection: upgrade` and `Upgrade: websocket`, without any extension (none is
+/// ever negotiated through the gateway), on a handshake or on its 101.
+pub fn set_upgrade_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, UPGRADE_WEBSOCKET);
+    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
 }
 
 /// A new `Sec-WebSocket-Key`: 16 random bytes in base64.

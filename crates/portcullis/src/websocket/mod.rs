@@ -9,7 +9,7 @@ pub mod handshake;
 pub mod relay;
 
 pub use frames::Violation;
-pub use handshake::{Asked, Handshake, UPGRADE_WEBSOCKET, detect, restore_upgrade_headers};
+pub use handshake::{Asked, Handshake, detect, restore_upgrade_headers, set_upgrade_headers};
 pub use relay::{RelayEnd, RelayLimits, relay};
 
 use std::sync::atomic::{AtomicU64, Ordering};
