@@ -21,16 +21,17 @@ source scripts/bench-common.sh
 bench_start nginx-light wrk haproxy openssl redis-server
 
 UP_PORT=18601 NGINX_PORT=18602 PC_PORT=18603 DEMO_PORT=18604 DEMO_ADMIN=18605 HAPROXY_PORT=18606
-SYNC_PORT=18607 ASYNC_PORT=18608 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
+SYNC_PORT=18607 ASYNC_PORT=18608 FULL_PORT=18618 RL_MEM_PORT=18609 RL_REDIS_PORT=18610 REDIS_PORT=18611
 VAL_PORT=18612 TLS_PC_PORT=18613 TLS_NGINX_PORT=18614 WATCH_DET_PORT=18615 WATCH_ALL_PORT=18616
 NOLOG_PORT=18617
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # An ES256 key for the authenticated runs: JWKS for Portcullis, SPKI PEM for HAProxy, and
-# 10,000 distinct valid tokens minted by `portcullis token`.
+# 100,000 distinct valid tokens minted by `portcullis token` (they cycle through the
+# gateway's default 16,384-entry token cache, so nearly every request is a cache miss).
 es256_key_and_jwks "$WORK/jwt.pem" bench > "$WORK/jwks.json"
 openssl ec -in "$WORK/jwt.pem" -pubout -out "$WORK/jwt.pub.pem" 2>/dev/null
-"$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --count 10000 > "$WORK/tokens.txt"
+"$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --count 100000 > "$WORK/tokens.txt"
 ONE_TOKEN=$(head -1 "$WORK/tokens.txt")
 cat > "$WORK/cycle.lua" <<'LUA'
 local tokens = {}
@@ -258,6 +259,49 @@ routes:
     upstream: backend
     auth: none
 CONF
+# The full pipeline of issue #16: JWT from a JWKS file, an adaptive memory rate limit, a
+# two-rule Rego policy, OpenAPI validation (the same document and body as above), a sync
+# decision log and events to a file, all on one route.
+mkdir -p "$WORK/full"
+cp "$WORK/val/twenty-properties.json" "$WORK/full/"
+cat > "$WORK/full/full.rego" <<'REGO'
+package bench.full
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.request.method == "GET"
+	"items:read" in input.user.scopes
+}
+
+allow if {
+	input.request.method == "POST"
+	"items:write" in input.user.scopes
+}
+REGO
+cat > "$WORK/full/portcullis.yaml" <<CONF
+listen: { address: 127.0.0.1:$FULL_PORT }
+monitoring: { events: { sink: file, path: events.log } }
+upstreams:
+  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+identity:
+  jwt:
+    - { name: bench, issuer: https://idp.bench, audiences: [bench], jwks_file: ../jwks.json, algorithms: [ES256], max_lifetime: 2h }
+policy:
+  engine: rego
+  rego: { files: [full.rego], query: data.bench.full.allow }
+  decision_log: { path: decisions.log, durability: sync }
+rate_limit:
+  store: memory
+  adaptive: { enabled: true, block_score: 101 }
+  default: { limit: 1000000000, window: 1s, key: principal_or_ip }
+validation: { openapi: twenty-properties.json }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+CONF
 cat > "$WORK/post.lua" <<'LUA'
 local f = assert(io.open(os.getenv("BODY"), "rb"))
 wrk.method = "POST"
@@ -283,6 +327,9 @@ PIDS+=($WATCH_DET_PID)
 taskset -c 0 "$BIN" run --config "$WORK/watch-all/portcullis.yaml" 2>"$WORK/watch-all.err" &
 WATCH_ALL_PID=$!
 PIDS+=($WATCH_ALL_PID)
+taskset -c 0 "$BIN" run --config "$WORK/full/portcullis.yaml" 2>"$WORK/full.err" &
+FULL_PID=$!
+PIDS+=($FULL_PID)
 taskset -c 0 "$BIN" run --config "$WORK/portcullis.yaml" 2>"$WORK/portcullis.err" &
 PC_PID=$!
 PIDS+=($PC_PID)
@@ -328,6 +375,20 @@ for port in $PC_PORT $HAPROXY_PORT; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer ${ONE_TOKEN}x" "http://127.0.0.1:$port/jwt/items")
   [ "$code" = 401 ] || [ "$code" = 403 ] || { echo "bench: port $port accepted a bad token ($code)" >&2; exit 1; }
 done
+# The full pipeline: a scoped token passes every check; a body off the schema and a missing
+# token are refused.
+"$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --scope "items:read items:write" > "$WORK/scoped.txt"
+SCOPED=(-H "authorization: Bearer $(cat "$WORK/scoped.txt")")
+wait_for_port "$FULL_PORT"
+FULL_IDLE_RSS=$(rss_kib "$FULL_PID")
+code=$(curl -s -o /dev/null -w '%{http_code}' "${SCOPED[@]}" "http://127.0.0.1:$FULL_PORT/items?limit=10")
+[ "$code" = 200 ] || { echo "bench: the full pipeline refused a scoped GET ($code)" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' "${SCOPED[@]}" -H 'content-type: application/json' --data-binary "@$WORK/val/twenty-properties-body.json" "http://127.0.0.1:$FULL_PORT/items")
+[ "$code" = 200 ] || { echo "bench: the full pipeline refused a scoped, conforming POST ($code)" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' "${SCOPED[@]}" -H 'content-type: application/json' -d '{"is_admin":true}' "http://127.0.0.1:$FULL_PORT/items")
+[ "$code" = 400 ] || { echo "bench: the full pipeline accepted a non-conforming body ($code)" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FULL_PORT/items?limit=10")
+[ "$code" = 401 ] || { echo "bench: the full pipeline answered $code without a token" >&2; exit 1; }
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")" | head -1)
 TLS_NGINX_WORKER=$(pgrep -P "$(cat "$WORK/tls-proxy.pid")" | head -1)
 
@@ -341,9 +402,7 @@ export TOKENS="$WORK/tokens.txt"
 read -r C_RPS C_P50 C_P99 C_CPU < <(measure "http://127.0.0.1:$PC_PORT/jwt/items" "$PC_PID" -s "$WORK/cycle.lua")
 read -r H_RPS H_P50 H_P99 H_CPU < <(measure "http://127.0.0.1:$HAPROXY_PORT/jwt/items" "$HA_PID" -s "$WORK/cycle.lua")
 read -r H1_RPS H1_P50 H1_P99 H1_CPU < <(measure "http://127.0.0.1:$HAPROXY_PORT/jwt/items" "$HA_PID" "${AUTH[@]}")
-# A token with scopes, so the demo policy allows the GETs (every one decided and recorded).
-"$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m --kid bench --scope "items:read items:write" > "$WORK/scoped.txt"
-SCOPED=(-H "authorization: Bearer $(cat "$WORK/scoped.txt")")
+# The scoped token, so the demo policy allows the GETs (every one decided and recorded).
 read -r S_RPS S_P50 S_P99 S_CPU < <(measure "http://127.0.0.1:$SYNC_PORT/jwt/items/2" "$SYNC_PID" "${SCOPED[@]}")
 read -r Y_RPS Y_P50 Y_P99 Y_CPU < <(measure "http://127.0.0.1:$ASYNC_PORT/jwt/items/2" "$ASYNC_PID" "${SCOPED[@]}")
 read -r O_RPS O_P50 O_P99 O_CPU < <(measure "http://127.0.0.1:$NOLOG_PORT/jwt/items/2" "$NOLOG_PID" "${SCOPED[@]}")
@@ -356,6 +415,9 @@ read -r WA_RPS WA_P50 WA_P99 WA_CPU < <(measure "http://127.0.0.1:$WATCH_ALL_POR
 read -r VG_RPS VG_P50 VG_P99 VG_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items?limit=10" "$VAL_PID")
 export BODY="$WORK/val/twenty-properties-body.json"
 read -r VP_RPS VP_P50 VP_P99 VP_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items" "$VAL_PID" -s "$WORK/post.lua")
+# The full pipeline, GET and the same POST.
+read -r F_RPS F_P50 F_P99 F_CPU < <(measure "http://127.0.0.1:$FULL_PORT/items?limit=10" "$FULL_PID" "${SCOPED[@]}")
+read -r FP_RPS FP_P50 FP_P99 FP_CPU < <(measure "http://127.0.0.1:$FULL_PORT/items" "$FULL_PID" -s "$WORK/post.lua" "${SCOPED[@]}")
 # The same POST through the plain route: what moving 1 KB through the proxy costs by itself.
 read -r PP_RPS PP_P50 PP_P99 PP_CPU < <(measure "http://127.0.0.1:$PC_PORT/items" "$PC_PID" -s "$WORK/post.lua")
 # And through nginx: what the same POST costs a proxy that reads nothing.
@@ -380,13 +442,17 @@ full() { # PORT -> connections per second, no reuse
 RN=$(resumed "$TLS_NGINX_PORT"); RP=$(resumed "$TLS_PC_PORT")
 FN=$(full "$TLS_NGINX_PORT"); FP=$(full "$TLS_PC_PORT")
 
-# RSS with 1,000 open keep-alive connections, each having made one request.
-HELD_RSS=$(python3 - "$PC_PORT" "$PC_PID" <<'PY'
+# RSS with 1,000 open keep-alive connections, each having made one request (with the given
+# request head lines), on the plain gateway and on the full pipeline.
+held_rss() { # PORT PID PATH [HEADER]
+  python3 - "$@" <<'PY'
 import asyncio, sys
-port, pid = int(sys.argv[1]), sys.argv[2]
+port, pid, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+extra = "".join(h + "\r\n" for h in sys.argv[4:])
+head = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
 async def one():
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(b"GET /api/items HTTP/1.1\r\nHost: bench\r\n\r\n")
+    w.write(head)
     await w.drain()
     await asyncio.wait_for(r.readuntil(b"}"), 10)
     return w
@@ -400,7 +466,9 @@ async def main():
         w.close()
 asyncio.run(main())
 PY
-)
+}
+HELD_RSS=$(held_rss "$PC_PORT" "$PC_PID" /api/items)
+FULL_HELD_RSS=$(held_rss "$FULL_PORT" "$FULL_PID" "/items?limit=10" "authorization: Bearer $(cat "$WORK/scoped.txt")")
 
 # Demo readiness: from exec to a 200 on /readyz.
 START=$(date +%s%N)
@@ -420,10 +488,10 @@ printf '%-22s %12s %10s %10s %14s\n' "portcullis / nginx" "$(ratio "$P_RPS" "$N_
 printf '\n%-34s %12s %10s %10s %14s\n' "authenticated, ES256" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "portcullis, one token" "$A_RPS" "$A_P50" "$A_P99" "$A_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "haproxy jwt_verify, one token" "$H1_RPS" "$H1_P50" "$H1_P99" "$H1_CPU"
-printf '%-34s %12s %10s %10s %14s\n' "portcullis, 10,000 tokens cycling" "$C_RPS" "$C_P50" "$C_P99" "$C_CPU"
-printf '%-34s %12s %10s %10s %14s\n' "haproxy, 10,000 tokens cycling" "$H_RPS" "$H_P50" "$H_P99" "$H_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "portcullis, 100,000 tokens cycling" "$C_RPS" "$C_P50" "$C_P99" "$C_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "haproxy, 100,000 tokens cycling" "$H_RPS" "$H_P50" "$H_P99" "$H_CPU"
 printf 'portcullis authenticated / its own plain proxy: %s (target >= 0.90)\n' "$(ratio "$A_RPS" "$P_RPS")"
-printf 'portcullis / haproxy, 10,000 tokens cycling: %s (target > 1)\n' "$(ratio "$C_RPS" "$H_RPS")"
+printf 'portcullis / haproxy, 100,000 tokens cycling: %s (target >= 1.5)\n' "$(ratio "$C_RPS" "$H_RPS")"
 printf '\n%-34s %12s %10s %10s %14s\n' "JWT + Rego + decision log" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "durability: sync" "$S_RPS" "$S_P50" "$S_P99" "$S_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "durability: async" "$Y_RPS" "$Y_P50" "$Y_P99" "$Y_CPU"
@@ -434,7 +502,7 @@ printf 'decision record, CPU µs per request: sync +%s, async +%s (target <= 2)\
 printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"
-printf 'redis / memory: %s (target >= 0.70); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
+printf 'redis / memory: %s (target >= 0.90); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
 printf '\n%-34s %12s %10s %10s %14s\n' "monitoring (memory store as above)" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "detection and traces off" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "every detector on" "$WD_RPS" "$WD_P50" "$WD_P99" "$WD_CPU"
@@ -457,9 +525,36 @@ printf 'TLS keep-alive portcullis / nginx: %s (target >= 0.90); new handshakes/s
   "$(ratio "$TP_RPS" "$TN_RPS")" "$(ratio "$HP_RPS" "$HN_RPS")" "$HP_CPU" "$HN_CPU"
 printf 'openssl s_time, one client: full handshakes/s nginx %s, portcullis %s (%s); resumed (tickets) nginx %s, portcullis %s (%s)\n' \
   "$FN" "$FP" "$(ratio "$FP" "$FN")" "$RN" "$RP" "$(ratio "$RP" "$RN")"
-printf '\nportcullis RSS: idle %d KiB, with 1000 keep-alive connections %d KiB\n' "$IDLE_RSS" "$HELD_RSS"
-printf 'portcullis demo ready in %d ms\n' "$DEMO_MS"
-echo "targets: throughput >= 0.90x nginx, CPU/request <= 1.20x nginx, idle RSS <= 20 MiB, 1000-conn RSS <= 64 MiB, demo < 1000 ms"
+printf '\n%-34s %12s %10s %10s %14s\n' "full pipeline (one route)" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
+printf '%-34s %12s %10s %10s %14s\n' "GET, query parameter" "$F_RPS" "$F_P50" "$F_P99" "$F_CPU"
+printf '%-34s %12s %10s %10s %14s\n' "POST, 1 KB body, 20 properties" "$FP_RPS" "$FP_P50" "$FP_P99" "$FP_CPU"
+printf '\nportcullis RSS: plain gateway idle %d KiB, with 1000 keep-alive connections %d KiB; full pipeline idle %d KiB, with 1000 %d KiB\n' \
+  "$IDLE_RSS" "$HELD_RSS" "$FULL_IDLE_RSS" "$FULL_HELD_RSS"
+printf 'portcullis demo ready in %d ms (target < 1000)\n' "$DEMO_MS"
+
+# Every target of the speed issue, as measured above, in one table.
+target() { # NAME VALUE OP BOUND: prints the row, "met" when VALUE OP BOUND holds
+  awk -v n="$1" -v v="$2" -v op="$3" -v b="$4" 'BEGIN {
+    ok = (op == "<=") ? (v + 0 <= b + 0) : (v + 0 >= b + 0)
+    printf "%-58s %9s %3s %-7s %s\n", n, v, op, b, ok ? "met" : "MISSED" }'
+}
+diff_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+printf '\n%-58s %9s %3s %-7s %s\n' "target (issue 16)" measured "" bound ""
+target "plain proxy: requests/s vs nginx" "$(ratio "$P_RPS" "$N_RPS")" ">=" 1.0
+target "plain proxy: CPU µs/request vs nginx" "$(ratio "$P_CPU" "$N_CPU")" "<=" 1.0
+target "plain proxy: p99 vs nginx" "$(ratio "$P_P99" "$N_P99")" "<=" 1.5
+target "full pipeline GET: CPU µs/request vs nginx GET" "$(ratio "$F_CPU" "$N_CPU")" "<=" 2.0
+target "full pipeline GET: requests/s vs nginx GET" "$(ratio "$F_RPS" "$N_RPS")" ">=" 0.5
+target "full pipeline POST: CPU µs/request vs nginx, same POST" "$(ratio "$FP_CPU" "$NP_CPU")" "<=" 2.2
+target "decision record, sync: CPU µs/request added" "$(diff_of "$S_CPU" "$O_CPU")" "<=" 2
+target "decision record, async: CPU µs/request added" "$(diff_of "$Y_CPU" "$O_CPU")" "<=" 2
+target "screen + rate limit (memory, adaptive): CPU µs added" "$(diff_of "$M_CPU" "$P_CPU")" "<=" 2
+target "rate limit: redis store requests/s vs memory store" "$(ratio "$R_RPS" "$M_RPS")" ">=" 0.9
+target "100,000 tokens through a 16,384 cache: vs haproxy" "$(ratio "$C_RPS" "$H_RPS")" ">=" 1.5
+target "full pipeline RSS idle, MiB" "$(mib "$FULL_IDLE_RSS")" "<=" 20
+target "full pipeline RSS, 1000 keep-alive connections, MiB" "$(mib "$FULL_HELD_RSS")" "<=" 64
+echo "(flat RSS over a 10-minute soak: scripts/soak.sh; allocations and instructions per request: scripts/callgrind.sh)"
 
 # DPoP: its own gateways and ports, after everything above has finished with core 0.
 cleanup

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Instructions per request, counted by callgrind (stable on a noisy machine, unlike time):
-# the gateway binary under valgrind serves N requests on one keep-alive connection, once on
-# the plain proxy route and once on the authenticated route (ES256 JWT + Rego policy), and
-# the same runs with no request give the start-up cost to subtract.
+# Instructions and heap allocations per request, counted by callgrind (stable on a noisy
+# machine, unlike time): the gateway binary under valgrind serves N requests on one keep-alive
+# connection, on the plain proxy route, on the authenticated route (ES256 JWT + Rego policy)
+# and through the full pipeline (JWT, adaptive memory rate limit, two-rule Rego policy,
+# OpenAPI validation of the query, sync decision log), and the same runs with one request give
+# the start-up cost to subtract. Allocations are the calls callgrind counts into the global
+# allocator's entry points (mimalloc's mi_malloc_aligned and mi_zalloc_aligned: every Rust
+# heap allocation, on every thread; mi_realloc_aligned counted apart), so no counting
+# allocator has to be compiled in.
 #
 # Usage: scripts/callgrind.sh BINARY [BINARY ...]   (N=${N:-400} requests per run)
 # MONITORING='...' adds keys under `monitoring:` (one flow-mapping fragment), e.g.
@@ -17,8 +22,16 @@ N="${N:-400}"
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 UP_PORT=18701 GW_PORT=18702
-python3 -m http.server "$UP_PORT" --bind 127.0.0.1 --directory "$WORK" >/dev/null 2>&1 &
+# The upstream: Python's file server, speaking HTTP/1.1 so the gateway keeps its connection
+# (a new upstream connection per request would be most of what is counted).
+(cd "$WORK" && exec python3 -c '
+import http.server, sys
+http.server.SimpleHTTPRequestHandler.protocol_version = "HTTP/1.1"
+http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+' "$UP_PORT" >/dev/null 2>&1) &
 echo ok > "$WORK/index.html"
+echo '{"id":1,"name":"hammer"}' > "$WORK/items"
 BIN1=$1
 es256_key_and_jwks "$WORK/jwt.pem" k > "$WORK/jwks.json"
 TOKEN=$("$BIN1" token --key "$WORK/jwt.pem" --iss https://idp.cg --aud cg --sub alice --ttl 60m --kid k)
@@ -41,30 +54,98 @@ routes:
     upstream: backend
     auth: none
 CONF
+cat > "$WORK/full.rego" <<'REGO'
+package cg.full
 
-# total_instructions BINARY PATH COUNT [curl args]
-total_instructions() {
-  local bin=$1 path=$2 count=$3; shift 3
-  local out="$WORK/cg.out"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$WORK/portcullis.yaml" 2>/dev/null &
-  local pid=$!
-  for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$GW_PORT/index.html" 2>/dev/null && break
-    sleep 0.2
-  done
-  if [ "$count" -gt 0 ]; then
-    local urls=()
-    for _ in $(seq 1 "$count"); do urls+=("http://127.0.0.1:$GW_PORT$path"); done
-    curl -sS "$@" "${urls[@]}" >/dev/null
-  fi
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  awk '/^summary:/ {print $2}' "$out"
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.request.method == "GET"
+	"items:read" in input.user.scopes
 }
 
-printf '%-40s %14s %14s\n' binary "plain Ir/req" "jwt+rego Ir/req"
+allow if {
+	input.request.method == "POST"
+	"items:write" in input.user.scopes
+}
+REGO
+SCOPED=$("$BIN1" token --key "$WORK/jwt.pem" --iss https://idp.cg --aud cg --sub alice --ttl 60m --kid k --scope "items:read items:write")
+cp "$(dirname "$0")/../crates/portcullis/benches/data/twenty-properties.json" "$WORK/"
+cat > "$WORK/full.yaml" <<CONF
+listen: { address: 127.0.0.1:$GW_PORT }
+monitoring: { events: { sink: file, path: events.log }${MONITORING:+, $MONITORING} }
+upstreams:
+  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
+identity:
+  jwt:
+    - { name: cg, issuer: https://idp.cg, audiences: [cg], jwks_file: jwks.json, algorithms: [ES256], max_lifetime: 2h }
+policy:
+  engine: rego
+  rego: { files: [full.rego], query: data.cg.full.allow }
+  decision_log: { path: decisions.log, durability: sync }
+rate_limit:
+  store: memory
+  adaptive: { enabled: true, block_score: 101 }
+  default: { limit: 1000000000, window: 1s, key: principal_or_ip }
+validation: { openapi: twenty-properties.json, unknown_operations: log }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+CONF
+
+# counts BINARY CONFIG READY_PATH PATH COUNT [curl args]: prints "instructions allocations
+# reallocations" of the whole run
+counts() {
+  local bin=$1 config=$2 ready=$3 path=$4 count=$5; shift 5
+  local out="$WORK/cg.out"
+  valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" "$bin" run --config "$WORK/$config" 2>/dev/null &
+  local pid=$!
+  for _ in $(seq 1 600); do
+    curl -fsS -o /dev/null "$@" "http://127.0.0.1:$GW_PORT$ready" 2>/dev/null && break
+    sleep 0.2
+  done
+  local urls=()
+  for _ in $(seq 1 "$count"); do urls+=("http://127.0.0.1:$GW_PORT$path"); done
+  curl -sS "$@" "${urls[@]}" >/dev/null
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk '
+    /^summary:/ { ir = $2 }
+    /^cfn=/ { callee = substr($0, 5) }
+    /^calls=/ {
+      split(substr($0, 7), c, " ")
+      if (callee == "mi_malloc_aligned" || callee == "mi_zalloc_aligned") allocs += c[1]
+      else if (callee == "mi_realloc_aligned") reallocs += c[1]
+    }
+    END { printf "%d %d %d\n", ir, allocs, reallocs }' "$out"
+}
+
+# per_request BINARY CONFIG READY_PATH PATH [curl args]: "Ir allocs reallocs" per request, the
+# run with one request (start-up, readiness probes) subtracted from the run with N + 1
+per_request() {
+  local bin=$1 config=$2 ready=$3 path=$4; shift 4
+  local b_ir b_al b_re ir al re
+  read -r b_ir b_al b_re < <(counts "$bin" "$config" "$ready" "$path" 1 "$@")
+  read -r ir al re < <(counts "$bin" "$config" "$ready" "$path" "$((N + 1))" "$@")
+  awk -v n="$N" -v a="$((ir - b_ir))" -v b="$((al - b_al))" -v c="$((re - b_re))" \
+    'BEGIN { printf "%d %.1f %.1f\n", a / n, b / n, c / n }'
+}
+
+printf '%-44s %-20s %12s %10s %10s\n' binary route "Ir/req" "allocs/req" "reallocs"
 for bin in "$@"; do
-  base=$(total_instructions "$bin" /index.html 1)
-  plain=$(total_instructions "$bin" /index.html "$((N + 1))")
-  jwt=$(total_instructions "$bin" /jwt/index.html "$((N + 1))" -H "authorization: Bearer $TOKEN")
-  printf '%-40s %14d %14d\n' "$bin" "$(( (plain - base) / N ))" "$(( (jwt - base) / N ))"
+  for run in plain jwt full; do
+    case $run in
+      plain) args=(portcullis.yaml /index.html /index.html) ;;
+      jwt) args=(portcullis.yaml /index.html /jwt/index.html -H "authorization: Bearer $TOKEN") ;;
+      full) args=(full.yaml "/items?limit=10" "/items?limit=10" -H "authorization: Bearer $SCOPED") ;;
+    esac
+    read -r ir al re < <(per_request "$bin" "${args[@]}")
+    case $run in
+      plain) label="plain proxy" ;;
+      jwt) label="ES256 JWT + Rego" ;;
+      full) label="full pipeline GET" ;;
+    esac
+    printf '%-44s %-20s %12d %10s %10s\n' "$bin" "$label" "$ir" "$al" "$re"
+  done
 done

@@ -169,11 +169,16 @@ impl RegoPolicy {
         Ok(policy)
     }
 
-    /// Evaluates the policy on one input.
+    /// Evaluates the policy on one JSON input.
     pub fn decide(&self, input: &Value) -> Result<Decision, EngineError> {
+        self.decide_value(super::rego_value(input))
+    }
+
+    /// Evaluates the policy on one input already in the engine's values.
+    pub fn decide_value(&self, input: regorus::Value) -> Result<Decision, EngineError> {
         let result = self
             .compiled
-            .eval_with_input(regorus::Value::from(input.clone()))
+            .eval_with_input(input)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         match result {
             regorus::Value::Undefined => Ok(Decision {

@@ -1,7 +1,7 @@
 //! [`AuthorizeLayer`]: step-up, then a policy decision, recorded, on every request of a
 //! protected route.
 
-use super::{Authorizer, OnError, RequestFacts, policy_input, record};
+use super::{Authorizer, Derived, OnError, Recorded, RequestFacts, record};
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
 use crate::denial::Denial;
@@ -108,33 +108,31 @@ where
                     .map(|_| "websocket"),
                 grpc: route.route.policy.grpc,
             };
-            let input = policy_input(&settings, principal.as_deref(), mfa, &facts);
-            let action = input
-                .get("action")
-                .and_then(|a| a.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let outcome = authorizer.engine.decide(&input).await;
-            let request_id = req
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.to_string())
-                .unwrap_or_default();
+            let derived = Derived::of(&settings, &facts);
+            let outcome = authorizer
+                .engine
+                .decide_request(&settings, principal.as_deref(), mfa, &facts, &derived)
+                .await;
             if let Some(log) = &authorizer.log {
+                let request_id = req.extensions().get::<RequestId>();
+                let recorded = Recorded {
+                    request_id: request_id.map_or("", RequestId::as_str),
+                    engine: authorizer.engine.name(),
+                    principal: principal.as_ref().and_then(|p| p.subject.as_deref()),
+                    action: &derived.action,
+                    resource_type: &settings.resource_type,
+                    resource_id: derived.resource_id.as_deref(),
+                };
                 // Recorded before anything leaves: with sync durability this awaits the disk.
-                log.record(record(
-                    &request_id,
-                    authorizer.engine.name(),
-                    &input,
-                    &outcome,
-                ))
-                .await
-                .map_err(|e| Denial::PolicyEngineError {
-                    detail: e.to_string(),
-                    required_action: action.clone(),
-                    resource_type: settings.resource_type.clone(),
+                log.record(record(&recorded, &outcome)).await.map_err(|e| {
+                    Denial::PolicyEngineError {
+                        detail: e.to_string(),
+                        required_action: derived.action.clone(),
+                        resource_type: settings.resource_type.clone(),
+                    }
                 })?;
             }
+            let action = derived.action;
             match outcome {
                 Ok(decision) if decision.allow => inner.call(req).await,
                 Ok(decision) => Err(Denial::Forbidden {

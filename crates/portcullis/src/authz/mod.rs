@@ -4,20 +4,19 @@
 pub mod cedar;
 pub mod decision_log;
 pub mod engine;
+mod input;
 mod layer;
 pub mod settings;
 
+pub use input::{Derived, RequestFacts, policy_input, rego_value};
 pub use layer::{Authorize, AuthorizeLayer};
 pub use settings::RouteAuthz;
 
 use crate::authn::Principal;
-use crate::authn::mtls::ClientIdentity;
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
 use decision_log::DecisionLog;
 use engine::{Decision, EngineError, OpaClient, RegoPolicy};
-use http::{HeaderMap, Method};
 use serde_json::{Map, Value, json};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Which engine decides.
@@ -47,6 +46,28 @@ impl PolicyEngine {
             PolicyEngine::Rego(policy) => policy.decide(input),
             PolicyEngine::Opa(client) => client.decide(input).await,
             PolicyEngine::Cedar(policy) => policy.decide(input),
+        }
+    }
+
+    /// Decides on one request: embedded Rego gets the input built as its own values, OPA
+    /// and Cedar the JSON input (the same document either way).
+    pub async fn decide_request(
+        &self,
+        route: &RouteAuthz,
+        principal: Option<&Principal>,
+        mfa: bool,
+        facts: &RequestFacts<'_>,
+        derived: &Derived,
+    ) -> Result<Decision, EngineError> {
+        match self {
+            PolicyEngine::Rego(policy) => {
+                policy.decide_value(input::rego_input(route, principal, mfa, facts, derived))
+            }
+            other => {
+                other
+                    .decide(&input::json_input(route, principal, mfa, facts, derived))
+                    .await
+            }
         }
     }
 }
@@ -92,141 +113,31 @@ impl Authorizer {
     }
 }
 
-/// Request facts that go into the policy input.
+/// What a decision record says about the request, besides the outcome.
 #[derive(Debug)]
-pub struct RequestFacts<'a> {
-    /// The method.
-    pub method: &'a Method,
-    /// The canonical path.
-    pub path: &'a str,
-    /// Route parameters.
-    pub params: &'a [(Arc<str>, String)],
-    /// The client address.
-    pub client_ip: Option<IpAddr>,
-    /// The request headers (a few are copied into the input).
-    pub headers: &'a HeaderMap,
-    /// The identity of the connection's verified client certificate, if any.
-    pub mtls_identity: Option<&'a ClientIdentity>,
-    /// The protocol the request asks to switch to (`websocket`), if any.
-    pub upgrade: Option<&'a str>,
-    /// A gRPC call (its route leads to a gRPC upstream): the action is the full method
-    /// (`/pkg.Service/Method`, the path) instead of `<method>_<type>`.
-    pub grpc: bool,
-}
-
-/// Headers a policy may look at.
-const INPUT_HEADERS: [&str; 3] = ["content-type", "user-agent", "accept"];
-
-/// How the principal's token is sender-constrained, as the authenticate layer proved it
-/// for this request (a request with a bound token gets here only if its binding held):
-/// `{"type": "dpop", "jkt": ...}`, `{"type": "mtls", "x5t": ...}`, or `null`.
-fn binding_of(principal: &Principal) -> Value {
-    let cnf = principal.claims.all.get("cnf").and_then(Value::as_object);
-    let member = |name: &str| cnf.and_then(|c| c.get(name)).and_then(Value::as_str);
-    match (member("jkt"), member("x5t#S256")) {
-        (Some(jkt), _) => json!({ "type": "dpop", "jkt": jkt }),
-        (None, Some(x5t)) => json!({ "type": "mtls", "x5t": x5t }),
-        (None, None) => Value::Null,
-    }
-}
-
-/// The policy input (the same for every engine; documented in the README).
-pub fn policy_input(
-    route: &RouteAuthz,
-    principal: Option<&Principal>,
-    mfa: bool,
-    facts: &RequestFacts<'_>,
-) -> Value {
-    let params: Map<String, Value> = facts
-        .params
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
-        .collect();
-    let resource_id = route.resource_id.as_ref().map(|template| {
-        let mut id = template.clone();
-        for (name, value) in facts.params {
-            id = id.replace(&format!("{{{name}}}"), value);
-        }
-        id
-    });
-    let action = if facts.grpc {
-        facts.path.to_string()
-    } else {
-        format!(
-            "{}_{}",
-            facts.method.as_str().to_ascii_lowercase(),
-            route.resource_type
-        )
-    };
-    let user = principal.map(|p| {
-        let roles = p
-            .claims
-            .all
-            .get("roles")
-            .or_else(|| p.claims.all.get("groups"))
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter(|v| v.is_string())
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        json!({
-            "id": p.subject,
-            "issuer": p.issuer.as_ref(),
-            "roles": roles,
-            "scopes": p.scopes,
-            "claims": Value::Object(p.claims.all.clone()),
-            "mfa": mfa,
-            "binding": binding_of(p),
-        })
-    });
-    let headers: Map<String, Value> = INPUT_HEADERS
-        .iter()
-        .filter_map(|name| {
-            let value = facts.headers.get(*name)?.to_str().ok()?;
-            Some((name.to_string(), Value::String(value.to_string())))
-        })
-        .collect();
-    json!({
-        "user": user,
-        "resource": { "type": route.resource_type, "id": resource_id, "params": params },
-        "action": action,
-        "environment": {
-            "ip": facts.client_ip.map(|ip| ip.to_string()),
-            "time": crate::time::now_rfc3339(),
-            "mfa_verified": mfa,
-            "mtls_identity": facts.mtls_identity.map_or(Value::Null, ClientIdentity::to_json),
-        },
-        "request": {
-            "method": facts.method.as_str(),
-            "path": facts.path,
-            "headers": headers,
-            "upgrade": facts.upgrade,
-        },
-    })
+pub(crate) struct Recorded<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) engine: &'static str,
+    pub(crate) principal: Option<&'a str>,
+    pub(crate) action: &'a str,
+    pub(crate) resource_type: &'a str,
+    pub(crate) resource_id: Option<&'a str>,
 }
 
 /// The decision record for the log.
-fn record(
-    request_id: &str,
-    engine: &str,
-    input: &Value,
-    outcome: &Result<Decision, EngineError>,
-) -> Map<String, Value> {
+fn record(facts: &Recorded<'_>, outcome: &Result<Decision, EngineError>) -> Map<String, Value> {
     let (decision, reasons) = match outcome {
         Ok(d) => (if d.allow { "allow" } else { "deny" }, d.reasons.clone()),
         Err(e) => ("deny", vec![format!("engine error: {e}")]),
     };
     let record = json!({
-        "request_id": request_id,
+        "request_id": facts.request_id,
         "timestamp": crate::time::now_rfc3339(),
-        "principal": input.pointer("/user/id").cloned().unwrap_or(Value::Null),
-        "action": input.get("action").cloned().unwrap_or(Value::Null),
-        "resource": { "type": input.pointer("/resource/type"), "id": input.pointer("/resource/id") },
+        "principal": facts.principal,
+        "action": facts.action,
+        "resource": { "type": facts.resource_type, "id": facts.resource_id },
         "decision": decision,
-        "engine": engine,
+        "engine": facts.engine,
         "reasons": reasons,
     });
     match record {

@@ -1,6 +1,7 @@
 use super::engine::{RegoPolicy, decision_of};
 use super::*;
 use crate::authn::token::Claims;
+use http::{HeaderMap, Method};
 
 fn demo_policy() -> RegoPolicy {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
@@ -118,6 +119,88 @@ fn the_client_certificate_is_in_the_input() {
         "spiffe://corp.test/ns/payments/sa/api"
     );
     assert_eq!(value["environment"]["mtls_identity"]["sha256"], "abc");
+}
+
+/// The Rego input is built straight into the engine's values: it must be the JSON input,
+/// member for member, whatever the request carries.
+#[test]
+fn the_rego_input_is_the_json_input() {
+    let mut who = principal("alice", &["items:read", "items:write"], &["user", "ops"]);
+    who.claims.all.insert(
+        "nested".into(),
+        json!({"n": [1, -2, 2.5, u64::MAX, null, true], "s": {"deep": "x"}}),
+    );
+    who.claims.all.insert("cnf".into(), json!({"jkt": "thumb"}));
+    let identity = crate::authn::mtls::ClientIdentity {
+        subject: "CN=api".into(),
+        spiffe_id: None,
+        dns_names: vec!["api.corp.test".into()],
+        uris: vec![],
+        sha256: "abc".into(),
+        valid: (0, i64::MAX),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", "curl/8".parse().expect("header"));
+    headers.insert("accept", "application/json".parse().expect("header"));
+    let params = vec![
+        (Arc::from("id"), "7".to_string()),
+        (Arc::from("org"), "o".into()),
+    ];
+    let route = RouteAuthz {
+        resource_type: "items".into(),
+        resource_id: Some("{org}/{id}".into()),
+        require_mfa: vec![],
+    };
+    for (principal, mtls, grpc, upgrade, ip) in [
+        (
+            Some(&who),
+            Some(&identity),
+            false,
+            Some("websocket"),
+            Some("203.0.113.9"),
+        ),
+        (None, None, true, None, None),
+        (Some(&who), None, false, None, Some("2001:db8::1")),
+    ] {
+        let facts = RequestFacts {
+            method: &Method::PATCH,
+            path: "/pkg.Items/Get",
+            params: &params,
+            client_ip: ip.map(|ip| ip.parse().expect("ip")),
+            headers: &headers,
+            mtls_identity: mtls,
+            upgrade,
+            grpc,
+        };
+        let derived = Derived::of(&route, &facts);
+        let rego = input::rego_input(&route, principal, true, &facts, &derived);
+        let mut json = input::json_input(&route, principal, true, &facts, &derived);
+        // Built a moment apart: the clock is the one member allowed to differ.
+        let time = rego["environment"]["time"]
+            .as_string()
+            .expect("time")
+            .to_string();
+        json["environment"]["time"] = Value::String(time);
+        assert_eq!(rego, rego_value(&json), "{json}");
+        assert_eq!(json["resource"]["id"], "o/7");
+        assert_eq!(
+            json["action"],
+            if grpc {
+                "/pkg.Items/Get"
+            } else {
+                "patch_items"
+            }
+        );
+    }
+}
+
+#[test]
+fn json_numbers_keep_their_kind_in_rego() {
+    let value = rego_value(&json!([1, -2, 2.5, u64::MAX]));
+    assert_eq!(value[0], regorus::Value::from(1u64));
+    assert_eq!(value[1], regorus::Value::from(-2i64));
+    assert_eq!(value[2], regorus::Value::from(2.5f64));
+    assert_eq!(value[3], regorus::Value::from(u64::MAX));
 }
 
 #[test]
