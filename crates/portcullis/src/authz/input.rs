@@ -43,6 +43,9 @@ pub struct Derived {
     pub action: String,
     /// The resource id: the route's template with the route parameters filled in.
     pub resource_id: Option<String>,
+    /// When the decision is made (RFC 3339): the input's `environment.time` and the
+    /// record's `timestamp`.
+    pub time: String,
 }
 
 impl Derived {
@@ -68,6 +71,7 @@ impl Derived {
         Derived {
             action,
             resource_id,
+            time: crate::time::now_rfc3339(),
         }
     }
 }
@@ -257,7 +261,7 @@ fn build<T: Tree>(
             "environment",
             T::object([
                 ("ip", T::optional(ip.as_deref())),
-                ("time", T::string(&crate::time::now_rfc3339())),
+                ("time", T::string(&derived.time)),
                 ("mfa_verified", T::boolean(mfa)),
                 (
                     "mtls_identity",

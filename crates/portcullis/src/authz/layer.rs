@@ -119,18 +119,16 @@ where
                     request_id: request_id.map_or("", RequestId::as_str),
                     engine: authorizer.engine.name(),
                     principal: principal.as_ref().and_then(|p| p.subject.as_deref()),
-                    action: &derived.action,
                     resource_type: &settings.resource_type,
-                    resource_id: derived.resource_id.as_deref(),
+                    derived: &derived,
                 };
-                // Recorded before anything leaves: with sync durability this awaits the disk.
-                log.record(record(&recorded, &outcome)).await.map_err(|e| {
-                    Denial::PolicyEngineError {
+                record(log, &recorded, &outcome)
+                    .await
+                    .map_err(|e| Denial::PolicyEngineError {
                         detail: e.to_string(),
                         required_action: derived.action.clone(),
                         resource_type: settings.resource_type.clone(),
-                    }
-                })?;
+                    })?;
             }
             let action = derived.action;
             match outcome {

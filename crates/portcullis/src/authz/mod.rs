@@ -16,7 +16,7 @@ use crate::authn::Principal;
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
 use decision_log::DecisionLog;
 use engine::{Decision, EngineError, OpaClient, RegoPolicy};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Which engine decides.
@@ -119,31 +119,38 @@ pub(crate) struct Recorded<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) engine: &'static str,
     pub(crate) principal: Option<&'a str>,
-    pub(crate) action: &'a str,
     pub(crate) resource_type: &'a str,
-    pub(crate) resource_id: Option<&'a str>,
+    pub(crate) derived: &'a Derived,
 }
 
-/// The decision record for the log.
-fn record(facts: &Recorded<'_>, outcome: &Result<Decision, EngineError>) -> Map<String, Value> {
+/// Records one decision (before anything leaves: with sync durability this awaits the disk).
+async fn record(
+    log: &DecisionLog,
+    facts: &Recorded<'_>,
+    outcome: &Result<Decision, EngineError>,
+) -> Result<(), decision_log::RecordError> {
+    let error;
     let (decision, reasons) = match outcome {
-        Ok(d) => (if d.allow { "allow" } else { "deny" }, d.reasons.clone()),
-        Err(e) => ("deny", vec![format!("engine error: {e}")]),
+        Ok(d) => (if d.allow { "allow" } else { "deny" }, d.reasons.as_slice()),
+        Err(e) => {
+            error = [format!("engine error: {e}")];
+            ("deny", error.as_slice())
+        }
     };
-    let record = json!({
-        "request_id": facts.request_id,
-        "timestamp": crate::time::now_rfc3339(),
-        "principal": facts.principal,
-        "action": facts.action,
-        "resource": { "type": facts.resource_type, "id": facts.resource_id },
-        "decision": decision,
-        "engine": facts.engine,
-        "reasons": reasons,
-    });
-    match record {
-        Value::Object(record) => record,
-        _ => Map::new(),
-    }
+    log.record_decision(&decision_log::DecisionEntry {
+        request_id: facts.request_id,
+        timestamp: &facts.derived.time,
+        principal: facts.principal,
+        action: &facts.derived.action,
+        resource: decision_log::ResourceEntry {
+            kind: facts.resource_type,
+            id: facts.derived.resource_id.as_deref(),
+        },
+        decision,
+        engine: facts.engine,
+        reasons,
+    })
+    .await
 }
 
 #[cfg(test)]

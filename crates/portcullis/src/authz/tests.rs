@@ -2,6 +2,7 @@ use super::engine::{RegoPolicy, decision_of};
 use super::*;
 use crate::authn::token::Claims;
 use http::{HeaderMap, Method};
+use serde_json::Map;
 
 fn demo_policy() -> RegoPolicy {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");

@@ -68,6 +68,37 @@ pub enum RecordError {
     Io(String),
 }
 
+/// One policy decision as the log records it, members in this order.
+#[derive(Debug, serde::Serialize)]
+pub struct DecisionEntry<'a> {
+    /// The request's correlation id.
+    pub request_id: &'a str,
+    /// When the decision was made (RFC 3339).
+    pub timestamp: &'a str,
+    /// The principal's subject, if any.
+    pub principal: Option<&'a str>,
+    /// The action decided on.
+    pub action: &'a str,
+    /// The resource decided on.
+    pub resource: ResourceEntry<'a>,
+    /// `allow` or `deny`.
+    pub decision: &'a str,
+    /// The engine's name.
+    pub engine: &'a str,
+    /// The policy's reasons, or the engine's error.
+    pub reasons: &'a [String],
+}
+
+/// The resource of a [`DecisionEntry`].
+#[derive(Debug, serde::Serialize)]
+pub struct ResourceEntry<'a> {
+    /// The resource type.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The resource id, if the route names one.
+    pub id: Option<&'a str>,
+}
+
 /// How long async records wait for company before the writer takes them.
 pub const ASYNC_LINGER: Duration = Duration::from_millis(20);
 /// Async records that wake the writer before the linger is over.
@@ -182,8 +213,17 @@ impl DecisionLog {
     }
 
     /// Records one decision. With `sync` durability this resolves once the record is on disk.
+    pub async fn record_decision(&self, entry: &DecisionEntry<'_>) -> Result<(), RecordError> {
+        self.enqueue(Sealable::of_entry(entry)).await
+    }
+
+    /// Records one record of any members (except `hash` and `prev_hash`, which the log
+    /// adds), as [`DecisionLog::record_decision`] does.
     pub async fn record(&self, record: Map<String, Value>) -> Result<(), RecordError> {
-        let record = Sealable::of(&record);
+        self.enqueue(Sealable::of(&record)).await
+    }
+
+    async fn enqueue(&self, record: Sealable) -> Result<(), RecordError> {
         let (done, rx) = match self.durability {
             Durability::Async => (None, None),
             Durability::Sync => {

@@ -28,6 +28,23 @@ impl Sealable {
         Sealable { members }
     }
 
+    /// The members of an entry that serializes as a JSON object, in its field order.
+    pub(super) fn of_entry(entry: &super::DecisionEntry<'_>) -> Sealable {
+        let mut members = Vec::with_capacity(256);
+        // Writing JSON into a Vec cannot fail; a struct always writes `{...}`.
+        let _ = serde_json::to_writer(&mut members, entry);
+        if members.last() == Some(&b'}') {
+            members.pop();
+        }
+        if members.first() == Some(&b'{') {
+            members.remove(0);
+        }
+        if !members.is_empty() {
+            members.push(b',');
+        }
+        Sealable { members }
+    }
+
     /// Appends the record's line to `out` and returns its hash: SHA-256 over `prev_hash` and
     /// the record's JSON with `prev_hash` as its last member; the line adds `hash` after it.
     pub(super) fn seal_into(&self, prev_hash: &[u8; 64], out: &mut Vec<u8>) -> [u8; 64] {

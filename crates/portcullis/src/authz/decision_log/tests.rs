@@ -156,3 +156,41 @@ fn torn_last_line_is_dropped_on_open() {
             .ends_with('\n')
     );
 }
+
+#[test]
+fn a_decision_entry_seals_as_its_json_object_does() {
+    let reasons = vec!["owner".to_string(), "quote \" and \\ escaped".to_string()];
+    let entry = DecisionEntry {
+        request_id: "r-1",
+        timestamp: "2026-12-04T10:00:00.000Z",
+        principal: None,
+        action: "get_items",
+        resource: ResourceEntry {
+            kind: "items",
+            id: Some("7"),
+        },
+        decision: "allow",
+        engine: "rego",
+        reasons: &reasons,
+    };
+    let Value::Object(map) = serde_json::json!({
+        "request_id": "r-1",
+        "timestamp": "2026-12-04T10:00:00.000Z",
+        "principal": null,
+        "action": "get_items",
+        "resource": {"type": "items", "id": "7"},
+        "decision": "allow",
+        "engine": "rego",
+        "reasons": reasons,
+    }) else {
+        unreachable!()
+    };
+    let genesis = <[u8; 64]>::try_from(GENESIS.as_bytes()).expect("64 bytes");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let hash = Sealable::of_entry(&entry).seal_into(&genesis, &mut ours);
+    Sealable::of(&map).seal_into(&genesis, &mut theirs);
+    assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+    // And the line verifies as the writer's lines do.
+    let line: Map<String, Value> = serde_json::from_slice(&ours).expect("a JSON line");
+    assert_eq!(hash_of(&line, GENESIS).as_bytes(), hash);
+}
