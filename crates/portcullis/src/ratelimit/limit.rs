@@ -10,7 +10,7 @@ use crate::future::ResponseFuture;
 use crate::reason::RateLimitReason;
 use crate::route::RouteMatch;
 use crate::threat::ThreatScore;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -179,19 +179,93 @@ where
 
 /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft, structured fields).
 pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict) {
-    let policy = format!(
-        "\"{name}\";q={};w={}",
-        verdict.quota.limit,
-        verdict.quota.window.as_secs()
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const STATE: HeaderName = HeaderName::from_static("ratelimit");
+    // On every limited answer: written straight into the value's buffer, not through format!.
+    let field = |first: (char, u64), second: (char, u64)| {
+        let mut value = String::with_capacity(name.len() + 32);
+        value.push('"');
+        value.push_str(name);
+        value.push('"');
+        for (key, number) in [first, second] {
+            value.push(';');
+            value.push(key);
+            value.push('=');
+            push_decimal(&mut value, number);
+        }
+        HeaderValue::try_from(value)
+    };
+    let quota = &verdict.quota;
+    let policy = field(('q', u64::from(quota.limit)), ('w', quota.window.as_secs()));
+    let state = field(
+        ('r', u64::from(verdict.remaining)),
+        ('t', whole_seconds(verdict.reset)),
     );
-    let state = format!(
-        "\"{name}\";r={};t={}",
-        verdict.remaining,
-        whole_seconds(verdict.reset)
+    if let (Ok(policy), Ok(state)) = (policy, state) {
+        headers.insert(POLICY, policy);
+        headers.insert(STATE, state);
+    }
+}
+
+/// Appends `number` in decimal.
+fn push_decimal(out: &mut String, number: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = number;
+    loop {
+        at = at.saturating_sub(1);
+        if let Some(slot) = digits.get_mut(at) {
+            *slot = b'0' + (rest % 10) as u8;
+        }
+        rest /= 10;
+        if rest == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend(
+        digits
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .map(|d| char::from(*d)),
     );
-    for (header, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(header, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::gcra::Quota;
+
+    #[test]
+    fn headers_carry_the_policy_and_the_state() {
+        for (limit, remaining, reset, remaining_text, reset_text) in [
+            (100, 0, Duration::from_millis(1), "0", "1"),
+            (
+                u32::MAX,
+                4_294_967_295,
+                Duration::from_secs(86_400),
+                "4294967295",
+                "86400",
+            ),
+            (7, 10, Duration::ZERO, "10", "0"),
+        ] {
+            let verdict = Verdict {
+                allowed: true,
+                quota: Quota::new(limit, Duration::from_secs(60)),
+                remaining,
+                reset,
+                retry_after: Duration::ZERO,
+            };
+            let mut headers = http::HeaderMap::new();
+            set_headers(&mut headers, "per-user", &verdict);
+            assert_eq!(
+                headers["ratelimit-policy"],
+                format!("\"per-user\";q={limit};w=60")
+            );
+            assert_eq!(
+                headers["ratelimit"],
+                format!("\"per-user\";r={remaining_text};t={reset_text}")
+            );
         }
     }
 }

@@ -351,7 +351,8 @@ impl ClientTracker {
     }
 }
 
-/// Case-insensitive markers of path traversal and injection in a request target.
+/// Case-insensitive markers of path traversal and injection in a request target (written in
+/// lower case, none empty).
 const SUSPICIOUS: [&str; 14] = [
     "../",
     "..%2f",
@@ -368,6 +369,30 @@ const SUSPICIOUS: [&str; 14] = [
     "/etc/passwd",
     "${jndi:",
 ];
+
+/// Whether a byte can start one of the [`SUSPICIOUS`] markers (either case; a test keeps
+/// the two in step).
+fn may_start_marker(byte: u8) -> bool {
+    matches!(
+        byte.to_ascii_lowercase(),
+        b'.' | b'%' | b'<' | b'j' | b'\'' | b'u' | b';' | b'/' | b'$'
+    )
+}
+
+/// Whether `target` holds a [`SUSPICIOUS`] marker, ignoring ASCII case: one pass over the
+/// bytes, comparing markers only where one could start (no lower-cased copy, no searcher
+/// per marker).
+fn is_suspicious(target: &[u8]) -> bool {
+    target.iter().enumerate().any(|(at, byte)| {
+        may_start_marker(*byte) && {
+            let rest = target.get(at..).unwrap_or_default();
+            SUSPICIOUS.iter().any(|marker| {
+                rest.get(..marker.len())
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(marker.as_bytes()))
+            })
+        }
+    })
+}
 
 /// Scores one request; `listed_elsewhere` says whether a shared reputation list names it.
 pub fn score<B>(
@@ -392,12 +417,8 @@ pub fn score<B>(
         score += 30;
         factors.push("high_frequency");
     }
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_ascii_lowercase())
-        .unwrap_or_default();
-    if SUSPICIOUS.iter().any(|marker| target.contains(marker)) {
+    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    if is_suspicious(target.as_bytes()) {
         score += 40;
         factors.push("suspicious_parameters");
     }
@@ -433,6 +454,27 @@ mod tests {
             builder = builder.header("user-agent", ua);
         }
         builder.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn markers_are_found_in_either_case_anywhere() {
+        for marker in SUSPICIOUS {
+            assert!(
+                marker.bytes().next().is_some_and(may_start_marker),
+                "{marker}"
+            );
+            assert_eq!(marker, marker.to_ascii_lowercase());
+            let upper = marker.to_ascii_uppercase();
+            for target in [
+                format!("/api/x?q={marker}"),
+                format!("{upper}/tail"),
+                marker.to_string(),
+            ] {
+                assert!(is_suspicious(target.as_bytes()), "{target}");
+            }
+        }
+        assert!(!is_suspicious(b"/api/items/7?limit=10&sort=name.asc"));
+        assert!(!is_suspicious(b""));
     }
 
     #[test]

@@ -189,7 +189,10 @@ fn a_decision_entry_seals_as_its_json_object_does() {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let hash = Sealable::of_entry(&entry).seal_into(&genesis, &mut ours);
     Sealable::of(&map).seal_into(&genesis, &mut theirs);
-    assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&theirs)
+    );
     // And the line verifies as the writer's lines do.
     let line: Map<String, Value> = serde_json::from_slice(&ours).expect("a JSON line");
     assert_eq!(hash_of(&line, GENESIS).as_bytes(), hash);
