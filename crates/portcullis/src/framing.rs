@@ -102,6 +102,12 @@ impl FramingScanner {
                     if skip > 0 {
                         return skip;
                     }
+                    // The common case: the whole head came in one read. Judged where it
+                    // lies, without copying it.
+                    if let Some(end) = head_end(data, 0) {
+                        self.state = self.finish_head(data.get(..end).unwrap_or_default());
+                        return end;
+                    }
                 }
                 let before = buf.len();
                 buf.extend_from_slice(data);
@@ -224,7 +230,7 @@ impl FramingScanner {
         // Every line ends with LF, the last (empty) one closing the head; the split leaves
         // one empty piece after that final LF, which is no line.
         let body = head.strip_suffix(b"\n").unwrap_or(head);
-        let mut lines = body.split(|b| *b == b'\n');
+        let mut lines = lines(body);
         let request_line = lines.next().unwrap_or_default();
         if request_line.last() != Some(&b'\r') {
             syntax = Some(MalformedReason::BareLf);
@@ -291,7 +297,7 @@ impl FramingScanner {
 /// no longer pair up with the requests the parser reads.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while let Some(offset) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
+    while let Some(offset) = memchr::memchr(b'\n', buf.get(i..)?) {
         let lf = i.saturating_add(offset);
         let next = lf.saturating_add(1);
         match (buf.get(next), buf.get(next.saturating_add(1))) {
@@ -302,6 +308,25 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The pieces of `body` between LFs, as `split` on LF gives them (an empty piece after a
+/// final LF), found with `memchr` rather than byte by byte.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let piece = rest?;
+        match memchr::memchr(b'\n', piece) {
+            Some(lf) => {
+                rest = piece.get(lf.saturating_add(1)..);
+                piece.get(..lf)
+            }
+            None => {
+                rest = None;
+                Some(piece)
+            }
+        }
+    })
 }
 
 /// RFC 9110 `tchar`: what a header name is made of.
@@ -329,6 +354,23 @@ fn target_violation(line: &[u8]) -> Option<MalformedReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_what_split_on_lf_gives() {
+        for body in [
+            &b""[..],
+            b"a",
+            b"a\n",
+            b"\n",
+            b"a\nb",
+            b"a\r\nb\r\n\r\n",
+            b"\n\n",
+        ] {
+            let ours: Vec<&[u8]> = lines(body).collect();
+            let theirs: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(body));
+        }
+    }
 
     fn verdicts(stream: &[u8], split: usize) -> Vec<Option<&'static str>> {
         let mut scanner = FramingScanner::default();
