@@ -35,6 +35,8 @@ print(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": os.environ["KID"
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# The private part of the RSS (heap, stacks; not the binary's shared, clean code pages).
+anon_kib() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
@@ -111,4 +113,54 @@ measure() { # URL PID [wrk args...]
     /requests in/ { total = $1 }
     /^Requests\/sec/ { rps = $2 }
     END { printf "%.0f %.0f %.0f %.2f\n", rps, p50, p99, (ticks / hz) * 1000000 / total }'
+}
+
+# The full pipeline of the speed issue, written into DIR: a two-rule Rego policy, the
+# 20-property OpenAPI document, and DIR/portcullis.yaml listening on 127.0.0.1:PORT in front
+# of 127.0.0.1:UPSTREAM_PORT: JWT (issuer ISS, audience AUD, keys from the JWKS file JWKS,
+# as a path from DIR), an adaptive memory rate limit, the policy, OpenAPI validation, a sync
+# decision log and events to a file. FULL_MONITORING adds keys under `monitoring:` and
+# FULL_VALIDATION under `validation:` (flow-mapping fragments).
+full_pipeline() { # DIR PORT UPSTREAM_PORT JWKS ISS AUD
+  local dir=$1 port=$2 upstream=$3 jwks=$4 iss=$5 aud=$6
+  mkdir -p "$dir"
+  cp "$(dirname "${BASH_SOURCE[0]}")/../crates/portcullis/benches/data/twenty-properties.json" "$dir/"
+  cat > "$dir/full.rego" <<'REGO'
+package bench.full
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.request.method == "GET"
+	"items:read" in input.user.scopes
+}
+
+allow if {
+	input.request.method == "POST"
+	"items:write" in input.user.scopes
+}
+REGO
+  cat > "$dir/portcullis.yaml" <<CONF
+listen: { address: 127.0.0.1:$port }
+monitoring: { events: { sink: file, path: events.log }${FULL_MONITORING:+, $FULL_MONITORING} }
+upstreams:
+  backend: { url: "http://127.0.0.1:$upstream", timeout: 10s }
+identity:
+  jwt:
+    - { name: bench, issuer: "$iss", audiences: [$aud], jwks_file: $jwks, algorithms: [ES256], max_lifetime: 2h }
+policy:
+  engine: rego
+  rego: { files: [full.rego], query: data.bench.full.allow }
+  decision_log: { path: decisions.log, durability: sync }
+rate_limit:
+  store: memory
+  adaptive: { enabled: true, block_score: 101 }
+  default: { limit: 1000000000, window: 1s, key: principal_or_ip }
+validation: { openapi: twenty-properties.json${FULL_VALIDATION:+, $FULL_VALIDATION} }
+routes:
+  - match: { prefix: / }
+    upstream: backend
+CONF
 }

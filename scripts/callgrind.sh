@@ -54,46 +54,9 @@ routes:
     upstream: backend
     auth: none
 CONF
-cat > "$WORK/full.rego" <<'REGO'
-package cg.full
-
-import rego.v1
-
-default allow := false
-
-allow if {
-	input.request.method == "GET"
-	"items:read" in input.user.scopes
-}
-
-allow if {
-	input.request.method == "POST"
-	"items:write" in input.user.scopes
-}
-REGO
 SCOPED=$("$BIN1" token --key "$WORK/jwt.pem" --iss https://idp.cg --aud cg --sub alice --ttl 60m --kid k --scope "items:read items:write")
-cp "$(dirname "$0")/../crates/portcullis/benches/data/twenty-properties.json" "$WORK/"
-cat > "$WORK/full.yaml" <<CONF
-listen: { address: 127.0.0.1:$GW_PORT }
-monitoring: { events: { sink: file, path: events.log }${MONITORING:+, $MONITORING} }
-upstreams:
-  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
-identity:
-  jwt:
-    - { name: cg, issuer: https://idp.cg, audiences: [cg], jwks_file: jwks.json, algorithms: [ES256], max_lifetime: 2h }
-policy:
-  engine: rego
-  rego: { files: [full.rego], query: data.cg.full.allow }
-  decision_log: { path: decisions.log, durability: sync }
-rate_limit:
-  store: memory
-  adaptive: { enabled: true, block_score: 101 }
-  default: { limit: 1000000000, window: 1s, key: principal_or_ip }
-validation: { openapi: twenty-properties.json, unknown_operations: log }
-routes:
-  - match: { prefix: / }
-    upstream: backend
-CONF
+FULL_MONITORING="${MONITORING:-}" FULL_VALIDATION="unknown_operations: log" \
+  full_pipeline "$WORK/full" "$GW_PORT" "$UP_PORT" ../jwks.json https://idp.cg cg
 
 # counts BINARY CONFIG READY_PATH PATH COUNT [curl args]: prints "instructions allocations
 # reallocations" of the whole run
@@ -138,7 +101,7 @@ for bin in "$@"; do
     case $run in
       plain) args=(portcullis.yaml /index.html /index.html) ;;
       jwt) args=(portcullis.yaml /index.html /jwt/index.html -H "authorization: Bearer $TOKEN") ;;
-      full) args=(full.yaml "/items?limit=10" "/items?limit=10" -H "authorization: Bearer $SCOPED") ;;
+      full) args=(full/portcullis.yaml "/items?limit=10" "/items?limit=10" -H "authorization: Bearer $SCOPED") ;;
     esac
     read -r ir al re < <(per_request "$bin" "${args[@]}")
     case $run in

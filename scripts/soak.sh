@@ -22,45 +22,8 @@ UP_PORT=18631 GW_PORT=18632
 es256_key_and_jwks "$WORK/jwt.pem" bench > "$WORK/jwks.json"
 "$BIN" token --key "$WORK/jwt.pem" --iss https://idp.bench --aud bench --sub alice --ttl 60m \
   --kid bench --scope "items:read items:write" --count 100000 > "$WORK/tokens.txt"
-cp crates/portcullis/benches/data/twenty-properties.json crates/portcullis/benches/data/twenty-properties-body.json "$WORK/"
-cat > "$WORK/full.rego" <<'REGO'
-package bench.full
-
-import rego.v1
-
-default allow := false
-
-allow if {
-	input.request.method == "GET"
-	"items:read" in input.user.scopes
-}
-
-allow if {
-	input.request.method == "POST"
-	"items:write" in input.user.scopes
-}
-REGO
-cat > "$WORK/portcullis.yaml" <<CONF
-listen: { address: 127.0.0.1:$GW_PORT }
-monitoring: { events: { sink: file, path: events.log } }
-upstreams:
-  backend: { url: "http://127.0.0.1:$UP_PORT", timeout: 10s }
-identity:
-  jwt:
-    - { name: bench, issuer: https://idp.bench, audiences: [bench], jwks_file: jwks.json, algorithms: [ES256], max_lifetime: 2h }
-policy:
-  engine: rego
-  rego: { files: [full.rego], query: data.bench.full.allow }
-  decision_log: { path: decisions.log, durability: sync }
-rate_limit:
-  store: memory
-  adaptive: { enabled: true, block_score: 101 }
-  default: { limit: 1000000000, window: 1s, key: principal_or_ip }
-validation: { openapi: twenty-properties.json }
-routes:
-  - match: { prefix: / }
-    upstream: backend
-CONF
+cp crates/portcullis/benches/data/twenty-properties-body.json "$WORK/"
+full_pipeline "$WORK" "$GW_PORT" "$UP_PORT" jwks.json https://idp.bench bench
 cat > "$WORK/soak.lua" <<'LUA'
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end

@@ -139,22 +139,23 @@ impl Tree for regorus::Value {
         regorus::Value::from(items)
     }
     fn object<const N: usize>(members: [(&str, Self); N]) -> Self {
-        let map: BTreeMap<regorus::Value, regorus::Value> = members
-            .into_iter()
-            .map(|(k, v)| (regorus::Value::String(k.into()), v))
-            .collect();
-        regorus::Value::from(map)
+        rego_object(members)
     }
     fn object_of(members: Vec<(&str, Self)>) -> Self {
-        let map: BTreeMap<regorus::Value, regorus::Value> = members
-            .into_iter()
-            .map(|(k, v)| (regorus::Value::String(k.into()), v))
-            .collect();
-        regorus::Value::from(map)
+        rego_object(members)
     }
     fn json(value: &Value) -> Self {
         rego_value(value)
     }
+}
+
+/// A Rego object of named members.
+fn rego_object<'a>(members: impl IntoIterator<Item = (&'a str, regorus::Value)>) -> regorus::Value {
+    let map: BTreeMap<regorus::Value, regorus::Value> = members
+        .into_iter()
+        .map(|(k, v)| (regorus::Value::String(k.into()), v))
+        .collect();
+    regorus::Value::from(map)
 }
 
 /// A JSON value as the Rego engine's value, walked directly (no clone of the JSON, no trip
