@@ -76,8 +76,8 @@ impl Derived {
     }
 }
 
-/// A document tree the input can be built as.
-trait Tree: Sized {
+/// A document tree the input can be built as: JSON, or the Rego engine's values.
+pub(super) trait Tree: Sized {
     fn null() -> Self;
     fn boolean(value: bool) -> Self;
     fn string(value: &str) -> Self;
@@ -226,8 +226,9 @@ fn user<T: Tree>(principal: &Principal, mfa: bool) -> T {
     ])
 }
 
-/// The whole input, in the shape the README documents.
-fn build<T: Tree>(
+/// The whole input, in the shape the README documents, with the action and resource id
+/// derived once by the caller.
+pub(super) fn build<T: Tree>(
     route: &RouteAuthz,
     principal: Option<&Principal>,
     mfa: bool,
@@ -291,27 +292,5 @@ pub fn policy_input(
     mfa: bool,
     facts: &RequestFacts<'_>,
 ) -> Value {
-    json_input(route, principal, mfa, facts, &Derived::of(route, facts))
-}
-
-/// The JSON input, with the action and resource id derived once by the caller.
-pub(super) fn json_input(
-    route: &RouteAuthz,
-    principal: Option<&Principal>,
-    mfa: bool,
-    facts: &RequestFacts<'_>,
-    derived: &Derived,
-) -> Value {
-    build(route, principal, mfa, facts, derived)
-}
-
-/// The same input built as the Rego engine's value.
-pub(super) fn rego_input(
-    route: &RouteAuthz,
-    principal: Option<&Principal>,
-    mfa: bool,
-    facts: &RequestFacts<'_>,
-    derived: &Derived,
-) -> regorus::Value {
-    build(route, principal, mfa, facts, derived)
+    build(route, principal, mfa, facts, &Derived::of(route, facts))
 }

@@ -61,11 +61,11 @@ impl PolicyEngine {
     ) -> Result<Decision, EngineError> {
         match self {
             PolicyEngine::Rego(policy) => {
-                policy.decide_value(input::rego_input(route, principal, mfa, facts, derived))
+                policy.decide_value(input::build(route, principal, mfa, facts, derived))
             }
             other => {
                 other
-                    .decide(&input::json_input(route, principal, mfa, facts, derived))
+                    .decide(&input::build(route, principal, mfa, facts, derived))
                     .await
             }
         }
