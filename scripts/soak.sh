@@ -13,7 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TOTAL="${1:-600}"
-DURATION=$SECONDS_TOTAL
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
 bench_start nginx-light wrk openssl

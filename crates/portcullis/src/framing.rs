@@ -111,7 +111,12 @@ impl FramingScanner {
                 }
                 let before = buf.len();
                 buf.extend_from_slice(data);
-                let end = head_end(buf, before.saturating_sub(2));
+                // A first read without a head end was just searched above.
+                let end = if before == 0 {
+                    None
+                } else {
+                    head_end(buf, before.saturating_sub(2))
+                };
                 match end {
                     None => {
                         if buf.len() > MAX_HEAD_BYTES {

@@ -6,7 +6,7 @@ use super::RouteAuthz;
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
 use http::{HeaderMap, Method};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -82,8 +82,7 @@ pub(super) trait Tree: Sized {
     fn boolean(value: bool) -> Self;
     fn string(value: &str) -> Self;
     fn array(items: Vec<Self>) -> Self;
-    fn object<const N: usize>(members: [(&str, Self); N]) -> Self;
-    fn object_of(members: Vec<(&str, Self)>) -> Self;
+    fn object<'a>(members: impl IntoIterator<Item = (&'a str, Self)>) -> Self;
     /// A JSON value as it stands (the token's claims, the client certificate).
     fn json(value: &Value) -> Self;
 
@@ -105,14 +104,7 @@ impl Tree for Value {
     fn array(items: Vec<Self>) -> Self {
         Value::Array(items)
     }
-    fn object<const N: usize>(members: [(&str, Self); N]) -> Self {
-        let mut map = Map::with_capacity(N);
-        for (key, value) in members {
-            map.insert(key.to_string(), value);
-        }
-        Value::Object(map)
-    }
-    fn object_of(members: Vec<(&str, Self)>) -> Self {
+    fn object<'a>(members: impl IntoIterator<Item = (&'a str, Self)>) -> Self {
         Value::Object(
             members
                 .into_iter()
@@ -138,24 +130,16 @@ impl Tree for regorus::Value {
     fn array(items: Vec<Self>) -> Self {
         regorus::Value::from(items)
     }
-    fn object<const N: usize>(members: [(&str, Self); N]) -> Self {
-        rego_object(members)
-    }
-    fn object_of(members: Vec<(&str, Self)>) -> Self {
-        rego_object(members)
+    fn object<'a>(members: impl IntoIterator<Item = (&'a str, Self)>) -> Self {
+        let map: BTreeMap<regorus::Value, regorus::Value> = members
+            .into_iter()
+            .map(|(k, v)| (regorus::Value::String(k.into()), v))
+            .collect();
+        regorus::Value::from(map)
     }
     fn json(value: &Value) -> Self {
         rego_value(value)
     }
-}
-
-/// A Rego object of named members.
-fn rego_object<'a>(members: impl IntoIterator<Item = (&'a str, regorus::Value)>) -> regorus::Value {
-    let map: BTreeMap<regorus::Value, regorus::Value> = members
-        .into_iter()
-        .map(|(k, v)| (regorus::Value::String(k.into()), v))
-        .collect();
-    regorus::Value::from(map)
 }
 
 /// A JSON value as the Rego engine's value, walked directly (no clone of the JSON, no trip
@@ -177,13 +161,7 @@ pub fn rego_value(value: &Value) -> regorus::Value {
         Value::Array(items) => {
             regorus::Value::from(items.iter().map(rego_value).collect::<Vec<_>>())
         }
-        Value::Object(map) => {
-            let map: BTreeMap<regorus::Value, regorus::Value> = map
-                .iter()
-                .map(|(k, v)| (regorus::Value::String(k.as_str().into()), rego_value(v)))
-                .collect();
-            regorus::Value::from(map)
-        }
+        Value::Object(map) => Tree::object(map.iter().map(|(k, v)| (k.as_str(), rego_value(v)))),
     }
 }
 
@@ -210,8 +188,7 @@ fn user<T: Tree>(principal: &Principal, mfa: bool) -> T {
         .unwrap_or_default();
     let claims = all
         .iter()
-        .map(|(name, value)| (name.as_str(), T::json(value)))
-        .collect();
+        .map(|(name, value)| (name.as_str(), T::json(value)));
     T::object([
         ("id", T::optional(principal.subject.as_deref())),
         ("issuer", T::string(&principal.issuer)),
@@ -220,7 +197,7 @@ fn user<T: Tree>(principal: &Principal, mfa: bool) -> T {
             "scopes",
             T::array(principal.scopes.iter().map(|s| T::string(s)).collect()),
         ),
-        ("claims", T::object_of(claims)),
+        ("claims", T::object(claims)),
         ("mfa", T::boolean(mfa)),
         ("binding", binding_of(principal)),
     ])
@@ -235,18 +212,11 @@ pub(super) fn build<T: Tree>(
     facts: &RequestFacts<'_>,
     derived: &Derived,
 ) -> T {
-    let params = facts
-        .params
-        .iter()
-        .map(|(k, v)| (&**k, T::string(v)))
-        .collect();
-    let headers = INPUT_HEADERS
-        .iter()
-        .filter_map(|name| {
-            let value = facts.headers.get(*name)?.to_str().ok()?;
-            Some((*name, T::string(value)))
-        })
-        .collect();
+    let params = facts.params.iter().map(|(k, v)| (&**k, T::string(v)));
+    let headers = INPUT_HEADERS.iter().filter_map(|name| {
+        let value = facts.headers.get(*name)?.to_str().ok()?;
+        Some((*name, T::string(value)))
+    });
     let ip = facts.client_ip.map(|ip| ip.to_string());
     T::object([
         ("user", principal.map_or_else(T::null, |p| user(p, mfa))),
@@ -255,7 +225,7 @@ pub(super) fn build<T: Tree>(
             T::object([
                 ("type", T::string(&route.resource_type)),
                 ("id", T::optional(derived.resource_id.as_deref())),
-                ("params", T::object_of(params)),
+                ("params", T::object(params)),
             ]),
         ),
         ("action", T::string(&derived.action)),
@@ -278,7 +248,7 @@ pub(super) fn build<T: Tree>(
             T::object([
                 ("method", T::string(facts.method.as_str())),
                 ("path", T::string(facts.path)),
-                ("headers", T::object_of(headers)),
+                ("headers", T::object(headers)),
                 ("upgrade", T::optional(facts.upgrade)),
             ]),
         ),

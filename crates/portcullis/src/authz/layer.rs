@@ -1,7 +1,8 @@
 //! [`AuthorizeLayer`]: step-up, then a policy decision, recorded, on every request of a
 //! protected route.
 
-use super::{Authorizer, Derived, OnError, Recorded, RequestFacts, record};
+use super::decision_log::{DecisionEntry, ResourceEntry};
+use super::{Authorizer, Derived, OnError, RequestFacts, verdict_of};
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
 use crate::denial::Denial;
@@ -74,7 +75,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authorizer = self.authorizer.clone();
         let future: BoxedResponse<S::Response> = Box::pin(async move {
-            let settings = route.route.policy.authz.clone().unwrap_or_default();
+            // Borrowed from the route this future holds, not cloned per request (`call`
+            // passed routes without settings straight through; refuse if that ever changes).
+            let Some(settings) = route.route.policy.authz.as_ref() else {
+                return Err(Denial::Forbidden {
+                    reason: ForbiddenReason::NoPolicy,
+                    detail: "route without authorization settings".into(),
+                    required_action: String::new(),
+                    resource_type: String::new(),
+                });
+            };
             let refuse = |reason: ForbiddenReason, detail: String| Denial::Forbidden {
                 reason,
                 detail,
@@ -108,21 +118,31 @@ where
                     .map(|_| "websocket"),
                 grpc: route.route.policy.grpc,
             };
-            let derived = Derived::of(&settings, &facts);
+            let derived = Derived::of(settings, &facts);
             let outcome = authorizer
                 .engine
-                .decide_request(&settings, principal.as_deref(), mfa, &facts, &derived)
+                .decide_request(settings, principal.as_deref(), mfa, &facts, &derived)
                 .await;
             if let Some(log) = &authorizer.log {
-                let request_id = req.extensions().get::<RequestId>();
-                let recorded = Recorded {
-                    request_id: request_id.map_or("", RequestId::as_str),
-                    engine: authorizer.engine.name(),
+                let (decision, reasons) = verdict_of(&outcome);
+                let entry = DecisionEntry {
+                    request_id: req
+                        .extensions()
+                        .get::<RequestId>()
+                        .map_or("", RequestId::as_str),
+                    timestamp: &derived.time,
                     principal: principal.as_ref().and_then(|p| p.subject.as_deref()),
-                    resource_type: &settings.resource_type,
-                    derived: &derived,
+                    action: &derived.action,
+                    resource: ResourceEntry {
+                        kind: &settings.resource_type,
+                        id: derived.resource_id.as_deref(),
+                    },
+                    decision,
+                    engine: authorizer.engine.name(),
+                    reasons: &reasons,
                 };
-                record(log, &recorded, &outcome)
+                // Recorded before anything leaves: with sync durability this awaits the disk.
+                log.record_decision(&entry)
                     .await
                     .map_err(|e| Denial::PolicyEngineError {
                         detail: e.to_string(),

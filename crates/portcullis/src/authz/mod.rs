@@ -17,6 +17,7 @@ use crate::event::{EventBus, EventType, SecurityEvent, Severity};
 use decision_log::DecisionLog;
 use engine::{Decision, EngineError, OpaClient, RegoPolicy};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Which engine decides.
@@ -113,44 +114,16 @@ impl Authorizer {
     }
 }
 
-/// What a decision record says about the request, besides the outcome.
-#[derive(Debug)]
-pub(crate) struct Recorded<'a> {
-    pub(crate) request_id: &'a str,
-    pub(crate) engine: &'static str,
-    pub(crate) principal: Option<&'a str>,
-    pub(crate) resource_type: &'a str,
-    pub(crate) derived: &'a Derived,
-}
-
-/// Records one decision (before anything leaves: with sync durability this awaits the disk).
-async fn record(
-    log: &DecisionLog,
-    facts: &Recorded<'_>,
-    outcome: &Result<Decision, EngineError>,
-) -> Result<(), decision_log::RecordError> {
-    let error;
-    let (decision, reasons) = match outcome {
-        Ok(d) => (if d.allow { "allow" } else { "deny" }, d.reasons.as_slice()),
-        Err(e) => {
-            error = [format!("engine error: {e}")];
-            ("deny", error.as_slice())
-        }
-    };
-    log.record_decision(&decision_log::DecisionEntry {
-        request_id: facts.request_id,
-        timestamp: &facts.derived.time,
-        principal: facts.principal,
-        action: &facts.derived.action,
-        resource: decision_log::ResourceEntry {
-            kind: facts.resource_type,
-            id: facts.derived.resource_id.as_deref(),
-        },
-        decision,
-        engine: facts.engine,
-        reasons,
-    })
-    .await
+/// What a decision record says of an outcome: `allow` or `deny`, and the policy's reasons
+/// (or the engine's error).
+fn verdict_of(outcome: &Result<Decision, EngineError>) -> (&'static str, Cow<'_, [String]>) {
+    match outcome {
+        Ok(d) => (
+            if d.allow { "allow" } else { "deny" },
+            Cow::Borrowed(d.reasons.as_slice()),
+        ),
+        Err(e) => ("deny", Cow::Owned(vec![format!("engine error: {e}")])),
+    }
 }
 
 #[cfg(test)]

@@ -181,7 +181,9 @@ where
 pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict) {
     const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     const STATE: HeaderName = HeaderName::from_static("ratelimit");
-    // On every limited answer: written straight into the value's buffer, not through format!.
+    // On every limited answer: written straight into the value's buffer with static header
+    // names, not format! of the whole value and a parsed name.
+    use std::fmt::Write;
     let field = |first: (char, u64), second: (char, u64)| {
         let mut value = String::with_capacity(name.len() + 32);
         value.push('"');
@@ -191,7 +193,8 @@ pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict)
             value.push(';');
             value.push(key);
             value.push('=');
-            push_decimal(&mut value, number);
+            // Writing into a String cannot fail.
+            let _ = write!(value, "{number}");
         }
         HeaderValue::try_from(value)
     };
@@ -205,30 +208,6 @@ pub fn set_headers(headers: &mut http::HeaderMap, name: &str, verdict: &Verdict)
         headers.insert(POLICY, policy);
         headers.insert(STATE, state);
     }
-}
-
-/// Appends `number` in decimal.
-fn push_decimal(out: &mut String, number: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = number;
-    loop {
-        at = at.saturating_sub(1);
-        if let Some(slot) = digits.get_mut(at) {
-            *slot = b'0' + (rest % 10) as u8;
-        }
-        rest /= 10;
-        if rest == 0 || at == 0 {
-            break;
-        }
-    }
-    out.extend(
-        digits
-            .get(at..)
-            .unwrap_or_default()
-            .iter()
-            .map(|d| char::from(*d)),
-    );
 }
 
 #[cfg(test)]
