@@ -172,7 +172,8 @@ impl Gateway {
     }
 
     /// Every second until `shutdown`: publishes the detector flags raised here to the shared
-    /// rate-limit store and applies those other instances raised (with `store: redis`).
+    /// rate-limit store, applies those other instances raised, and copies the shared
+    /// reputation set (with `store: redis`).
     pub async fn exchange_flags(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,7 +184,13 @@ impl Gateway {
             }
             let generation = self.current();
             let limiting = &generation.config.rate_limiting;
-            limiting.limiter.exchange_flags(&limiting.tracker).await;
+            limiting
+                .limiter
+                .exchange_flags(
+                    &limiting.tracker,
+                    limiting.settings.threat.redis_set.as_deref(),
+                )
+                .await;
         }
     }
 

@@ -310,20 +310,32 @@ async fn redis_cluster_limits_hold_across_slots() {
     let dir = test_dir(&[]);
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     std::fs::write(dir.path().join("redis-url"), urls.join(",")).unwrap();
-    let config = config_with(
-        &upstream.url(),
-        &format!(
-            "rate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 200ms, cluster: true }}\n  on_store_error: deny\n  adaptive: {{ enabled: false }}\nroutes:\n{routes}"
+    // Each route is called by its own client (through a trusted proxy), so the limit keys
+    // spread over the slots; a client's default and route limits share one (one script).
+    let config = with_listen(
+        &config_with(
+            &upstream.url(),
+            &format!(
+                "rate_limit:\n  store: redis\n  redis: {{ url: \"${{file:redis-url}}\", timeout: 200ms, cluster: true }}\n  on_store_error: deny\n  adaptive: {{ enabled: false }}\n  default: {{ limit: 100, window: 60s, key: ip }}\nroutes:\n{routes}"
+            ),
         ),
+        "  trusted_proxies: [127.0.0.0/8]\n",
     );
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
     let gw = Gateway::start_in(dir).await;
     for i in 0..8 {
-        assert_eq!(
-            admitted(&gw, 12, &format!("/r{i}/x"), Some(UA)).await,
-            7,
-            "route {i}"
-        );
+        let client = format!("203.0.113.{i}");
+        let mut ok = 0;
+        for _ in 0..12 {
+            if hit(&gw, &format!("/r{i}/x"), Some(UA), Some(&client))
+                .await
+                .0
+                == 200
+            {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 7, "route {i}");
     }
     assert_eq!(upstream.hits(), 56);
     let holding: Vec<usize> = (0..3)
@@ -333,6 +345,19 @@ async fn redis_cluster_limits_hold_across_slots() {
         holding.len() >= 2,
         "the limit keys did not spread over the slots: {holding:?}"
     );
+    for i in 0..8 {
+        let pattern = format!("portcullis:rl:{{ip:203.0.113.{i}}}:*");
+        let keys: Vec<String> = (0..3)
+            .map(|n| cluster.redis_cli(n, &["keys", &pattern]))
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(
+            keys.len(),
+            1,
+            "client {i}'s limits on several nodes: {keys:?}"
+        );
+        assert_eq!(keys[0].lines().count(), 2, "client {i}: {keys:?}");
+    }
     let sha = cluster.redis_cli(
         holding[0],
         &["script", "load", portcullis::ratelimit::gcra::LUA],
@@ -356,6 +381,7 @@ async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
     for name in ["before", "after"] {
         routes.push_str(&format!("  - match: {{ prefix: /{name}/ }}\n    upstream: main\n    auth: none\n    rate_limit: {{ limit: 10, window: 60s, key: ip }}\n"));
     }
+    routes.push_str("  - match: { prefix: /probe }\n    upstream: main\n    auth: none\n");
     let config = config_with(
         &upstream.url(),
         &format!(
@@ -365,6 +391,7 @@ async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
     let gw = Gateway::start_in(dir).await;
     assert_eq!(admitted(&gw, 12, "/before/x", Some(UA)).await, 10);
+    assert_eq!(upstream.hits(), 10);
     let status = std::process::Command::new("redis-cli")
         .args([
             "-p",
@@ -376,8 +403,35 @@ async fn a_shared_redis_reputation_set_raises_the_score_on_every_instance() {
         .output()
         .unwrap();
     assert!(status.status.success());
+    // Each instance copies the set once a second (no request waits on a lookup): a listed
+    // address shows in the offenders with the factor within a few seconds.
+    eventually_async("the listed address to be scored", || async {
+        assert_eq!(hit(&gw, "/probe", Some(UA), None).await.0, 200);
+        let req = Request::get(gw.admin_url("/admin/offenders"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::default())
+            .unwrap();
+        let (_, _, body) = send(req).await.unwrap();
+        body.contains("ip_reputation")
+    })
+    .await;
     // Listed: score 50, floor(10 × 0.75) = 7.
     assert_eq!(admitted(&gw, 12, "/after/x", Some(UA)).await, 7);
+    let listed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "info", "commandstats"])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&listed.stdout).to_string();
+    let sismember = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_sismember:"))
+        .map_or(0, |l| {
+            l.split(['=', ',']).nth(1).unwrap().parse::<u64>().unwrap()
+        });
+    assert!(
+        sismember <= 12,
+        "requests kept asking Redis per request ({sismember} SISMEMBER): {stats}"
+    );
 }
 
 #[tokio::test]

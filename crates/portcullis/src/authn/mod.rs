@@ -9,6 +9,7 @@ pub mod jwks;
 pub mod keys;
 mod layer;
 pub mod mtls;
+pub mod pending;
 pub mod revocation;
 pub mod settings;
 pub mod sign;
@@ -31,6 +32,23 @@ pub fn now_secs() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// A revocation lookup not yet awaited (see [`Authenticator::authenticate_deferred`]).
+pub type RevocationCheck =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TokenError>> + Send>>;
+
+/// Whether `principal`'s token is revoked, as a token error; a store that cannot answer is
+/// an error too (fail closed).
+async fn check_revocation(
+    revocations: &Revocations,
+    principal: &Principal,
+) -> Result<(), TokenError> {
+    match revocations.is_revoked(principal).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(TokenError::Revoked),
+        Err(e) => Err(TokenError::RevocationUnavailable(e.to_string())),
+    }
 }
 
 /// `amr` values (RFC 8176) that show a second factor.
@@ -201,23 +219,43 @@ impl Authenticator {
     /// Verifies a token, fetching keys for an unknown `kid` when allowed, and checks
     /// revocation (which is never cached).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, TokenError> {
+        let principal = self.verified(token).await?;
+        check_revocation(&self.revocations, &principal).await?;
+        Ok(principal)
+    }
+
+    /// As [`authenticate`](Self::authenticate), but a revocation lookup in a remote store
+    /// (Redis) is returned unawaited, for the caller to wait for together with the request's
+    /// other store lookups. The principal must not be trusted before it resolves to `Ok`.
+    pub async fn authenticate_deferred(
+        &self,
+        token: &str,
+    ) -> Result<(Arc<Principal>, Option<RevocationCheck>), TokenError> {
+        let principal = self.verified(token).await?;
+        if !matches!(*self.revocations, Revocations::Redis(_)) {
+            check_revocation(&self.revocations, &principal).await?;
+            return Ok((principal, None));
+        }
+        let revocations = self.revocations.clone();
+        let subject = principal.clone();
+        let check: RevocationCheck =
+            Box::pin(async move { check_revocation(&revocations, &subject).await });
+        Ok((principal, Some(check)))
+    }
+
+    /// The token's principal from the cache or verified now; revocation not checked.
+    async fn verified(&self, token: &str) -> Result<Arc<Principal>, TokenError> {
         let now = now_secs();
         let is_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
-        let principal = match (&self.introspector, is_jwt) {
+        match (&self.introspector, is_jwt) {
             (Some(introspector), false) if token.len() <= self.max_token_bytes => {
-                introspector.introspect(token).await?
+                introspector.introspect(token).await
             }
             _ => match self.cache.get(token, now, |i| self.generation(i)) {
-                Some(principal) => principal,
-                None => self.verify(token, now).await?,
+                Some(principal) => Ok(principal),
+                None => self.verify(token, now).await,
             },
-        };
-        match self.revocations.is_revoked(&principal).await {
-            Ok(false) => {}
-            Ok(true) => return Err(TokenError::Revoked),
-            Err(e) => return Err(TokenError::RevocationUnavailable(e.to_string())),
         }
-        Ok(principal)
     }
 
     fn generation(&self, issuer: usize) -> u64 {

@@ -5,6 +5,7 @@ use super::decision_log::{DecisionEntry, ResourceEntry};
 use super::{Authorizer, Derived, OnError, RequestFacts, verdict_of};
 use crate::authn::Principal;
 use crate::authn::mtls::ClientIdentity;
+use crate::authn::pending::PendingChecks;
 use crate::denial::Denial;
 use crate::future::{BoxedResponse, ResponseFuture};
 use crate::reason::ForbiddenReason;
@@ -64,6 +65,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if PendingChecks::any(&req) {
+            // Deferred by authentication and left unsettled (no rate limit layer took
+            // them): settled first, then this request is authorized as any other.
+            let ready = std::mem::replace(self, self.clone());
+            return ResponseFuture::boxed(PendingChecks::settled_then(ready, req));
+        }
         let route = req.extensions().get::<RouteMatch>().cloned();
         let Some(route) = route else {
             return ResponseFuture::denied(Denial::NoRoute);

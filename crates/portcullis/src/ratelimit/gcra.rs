@@ -96,23 +96,31 @@ pub fn lua_args(quota: &Quota) -> (u64, u64) {
     quota.interval_and_tolerance()
 }
 
-/// The same step for Redis: `KEYS[1]` holds the TAT; `ARGV` = interval, tolerance (µs),
-/// from [`lua_args`]. The server's clock is used, so every gateway instance shares one time
-/// line. Returns `{allowed, remaining, retry_after_us, reset_us}`.
+/// The same step for Redis, for every limit of one request in one call: `KEYS[i]` holds
+/// the i-th limit's TAT; `ARGV[2i-1]`, `ARGV[2i]` are its interval and tolerance (µs), from
+/// [`lua_args`]. The limits are checked in order, each admitted one counted, and the first
+/// refusal ends the call (as one check per limit would). The server's clock is used, so
+/// every gateway instance shares one time line. Returns one `{allowed, remaining,
+/// retry_after_us, reset_us}` per limit checked.
 pub const LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  return {0, 0, allow_at - now, tat - now}
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance
+  if now < allow_at then
+    answers[i] = {0, 0, allow_at - now, tat - now}
+    return answers
+  end
+  redis.call('SET', key, new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
+  answers[i] = {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
-return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+return answers
 "#;
 
 #[cfg(test)]

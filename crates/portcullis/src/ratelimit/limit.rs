@@ -1,10 +1,11 @@
 //! [`RateLimitLayer`]: GCRA limits per principal or address, after authentication, lowered
 //! by the threat score, with `RateLimit` headers on every answer.
 
-use super::gcra::Verdict;
+use super::gcra::{Quota, Verdict};
 use super::rule::{LimitKey, LimitRule};
 use super::{RateLimiting, client_ip, refusal, whole_seconds};
 use crate::authn::Principal;
+use crate::authn::pending::PendingChecks;
 use crate::denial::Denial;
 use crate::future::ResponseFuture;
 use crate::reason::RateLimitReason;
@@ -47,8 +48,10 @@ pub struct RateLimit<S> {
     limits: Arc<RateLimiting>,
 }
 
-/// The store key: `<rule>:<route>:sub:<subject>`, `...:ip:<address>` or `...:anonymous`,
-/// built in one allocation (it is built for every rule of every request).
+/// The store key: `{sub:<subject>}:<rule>:<route>`, `{ip:<address>}:...` or
+/// `{anonymous}:...`, built in one allocation (it is built for every rule of every request).
+/// The braces are a Redis Cluster hash tag: every limit of one client lives on one slot, so
+/// one script call checks them all.
 fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
     use std::fmt::Write;
     let principal = req
@@ -56,10 +59,7 @@ fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
         .get::<Arc<Principal>>()
         .and_then(|p| p.subject.as_deref());
     let mut key = String::with_capacity(rule.name.len() + route.len() + 48);
-    key.push_str(&rule.name);
-    key.push(':');
-    key.push_str(route);
-    key.push(':');
+    key.push('{');
     match (rule.key, principal) {
         (LimitKey::Ip, _) | (LimitKey::PrincipalOrIp, None) => {
             key.push_str("ip:");
@@ -74,6 +74,10 @@ fn key_for<B>(rule: &LimitRule, route: &str, req: &Request<B>) -> String {
         }
         (LimitKey::Principal, None) => key.push_str("anonymous"),
     }
+    key.push_str("}:");
+    key.push_str(&rule.name);
+    key.push(':');
+    key.push_str(route);
     key
 }
 
@@ -92,17 +96,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let matched = req
             .extensions()
             .get::<RouteMatch>()
             .map(|m| m.route.clone());
         let has_route_rule = matched.as_ref().is_some_and(|r| r.policy.limit.is_some());
         if self.limits.settings.default.is_none() && !has_route_rule {
+            if PendingChecks::any(&req) {
+                return ResponseFuture::boxed(PendingChecks::settled_then(self.take_inner(), req));
+            }
             return ResponseFuture::inner(self.inner.call(req));
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Authentication's deferred lookups (revocation) wait together with the limits.
+        let pending = PendingChecks::take(&mut req);
+        let mut inner = self.take_inner();
         let limits = self.limits.clone();
         ResponseFuture::boxed(Box::pin(async move {
             // Borrowed from the settings and the route (both held by this future), never
@@ -127,26 +135,44 @@ where
             if subject.is_some_and(|s| limits.tracker.principal_flagged(s)) {
                 threat.add_detector_flag();
             }
+            let rules: Vec<(&LimitRule, String, Quota)> = rules
+                .map(|rule| {
+                    let quota = if limits.settings.adaptive {
+                        rule.quota.adapted(threat.score)
+                    } else {
+                        rule.quota
+                    };
+                    (rule, key_for(rule, route, &req), quota)
+                })
+                .collect();
+            let checks: Vec<(&str, Quota)> = rules
+                .iter()
+                .map(|(_, key, quota)| (key.as_str(), *quota))
+                .collect();
+            let unavailable = || {
+                let name = rules.first().map_or("", |(rule, _, _)| rule.name.as_str());
+                refusal(
+                    RateLimitReason::StoreUnavailable,
+                    None,
+                    name,
+                    Duration::from_secs(1),
+                    &threat,
+                )
+            };
+            let (settled, verdicts) = tokio::join!(
+                PendingChecks::settle(pending),
+                limits.limiter.check_all(&checks)
+            );
+            // A revoked token is refused as such, whatever its limits said.
+            settled?;
+            let verdicts = verdicts.map_err(|_| unavailable())?;
+            // Fewer answers than limits without a refusal among them: the store answered
+            // something else than asked. Fail closed.
+            if verdicts.len() < rules.len() && verdicts.iter().all(|v| v.allowed) {
+                return Err(unavailable());
+            }
             let mut tightest: Option<(&str, Verdict)> = None;
-            for rule in rules {
-                let quota = if limits.settings.adaptive {
-                    rule.quota.adapted(threat.score)
-                } else {
-                    rule.quota
-                };
-                let verdict = limits
-                    .limiter
-                    .check(&key_for(rule, route, &req), quota)
-                    .await
-                    .map_err(|_| {
-                        refusal(
-                            RateLimitReason::StoreUnavailable,
-                            None,
-                            &rule.name,
-                            Duration::from_secs(1),
-                            &threat,
-                        )
-                    })?;
+            for ((rule, _, _), verdict) in rules.iter().zip(verdicts) {
                 if !verdict.allowed {
                     let reason = if threat.score > 50 {
                         RateLimitReason::RateLimitSuspicious
@@ -174,6 +200,14 @@ where
             }
             Ok(response)
         }))
+    }
+}
+
+impl<S: Clone> RateLimit<S> {
+    /// The inner service, ready, for a future of this layer (a clone is left in its place).
+    fn take_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 

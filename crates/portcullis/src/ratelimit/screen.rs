@@ -71,7 +71,7 @@ where
             let view = limits.tracker.observe(ip);
             let settings = &limits.settings.threat;
             let listed = match &settings.redis_set {
-                Some(set) => limits.limiter.listed_in(set, &ip.to_string()).await,
+                Some(set) => limits.limiter.listed_in(set, ip).await,
                 None => false,
             };
             let threat = threat::score(&req, ip, view, settings, listed);

@@ -5,9 +5,11 @@ use super::gcra::{self, Quota, Verdict};
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
 use crate::redis_backend::{RedisBackend, RedisConnection as Connection};
 use crate::threat::SharedFlag;
-use std::collections::HashMap;
+use arc_swap::ArcSwapOption;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,6 +166,25 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout)?
     }
 
+    /// The members of the set `key`, or `None` when it holds more than `max` (one `SCARD`,
+    /// then one `SMEMBERS` only if it is small enough).
+    pub async fn members_if_at_most(
+        &self,
+        key: &str,
+        max: usize,
+    ) -> Result<Option<Vec<String>>, RedisError> {
+        let mut count = redis::cmd("SCARD");
+        count.arg(key);
+        if self.command::<usize>(count).await? > max {
+            return Ok(None);
+        }
+        let mut members = redis::cmd("SMEMBERS");
+        members.arg(key);
+        let members: Vec<String> = self.command(members).await?;
+        // Added to between the two commands: still bounded.
+        Ok((members.len() <= max).then_some(members))
+    }
+
     /// Runs one command within the store's timeout: how other shared state (browser
     /// sessions and their refresh locks) is kept in the same Redis.
     pub async fn command<T: redis::FromRedisValue>(
@@ -247,33 +268,59 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout)?
     }
 
-    async fn invoke(&self, key: String, quota: Quota) -> Result<(i64, i64, i64, i64), RedisError> {
-        let (interval, tolerance) = gcra::lua_args(&quota);
+    /// One call of the script for `checks` (keys already prefixed), in order.
+    async fn invoke(&self, checks: &[(String, Quota)]) -> Result<Vec<Verdict>, RedisError> {
+        let mut invocation = self.script.prepare_invoke();
+        for (key, quota) in checks {
+            let (interval, tolerance) = gcra::lua_args(quota);
+            invocation.key(key).arg(interval).arg(tolerance);
+        }
         let mut connection = self.connection().await?;
-        self.script
-            .key(key)
-            .arg(interval)
-            .arg(tolerance)
+        let answers: Vec<(i64, i64, i64, i64)> = invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| RedisError::Failed(e.to_string()))
+            .map_err(|e| RedisError::Failed(e.to_string()))?;
+        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(answers
+            .iter()
+            .zip(checks)
+            .map(|((allowed, remaining, retry, reset), (_, quota))| Verdict {
+                allowed: *allowed == 1,
+                quota: *quota,
+                remaining: u32::try_from(*remaining).unwrap_or(0),
+                reset: micros(*reset),
+                retry_after: micros(*retry),
+            })
+            .collect())
     }
 
-    /// Checks one request; errors (including a slow answer) mean the store is unavailable.
-    pub async fn check(&self, key: &str, quota: Quota) -> Result<Verdict, RedisError> {
+    /// Checks one request against every limit in `checks` (key, quota), in order, in one
+    /// round trip: one script call on one server, and on a Cluster one per hash tag (a
+    /// request's limits on one client share theirs), sent at once. The answer holds a
+    /// verdict per limit up to and including the first refusal. Errors (including a slow
+    /// answer) mean the store is unavailable.
+    pub async fn check_all(&self, checks: &[(&str, Quota)]) -> Result<Vec<Verdict>, RedisError> {
+        let prefixed: Vec<(String, Quota)> = checks
+            .iter()
+            .map(|(key, quota)| (format!("portcullis:rl:{key}"), *quota))
+            .collect();
         let work = async {
-            // One hash tag per limit key: in Redis Cluster the key lives on one slot.
-            let (allowed, remaining, retry, reset) = self
-                .invoke(format!("{{portcullis:rl:{key}}}"), quota)
-                .await?;
-            let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-            Ok(Verdict {
-                allowed: allowed == 1,
-                quota,
-                remaining: u32::try_from(remaining).unwrap_or(0),
-                reset: micros(reset),
-                retry_after: micros(retry),
-            })
+            if !self.backend.is_cluster() {
+                return self.invoke(&prefixed).await;
+            }
+            let groups = by_hash_tag(&prefixed);
+            let answers =
+                crate::future::join_all(groups.iter().map(|group| self.invoke(group))).await;
+            let mut verdicts = Vec::with_capacity(prefixed.len());
+            for answer in answers {
+                let answer = answer?;
+                let refused = answer.iter().any(|v| !v.allowed);
+                verdicts.extend(answer);
+                if refused {
+                    break;
+                }
+            }
+            Ok(verdicts)
         };
         match tokio::time::timeout(self.timeout * 2, work).await {
             Ok(result) => result,
@@ -282,11 +329,51 @@ impl RedisStore {
     }
 }
 
+/// The hash tag of a key, as Redis Cluster reads it: between the first `{` and the first
+/// `}` after it, if not empty; else the whole key.
+fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = key.get(open + 1..)?;
+            let close = rest.find('}')?;
+            rest.get(..close).filter(|tag| !tag.is_empty())
+        })
+        .unwrap_or(key)
+}
+
+/// `checks` split by hash tag (each group on one slot), in the order of each tag's first key.
+fn by_hash_tag(checks: &[(String, Quota)]) -> Vec<Vec<(String, Quota)>> {
+    let mut groups: Vec<Vec<(String, Quota)>> = Vec::new();
+    for check in checks {
+        let tag = hash_tag(&check.0);
+        match groups
+            .iter_mut()
+            .find(|g| g.first().is_some_and(|first| hash_tag(&first.0) == tag))
+        {
+            Some(group) => group.push(check.clone()),
+            None => groups.push(vec![check.clone()]),
+        }
+    }
+    groups
+}
+
 /// The Redis sorted set of detector flags (member `client:<ip>` or `principal:<sub>`, score
 /// the Unix second the flag ends).
 const FLAG_SET: &str = "portcullis:flags";
 /// Shared flags read back per exchange at most.
 pub const MAX_SHARED_FLAGS: usize = 10_000;
+
+/// Members of a shared reputation set this instance copies once a second at most; a
+/// larger set is asked per request instead.
+pub const MAX_MIRRORED_REPUTATION: usize = 100_000;
+
+/// This instance's copy of the shared reputation set.
+#[derive(Debug)]
+struct ReputationMirror {
+    /// The set's name (a reload may name another).
+    set: String,
+    members: HashSet<IpAddr>,
+}
 
 /// What to do while the shared store is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -303,6 +390,7 @@ pub enum OnStoreError {
 /// down and back when it answers again, with one event for each switch.
 pub struct Limiter {
     shared: Option<RedisStore>,
+    reputation: ArcSwapOption<ReputationMirror>,
     local: MemoryStore,
     on_error: OnStoreError,
     degraded: AtomicBool,
@@ -330,6 +418,7 @@ impl Limiter {
     pub fn memory(max_keys: usize, events: Arc<EventBus>) -> Self {
         Limiter {
             shared: None,
+            reputation: ArcSwapOption::empty(),
             local: MemoryStore::new(max_keys),
             on_error: OnStoreError::Local(1.0),
             degraded: AtomicBool::new(false),
@@ -357,12 +446,45 @@ impl Limiter {
         self.shared.as_ref()
     }
 
-    /// Whether `ip` is in the shared reputation set `set` (false when there is no shared
-    /// store or it cannot answer: reputation only adds to a score).
-    pub async fn listed_in(&self, set: &str, ip: &str) -> bool {
-        match &self.shared {
-            Some(shared) => shared.is_member(set, ip).await.unwrap_or(false),
-            None => false,
+    /// Whether `ip` is in the shared reputation set `set`: from this instance's copy of the
+    /// set (refreshed once a second with the flag exchange), so a request waits on no
+    /// lookup; asked of Redis only until the first copy is read, or when the set is larger
+    /// than [`MAX_MIRRORED_REPUTATION`]. False when there is no shared store or it cannot
+    /// answer: reputation only adds to a score.
+    pub async fn listed_in(&self, set: &str, ip: IpAddr) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        if let Some(mirror) = &*self.reputation.load()
+            && mirror.set == set
+        {
+            return mirror.members.contains(&ip);
+        }
+        shared
+            .is_member(set, &ip.to_string())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Reads the reputation set `set` into this instance's copy (or drops the copy when the
+    /// set is too large to hold, or there is none to read).
+    async fn refresh_reputation(&self, shared: &RedisStore, set: Option<&str>) {
+        let Some(set) = set else {
+            self.reputation.store(None);
+            return;
+        };
+        match shared
+            .members_if_at_most(set, MAX_MIRRORED_REPUTATION)
+            .await
+        {
+            Ok(Some(members)) => self.reputation.store(Some(Arc::new(ReputationMirror {
+                set: set.to_string(),
+                members: members.iter().filter_map(|m| m.parse().ok()).collect(),
+            }))),
+            // Too large: every request asks Redis.
+            Ok(None) => self.reputation.store(None),
+            // Kept: the copy from a second ago is a better answer than none.
+            Err(_) => {}
         }
     }
 
@@ -370,11 +492,19 @@ impl Limiter {
     /// raised since the last call and applies theirs. Without a shared store, the flags are
     /// only dropped from the outbox (each instance enforces its own anyway). When the store
     /// cannot answer, the flags wait for the next exchange; no request ever waits.
-    pub async fn exchange_flags(&self, tracker: &crate::threat::ClientTracker) {
+    ///
+    /// The shared reputation set `reputation` is read into this instance's copy in the same
+    /// beat, so requests consult the copy.
+    pub async fn exchange_flags(
+        &self,
+        tracker: &crate::threat::ClientTracker,
+        reputation: Option<&str>,
+    ) {
         let Some(shared) = &self.shared else {
             let _ = tracker.take_shared();
             return;
         };
+        self.refresh_reputation(shared, reputation).await;
         tracker.share_flags();
         let outgoing = tracker.take_shared();
         match shared.exchange_flags(&outgoing, unix_now()).await {
@@ -399,34 +529,51 @@ impl Limiter {
         self.switches.load(Ordering::Relaxed)
     }
 
-    /// Checks one request for `key`.
-    pub async fn check(&self, key: &str, quota: Quota) -> Result<Verdict, StoreDown> {
+    /// Checks one request against every limit in `checks` (key, quota), in order: each
+    /// admitted limit is counted, and the first refusal ends the check, so the answer holds
+    /// one verdict per limit up to and including it. Shared limits cost one Redis round trip
+    /// per request, however many there are.
+    pub async fn check_all(&self, checks: &[(&str, Quota)]) -> Result<Vec<Verdict>, StoreDown> {
         let Some(shared) = &self.shared else {
-            return Ok(self.local.check(key, quota));
+            return Ok(self.check_locally(checks, 1.0));
         };
-        match shared.check(key, quota).await {
-            Ok(verdict) => {
+        match shared.check_all(checks).await {
+            Ok(verdicts) => {
                 self.switch(false, None);
-                Ok(verdict)
+                Ok(verdicts)
             }
             Err(error) => {
                 self.switch(true, Some(error.to_string()));
                 match self.on_error {
-                    OnStoreError::Local(share) => {
-                        let limit = ((f64::from(quota.limit) * share).floor() as u32).max(1);
-                        Ok(self.local.check(key, Quota { limit, ..quota }))
-                    }
+                    OnStoreError::Local(share) => Ok(self.check_locally(checks, share)),
                     OnStoreError::Deny => Err(StoreDown),
-                    OnStoreError::Allow => Ok(Verdict {
-                        allowed: true,
-                        quota,
-                        remaining: quota.limit,
-                        reset: Duration::ZERO,
-                        retry_after: Duration::ZERO,
-                    }),
+                    OnStoreError::Allow => Ok(checks
+                        .iter()
+                        .map(|(_, quota)| Verdict {
+                            allowed: true,
+                            quota: *quota,
+                            remaining: quota.limit,
+                            reset: Duration::ZERO,
+                            retry_after: Duration::ZERO,
+                        })
+                        .collect()),
                 }
             }
         }
+    }
+
+    /// The same checks in this process, each limit scaled to `share` of itself.
+    fn check_locally(&self, checks: &[(&str, Quota)], share: f64) -> Vec<Verdict> {
+        let mut verdicts = Vec::with_capacity(checks.len());
+        for (key, quota) in checks {
+            let limit = ((f64::from(quota.limit) * share).floor() as u32).max(1);
+            let verdict = self.local.check(key, Quota { limit, ..*quota });
+            verdicts.push(verdict);
+            if !verdict.allowed {
+                break;
+            }
+        }
+        verdicts
     }
 
     fn switch(&self, down: bool, error: Option<String>) {
