@@ -374,7 +374,10 @@ read -r O_RPS O_P50 O_P99 O_CPU < <(measure "http://127.0.0.1:$NOLOG_PORT/jwt/it
 SYNC_RECORDS=$(wc -l < "$WORK/sync/decisions.log")
 UAH=(-H "user-agent: portcullis-bench/1.0")
 read -r M_RPS M_P50 M_P99 M_CPU < <(measure "http://127.0.0.1:$RL_MEM_PORT/api/items" "$RL_MEM_PID" "${UAH[@]}")
-read -r R_RPS R_P50 R_P99 R_CPU < <(measure "http://127.0.0.1:$RL_REDIS_PORT/api/items" "$RL_REDIS_PID" "${UAH[@]}")
+evalsha_calls() { redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_evalsha:/ {print $3}'; }
+MEASURE_COUNTER=evalsha_calls measure "http://127.0.0.1:$RL_REDIS_PORT/api/items" "$RL_REDIS_PID" "${UAH[@]}" > "$WORK/rl-redis.measured"
+read -r R_RPS R_P50 R_P99 R_CPU < "$WORK/rl-redis.measured"
+R_TRIPS=$(awk -v c="$(cat "$WORK/measured.counter")" -v r="$(cat "$WORK/measured.requests")" 'BEGIN { printf "%.2f", c / r }')
 read -r WD_RPS WD_P50 WD_P99 WD_CPU < <(measure "http://127.0.0.1:$WATCH_DET_PORT/api/items" "$WATCH_DET_PID" "${UAH[@]}")
 read -r WA_RPS WA_P50 WA_P99 WA_CPU < <(measure "http://127.0.0.1:$WATCH_ALL_PORT/api/items" "$WATCH_ALL_PID" "${UAH[@]}")
 read -r VG_RPS VG_P50 VG_P99 VG_CPU < <(measure "http://127.0.0.1:$VAL_PORT/items?limit=10" "$VAL_PID")
@@ -468,6 +471,7 @@ printf '\n%-34s %12s %10s %10s %14s\n' "rate limit on every request" "requests/s
 printf '%-34s %12s %10s %10s %14s\n' "memory store" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "redis store" "$R_RPS" "$R_P50" "$R_P99" "$R_CPU"
 printf 'redis / memory: %s (target >= 0.90); memory store vs plain proxy: %s\n' "$(ratio "$R_RPS" "$M_RPS")" "$(ratio "$M_RPS" "$P_RPS")"
+printf 'redis store: %s script calls (round trips) per request; scripts/bench-cluster.sh counts revocation and two limits\n' "$R_TRIPS"
 printf '\n%-34s %12s %10s %10s %14s\n' "monitoring (memory store as above)" "requests/s" "p50 µs" "p99 µs" "CPU µs/req"
 printf '%-34s %12s %10s %10s %14s\n' "detection and traces off" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU"
 printf '%-34s %12s %10s %10s %14s\n' "every detector on" "$WD_RPS" "$WD_P50" "$WD_P99" "$WD_CPU"

@@ -35,6 +35,7 @@ pub mod framing;
 pub mod future;
 pub mod generations;
 pub mod headers;
+pub mod join;
 pub mod json;
 pub mod net;
 pub mod normalize;

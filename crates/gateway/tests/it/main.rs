@@ -28,6 +28,7 @@ mod oidc;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod round_trips;
 mod routing;
 mod sessions;
 mod tls;

@@ -1,9 +1,10 @@
 //! [`AuthenticateLayer`]: credentials in exactly one place, verified, scoped, and the
 //! identity passed upstream only as the gateway proved it.
 
+use super::dpop::ReplayStore;
 use super::dpop::{self, DpopError, ProofAlgorithms};
 use super::mtls::{ClientIdentity, any_matches};
-use super::pending::PendingChecks;
+use super::pending::{Check, PendingChecks};
 use super::settings::{AuthMode, ForwardSettings};
 use super::token::TokenError;
 use super::{Authenticator, Principal};
@@ -186,6 +187,11 @@ fn proof_refused(error: DpopError, algs: ProofAlgorithms) -> Denial {
     }
 }
 
+/// The DPoP replay store, when DPoP is configured.
+fn dpop_store(authenticator: &Authenticator) -> Option<&ReplayStore> {
+    authenticator.dpop().map(|d| &d.replay)
+}
+
 /// The request URL a DPoP proof must name (`htu`): the scheme the client used (after
 /// trusted-proxy handling), its authority and the path, without query or fragment.
 fn request_url<B>(req: &Request<B>) -> String {
@@ -229,12 +235,16 @@ impl BindingFacts {
 /// cache, so a cached token never becomes usable on another connection or without its key:
 /// `x5t#S256` against this connection's client certificate (RFC 8705), `jkt` against a
 /// valid, first-use DPoP proof (RFC 9449), and `binding: required`.
+///
+/// With `defer`, a proof's first use in a Redis replay store is returned unawaited, to be
+/// settled with the request's other store lookups.
 async fn check_binding(
     req: BindingFacts,
     principal: &Principal,
     (token, scheme): (&str, Scheme),
     authenticator: &Authenticator,
-) -> Result<(), Denial> {
+    defer: bool,
+) -> Result<Option<Check>, Denial> {
     let cnf = principal
         .claims
         .all
@@ -273,7 +283,7 @@ async fn check_binding(
         }
     }
     match (scheme, member("jkt")) {
-        (Scheme::Bearer, None) => Ok(()),
+        (Scheme::Bearer, None) => Ok(None),
         (Scheme::Bearer, Some(_)) => Err(binding_refused(
             BindingProblem::Downgrade,
             "a DPoP-bound token sent as Bearer",
@@ -319,11 +329,19 @@ async fn check_binding(
             {
                 return Err(proof_refused(DpopError::UseNonce(nonces.issue(now))));
             }
-            match dpop.replay.first_use(&verified, now).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(proof_refused(DpopError::Replayed)),
-                Err(error) => Err(proof_refused(error)),
+            let algs = algs();
+            let dpop = dpop.clone();
+            let first_use = async move {
+                match dpop.replay.first_use(&verified, now).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self::proof_refused(DpopError::Replayed, algs)),
+                    Err(error) => Err(self::proof_refused(error, algs)),
+                }
+            };
+            if defer && matches!(dpop_store(authenticator), Some(ReplayStore::Redis(_))) {
+                return Ok(Some(Box::pin(first_use)));
             }
+            first_use.await.map(|()| None)
         }
     }
 }
@@ -386,11 +404,12 @@ where
                 authenticator.authenticate(&token).await.map(|p| (p, None))
             }
             .map_err(token_refused)?;
-            check_binding(
+            let first_use = check_binding(
                 BindingFacts::of(&req, scheme),
                 &principal,
                 (&token, scheme),
                 &authenticator,
+                defer,
             )
             .await?;
             if let Some(scope) = req.extensions().get::<Arc<RequestScope>>()
@@ -412,6 +431,9 @@ where
                     &mut req,
                     Box::pin(async move { revocation.await.map_err(token_refused) }),
                 );
+            }
+            if let Some(first_use) = first_use {
+                PendingChecks::push(&mut req, first_use);
             }
             req.extensions_mut().insert(principal);
             let mut response = inner.call(req).await?;

@@ -63,7 +63,7 @@ impl PendingChecks {
         if checks.is_empty() {
             return Ok(());
         }
-        crate::future::join_all(checks.into_iter())
+        crate::join::join_all(checks.into_iter())
             .await
             .into_iter()
             .collect()

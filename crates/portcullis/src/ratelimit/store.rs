@@ -310,7 +310,7 @@ impl RedisStore {
             }
             let groups = by_hash_tag(&prefixed);
             let answers =
-                crate::future::join_all(groups.iter().map(|group| self.invoke(group))).await;
+                crate::join::join_all(groups.iter().map(|group| self.invoke(group))).await;
             let mut verdicts = Vec::with_capacity(prefixed.len());
             for answer in answers {
                 let answer = answer?;
