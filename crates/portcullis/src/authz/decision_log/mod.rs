@@ -12,9 +12,11 @@
 //! - under load, sync records wait up to [`SYNC_LINGER`] for company before the fsync (a
 //!   commit delay), since the fsync, not the record, is what costs.
 
+mod completer;
 mod seal;
 
 use crate::event::{EventBus, EventType, SecurityEvent, Severity};
+use completer::Completer;
 use seal::{Sealable, hash_of};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
@@ -112,9 +114,12 @@ pub const SYNC_LINGER: Duration = Duration::from_millis(1);
 /// Sync records that end the commit delay early.
 const SYNC_BATCH: usize = 64;
 
+/// Where a sync record's caller hears that its record is on disk.
+type Done = oneshot::Sender<Result<(), RecordError>>;
+
 struct Job {
     record: Sealable,
-    done: Option<oneshot::Sender<Result<(), RecordError>>>,
+    done: Option<Done>,
 }
 
 /// Records waiting for the writer.
@@ -160,7 +165,10 @@ impl std::fmt::Debug for DecisionLog {
 }
 
 impl DecisionLog {
-    /// Opens (or continues) the log and starts its writer thread.
+    /// Opens (or continues) the log and starts its writer thread. Opened within a Tokio
+    /// runtime, sync callers are told their records are on disk through one task on that
+    /// runtime per batch (it must keep running while the log is used; once it is shut down
+    /// the writer tells them itself).
     pub fn open(
         settings: &DecisionLogSettings,
         events: Arc<EventBus>,
@@ -199,6 +207,7 @@ impl DecisionLog {
             written: written.clone(),
             events,
             buffer: Vec::new(),
+            completer: Completer::start(),
         };
         let writer_queue = queue.clone();
         std::thread::Builder::new()
@@ -316,6 +325,7 @@ struct Writer {
     events: Arc<EventBus>,
     /// The lines of the batch being written (kept to reuse its allocation).
     buffer: Vec<u8>,
+    completer: Completer,
 }
 
 impl Writer {
@@ -333,11 +343,11 @@ impl Writer {
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
                 last_batch = batch.len();
-                for job in batch.drain(..) {
-                    if let Some(done) = job.done {
-                        let _ = done.send(result.clone());
-                    }
-                }
+                let told: Vec<_> = batch
+                    .drain(..)
+                    .filter_map(|job| job.done.map(|done| (done, result.clone())))
+                    .collect();
+                self.completer.complete(told);
                 for flush in flushing.drain(..) {
                     let _ = flush.send(());
                 }

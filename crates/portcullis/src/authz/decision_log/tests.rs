@@ -197,3 +197,31 @@ fn a_decision_entry_seals_as_its_json_object_does() {
     let line: Map<String, Value> = serde_json::from_slice(&ours).expect("a JSON line");
     assert_eq!(hash_of(&line, GENESIS).as_bytes(), hash);
 }
+
+#[test]
+fn sync_callers_hear_back_after_the_runtime_that_opened_the_log_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = settings(dir.path(), Durability::Sync, 1_000_000);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let first = runtime();
+    let log = {
+        let _entered = first.enter();
+        DecisionLog::open(&s, Arc::new(EventBus::discard())).expect("open")
+    };
+    // Told through the completer task on the runtime that opened the log.
+    first.block_on(async { log.record(record(0)).await.expect("record") });
+    drop(first);
+    // That task is gone with its runtime: the writer tells the caller itself.
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), log.record(record(1)))
+            .await
+            .expect("a sync caller was never answered")
+            .expect("record")
+    });
+    assert_eq!(log.written(), 2);
+}
