@@ -19,6 +19,9 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod verifier;
+pub use verifier::TrustVerifier;
+
 /// The crypto provider every TLS connection of Portcullis uses: rustls on aws-lc-rs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -43,14 +46,15 @@ pub enum OutboundError {
 /// The CAs trusted for every outbound https call.
 #[derive(Debug, Clone)]
 pub struct Trust {
-    roots: Arc<RootCertStore>,
+    verifier: Arc<TrustVerifier>,
     fingerprint: [u8; 32],
 }
 
 impl Trust {
-    /// The platform's roots (when `system_roots`) plus `extra` CA certificates. Unreadable
-    /// platform roots are skipped: a machine without a CA bundle still trusts `extra` (and
-    /// with nothing trusted, every https call fails closed).
+    /// The platform's roots (when `system_roots`, read on the first handshake that needs
+    /// them) plus `extra` CA certificates (checked now). Unreadable platform roots are
+    /// skipped: a machine without a CA bundle still trusts `extra` (and with nothing trusted,
+    /// every https call fails closed).
     pub fn new(
         system_roots: bool,
         extra: &[CertificateDer<'static>],
@@ -58,10 +62,6 @@ impl Trust {
         let mut roots = RootCertStore::empty();
         let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         hash.update(&[u8::from(system_roots)]);
-        if system_roots {
-            let found = rustls_native_certs::load_native_certs();
-            let _ = roots.add_parsable_certificates(found.certs);
-        }
         for (index, cert) in extra.iter().enumerate() {
             roots
                 .add(cert.clone())
@@ -75,15 +75,20 @@ impl Trust {
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(hash.finish().as_ref());
         Ok(Trust {
-            roots: Arc::new(roots),
+            verifier: Arc::new(TrustVerifier::new(system_roots, roots)),
             fingerprint,
         })
+    }
+
+    /// Whether the trusted roots were read yet (the first handshake reads them).
+    pub fn roots_loaded(&self) -> bool {
+        self.verifier.loaded()
     }
 
     /// Trusts nothing: every https call fails (closed).
     pub fn empty() -> Trust {
         Trust {
-            roots: Arc::new(RootCertStore::empty()),
+            verifier: Arc::new(TrustVerifier::new(false, RootCertStore::empty())),
             fingerprint: [0; 32],
         }
     }
@@ -105,7 +110,11 @@ impl Trust {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| OutboundError::Tls(e.to_string()))?
-            .with_root_certificates(self.roots.clone());
+            // "dangerous" is rustls's name for any verifier of one's own: this one is its
+            // WebPKI verifier, built on first use so the platform's roots are read only
+            // when an https call is made.
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone());
         Ok(match client_cert {
             Some(cert) => {
                 let mut config = builder.with_client_cert_resolver(cert);
