@@ -115,11 +115,10 @@ where
         ResponseFuture::boxed(Box::pin(async move {
             // Borrowed from the settings and the route (both held by this future), never
             // cloned per request.
-            let rules = limits
-                .settings
-                .default
-                .iter()
-                .chain(matched.as_ref().and_then(|r| r.policy.limit.as_ref()));
+            let rules = [
+                limits.settings.default.as_ref(),
+                matched.as_ref().and_then(|r| r.policy.limit.as_ref()),
+            ];
             let route = matched.as_ref().map_or("", |r| &*r.endpoint);
             let mut threat = req
                 .extensions()
@@ -135,8 +134,10 @@ where
             if subject.is_some_and(|s| limits.tracker.principal_flagged(s)) {
                 threat.add_detector_flag();
             }
-            let rules: Vec<(&LimitRule, String, Quota)> = rules
-                .map(|rule| {
+            // At most two limits (the default and the route's): kept on the stack, not in
+            // a Vec per request.
+            let rules = rules.map(|rule| {
+                rule.map(|rule| {
                     let quota = if limits.settings.adaptive {
                         rule.quota.adapted(threat.score)
                     } else {
@@ -144,13 +145,20 @@ where
                     };
                     (rule, key_for(rule, route, &req), quota)
                 })
-                .collect();
-            let checks: Vec<(&str, Quota)> = rules
-                .iter()
-                .map(|(_, key, quota)| (key.as_str(), *quota))
-                .collect();
+            });
+            let mut checks = [("", Quota::new(0, Duration::ZERO)); 2];
+            let mut count = 0;
+            for (slot, (_, key, quota)) in checks.iter_mut().zip(rules.iter().flatten()) {
+                *slot = (key.as_str(), *quota);
+                count += 1;
+            }
+            let checks = checks.get(..count).unwrap_or_default();
             let unavailable = || {
-                let name = rules.first().map_or("", |(rule, _, _)| rule.name.as_str());
+                let name = rules
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map_or("", |(rule, _, _)| rule.name.as_str());
                 refusal(
                     RateLimitReason::StoreUnavailable,
                     None,
@@ -161,18 +169,18 @@ where
             };
             let (settled, verdicts) = tokio::join!(
                 PendingChecks::settle(pending),
-                limits.limiter.check_all(&checks)
+                limits.limiter.check_all(checks)
             );
             // A revoked token is refused as such, whatever its limits said.
             settled?;
             let verdicts = verdicts.map_err(|_| unavailable())?;
             // Fewer answers than limits without a refusal among them: the store answered
             // something else than asked. Fail closed.
-            if verdicts.len() < rules.len() && verdicts.iter().all(|v| v.allowed) {
+            if verdicts.len() < count && verdicts.iter().all(|v| v.allowed) {
                 return Err(unavailable());
             }
             let mut tightest: Option<(&str, Verdict)> = None;
-            for ((rule, _, _), verdict) in rules.iter().zip(verdicts) {
+            for ((rule, _, _), verdict) in rules.iter().flatten().zip(verdicts) {
                 if !verdict.allowed {
                     let reason = if threat.score > 50 {
                         RateLimitReason::RateLimitSuspicious
