@@ -604,6 +604,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_group_by_the_hash_tag_redis_cluster_reads() {
+        assert_eq!(
+            hash_tag("portcullis:rl:{sub:alice}:default:/a"),
+            "sub:alice"
+        );
+        assert_eq!(
+            hash_tag("a{}b{c}"),
+            "a{}b{c}",
+            "an empty tag means the whole key"
+        );
+        assert_eq!(hash_tag("no tag"), "no tag");
+        assert_eq!(
+            hash_tag("{sub:a}b}:x"),
+            "sub:a",
+            "the first closing brace ends it"
+        );
+        let quota = Quota::new(1, Duration::from_secs(1));
+        let checks: Vec<(String, Quota)> = [
+            "p:{ip:1.2.3.4}:default:/a",
+            "p:{sub:alice}:route:/a",
+            "p:{ip:1.2.3.4}:route:/a",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), quota))
+        .collect();
+        let grouped = by_hash_tag(&checks);
+        let groups: Vec<Vec<&str>> = grouped
+            .iter()
+            .map(|g| g.iter().map(|(k, _)| k.as_str()).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["p:{ip:1.2.3.4}:default:/a", "p:{ip:1.2.3.4}:route:/a"],
+                vec!["p:{sub:alice}:route:/a"],
+            ]
+        );
+    }
+
+    #[test]
     fn memory_stays_bounded_under_unique_keys() {
         let store = MemoryStore::new(1000);
         let quota = Quota::new(5, Duration::from_secs(60));
