@@ -192,14 +192,49 @@ async fn revocation_and_every_limit_cost_one_round_trip_together() {
     );
     assert_eq!(headers["ratelimit-policy"], "\"route\";q=500;w=60");
 
-    // The gate does hold: waiting for a third command that never comes, the request fails
-    // closed and never reaches the upstream.
-    gate.arm(3);
+    // Revoked (through the admin API, into the same Redis): the lookup sent with the
+    // limit script refuses the token, and the upstream is not reached.
+    let revoke = Request::post(gw.admin_url("/admin/revocations"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(bytes::Bytes::from(r#"{"sub":"alice"}"#)))
+        .unwrap();
+    assert_eq!(send(revoke).await.unwrap().0, 200);
     let (status, _, _) = send(call()).await.unwrap();
-    assert_ne!(status, 200);
+    assert_eq!(status, 401);
     assert_eq!(
         upstream.hits(),
         hits + 1,
+        "a revoked token reached the upstream"
+    );
+
+    // The gate does hold: waiting for a third command that never comes, a request with a
+    // token nobody revoked fails closed and never reaches the upstream.
+    let mut claims = baseline_claims();
+    claims.insert("sub".into(), serde_json::json!("bob"));
+    let bob = crate::identity::token(&key, &claims);
+    let (status, _, _) = send(
+        Request::get(gw.url("/api/x"))
+            .header("authorization", format!("Bearer {bob}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "bob's token works while replies flow");
+    let hits = upstream.hits();
+    gate.arm(3);
+    let (status, _, _) = send(
+        Request::get(gw.url("/api/x"))
+            .header("authorization", format!("Bearer {bob}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(status, 200);
+    assert_eq!(
+        upstream.hits(),
+        hits,
         "a refused request reached the upstream"
     );
 }
