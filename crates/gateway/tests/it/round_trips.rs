@@ -169,12 +169,13 @@ async fn revocation_and_every_limit_cost_one_round_trip_together() {
     std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
     let gw = Gateway::start_in(dir).await;
     let token = token(&key, &baseline_claims());
-    let call = || {
+    let call_with = |token: &str| {
         Request::get(gw.url("/api/x"))
             .header("authorization", format!("Bearer {token}"))
             .body(Full::default())
             .unwrap()
     };
+    let call = || call_with(&token);
     // Connections made, script loaded.
     assert_eq!(send(call()).await.unwrap().0, 200);
     let hits = upstream.hits();
@@ -212,25 +213,11 @@ async fn revocation_and_every_limit_cost_one_round_trip_together() {
     let mut claims = baseline_claims();
     claims.insert("sub".into(), serde_json::json!("bob"));
     let bob = crate::identity::token(&key, &claims);
-    let (status, _, _) = send(
-        Request::get(gw.url("/api/x"))
-            .header("authorization", format!("Bearer {bob}"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (status, _, _) = send(call_with(&bob)).await.unwrap();
     assert_eq!(status, 200, "bob's token works while replies flow");
     let hits = upstream.hits();
     gate.arm(3);
-    let (status, _, _) = send(
-        Request::get(gw.url("/api/x"))
-            .header("authorization", format!("Bearer {bob}"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let (status, _, _) = send(call_with(&bob)).await.unwrap();
     assert_ne!(status, 200);
     assert_eq!(
         upstream.hits(),
