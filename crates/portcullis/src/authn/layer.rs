@@ -1,8 +1,7 @@
 //! [`AuthenticateLayer`]: credentials in exactly one place, verified, scoped, and the
 //! identity passed upstream only as the gateway proved it.
 
-use super::dpop::ReplayStore;
-use super::dpop::{self, DpopError, ProofAlgorithms};
+use super::dpop::{self, DpopError, ProofAlgorithms, ReplayStore};
 use super::mtls::{ClientIdentity, any_matches};
 use super::pending::{Check, PendingChecks};
 use super::settings::{AuthMode, ForwardSettings};
@@ -37,9 +36,9 @@ impl AuthenticateLayer {
         }
     }
 
-    /// Leaves a revocation lookup in Redis pending on the request
-    /// ([`PendingChecks`]) instead of waiting for it here, so the rate limit layer waits
-    /// for it together with its own script: one round trip for both. Only for a stack
+    /// Leaves the Redis lookups of authentication (revocation, a DPoP proof's first use)
+    /// pending on the request ([`PendingChecks`]) instead of waiting for them here, so the
+    /// rate limit layer waits for them together with its own script: one round trip for all. Only for a stack
     /// where a [`RateLimitLayer`](crate::ratelimit::RateLimitLayer) or an
     /// [`AuthorizeLayer`](crate::authz::AuthorizeLayer) sits inside this layer: they settle
     /// pending checks before anything goes on.
@@ -187,11 +186,6 @@ fn proof_refused(error: DpopError, algs: ProofAlgorithms) -> Denial {
     }
 }
 
-/// The DPoP replay store, when DPoP is configured.
-fn dpop_store(authenticator: &Authenticator) -> Option<&ReplayStore> {
-    authenticator.dpop().map(|d| &d.replay)
-}
-
 /// The request URL a DPoP proof must name (`htu`): the scheme the client used (after
 /// trusted-proxy handling), its authority and the path, without query or fragment.
 fn request_url<B>(req: &Request<B>) -> String {
@@ -329,6 +323,7 @@ async fn check_binding(
             {
                 return Err(proof_refused(DpopError::UseNonce(nonces.issue(now))));
             }
+            let deferred = defer && matches!(dpop.replay, ReplayStore::Redis(_));
             let algs = algs();
             let dpop = dpop.clone();
             let first_use = async move {
@@ -338,7 +333,7 @@ async fn check_binding(
                     Err(error) => Err(self::proof_refused(error, algs)),
                 }
             };
-            if defer && matches!(dpop_store(authenticator), Some(ReplayStore::Redis(_))) {
+            if deferred {
                 return Ok(Some(Box::pin(first_use)));
             }
             first_use.await.map(|()| None)

@@ -237,9 +237,9 @@ impl Authenticator {
             return Ok((principal, None));
         }
         let revocations = self.revocations.clone();
-        let subject = principal.clone();
+        let checked = principal.clone();
         let check: RevocationCheck =
-            Box::pin(async move { check_revocation(&revocations, &subject).await });
+            Box::pin(async move { check_revocation(&revocations, &checked).await });
         Ok((principal, Some(check)))
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod verifier;
-pub use verifier::TrustVerifier;
+use verifier::TrustVerifier;
 
 /// The crypto provider every TLS connection of Portcullis uses: rustls on aws-lc-rs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -78,11 +78,6 @@ impl Trust {
             verifier: Arc::new(TrustVerifier::new(system_roots, roots)),
             fingerprint,
         })
-    }
-
-    /// Whether the trusted roots were read yet (the first handshake reads them).
-    pub fn roots_loaded(&self) -> bool {
-        self.verifier.loaded()
     }
 
     /// Trusts nothing: every https call fails (closed).

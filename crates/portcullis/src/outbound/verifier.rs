@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 /// Verifies with WebPKI against the configured CAs plus, when asked for, the platform's roots
 /// (loaded once, on first use). With nothing to trust, every certificate is refused.
 #[derive(Debug)]
-pub struct TrustVerifier {
+pub(super) struct TrustVerifier {
     system_roots: bool,
     /// The configured CA certificates, already checked as trust anchors.
     extra: RootCertStore,
@@ -31,7 +31,8 @@ impl TrustVerifier {
     }
 
     /// Whether the roots were read yet (a handshake asked for them).
-    pub fn loaded(&self) -> bool {
+    #[cfg(test)]
+    fn loaded(&self) -> bool {
         self.built.get().is_some()
     }
 
@@ -114,7 +115,7 @@ mod tests {
     fn roots_are_read_on_the_first_handshake_and_nothing_trusted_refuses() {
         let trust = super::super::Trust::new(true, &[]).expect("trust");
         trust.client_config(None).expect("config");
-        assert!(!trust.roots_loaded(), "read before any handshake");
+        assert!(!trust.verifier.loaded(), "read before any handshake");
         let nothing = TrustVerifier::new(false, RootCertStore::empty());
         let name = ServerName::try_from("api.example.test").expect("name");
         let refused = nothing.verify_server_cert(

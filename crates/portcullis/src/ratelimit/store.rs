@@ -152,18 +152,9 @@ impl RedisStore {
 
     /// Whether `member` is in the set `key` (for shared IP reputation).
     pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, RedisError> {
-        let work = async {
-            let mut connection = self.connection().await?;
-            redis::cmd("SISMEMBER")
-                .arg(key)
-                .arg(member)
-                .query_async::<bool>(&mut connection)
-                .await
-                .map_err(|e| RedisError::Failed(e.to_string()))
-        };
-        tokio::time::timeout(self.timeout * 2, work)
-            .await
-            .map_err(|_| RedisError::Timeout)?
+        let mut command = redis::cmd("SISMEMBER");
+        command.arg(key).arg(member);
+        self.command(command).await
     }
 
     /// The members of the set `key`, or `None` when it holds more than `max` (one `SCARD`,
@@ -562,12 +553,18 @@ impl Limiter {
         }
     }
 
-    /// The same checks in this process, each limit scaled to `share` of itself.
+    /// The same checks in this process, each limit scaled to `share` of itself (below 1:
+    /// the per-instance fallback while Redis is down).
     fn check_locally(&self, checks: &[(&str, Quota)], share: f64) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(checks.len());
         for (key, quota) in checks {
-            let limit = ((f64::from(quota.limit) * share).floor() as u32).max(1);
-            let verdict = self.local.check(key, Quota { limit, ..*quota });
+            let quota = if share < 1.0 {
+                let limit = ((f64::from(quota.limit) * share).floor() as u32).max(1);
+                Quota { limit, ..*quota }
+            } else {
+                *quota
+            };
+            let verdict = self.local.check(key, quota);
             verdicts.push(verdict);
             if !verdict.allowed {
                 break;
